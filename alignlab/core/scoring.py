@@ -1,0 +1,164 @@
+"""The scoring core: the one place alignlab turns a model and token ids into log-probs.
+
+Every method — DPO and its variants, reward models, PPO's policy/reference scoring, the
+frontier's KL — gets its log-probs from :func:`token_logps`. Its contract:
+
+- output (B, T) aligned with ``input_ids``: ``out[b, t] = log p(input_ids[b, t] | input_ids[b, :t])``;
+- only completion tokens count: the output is exactly 0 wherever ``completion_mask`` is 0, so
+  prompt and padding tokens never enter a sum;
+- position ids come from the attention mask, so left and right padding give the same numbers;
+- the log-softmax runs in float32 (or float64 if the model does) whatever the model's dtype,
+  and only over the columns that hold completion tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+
+@dataclass(frozen=True)
+class EncodedBatch:
+    """A tokenised batch of prompt + completion sequences."""
+
+    input_ids: Tensor
+    """(B, T) token ids, padded."""
+    attention_mask: Tensor
+    """(B, T) 1 on real tokens, 0 on padding."""
+    completion_mask: Tensor
+    """(B, T) 1 on completion tokens (a subset of the attention mask), 0 on prompt and padding."""
+
+    def __post_init__(self) -> None:
+        shapes = {self.input_ids.shape, self.attention_mask.shape, self.completion_mask.shape}
+        if len(shapes) != 1 or self.input_ids.dim() != 2:
+            raise ValueError(
+                "input_ids, attention_mask and completion_mask must share one (B, T) shape, got "
+                f"{tuple(self.input_ids.shape)}, {tuple(self.attention_mask.shape)}, "
+                f"{tuple(self.completion_mask.shape)}"
+            )
+
+
+def token_logps(
+    model: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    completion_mask: Tensor,
+    *,
+    temperature: float = 1.0,
+) -> Tensor:
+    """Per-token log-probs of the completion tokens.
+
+    Args:
+        model: a causal LM whose forward takes ``input_ids``, ``attention_mask``,
+            ``position_ids`` and returns ``.logits`` of shape (B, T, V).
+        input_ids: (B, T) token ids, left- or right-padded.
+        attention_mask: (B, T) 1 on real tokens.
+        completion_mask: (B, T) 1 on the tokens to score. Position 0 cannot be scored (nothing
+            precedes it) and must be 0.
+        temperature: logits are divided by it first (the policy's sampling distribution).
+
+    Returns:
+        (B, T) float tensor, log p(input_ids[:, t] | input_ids[:, :t]) where
+        ``completion_mask`` is 1, exactly 0 elsewhere.
+    """
+    completion = completion_mask.bool()
+    if completion[:, 0].any():
+        raise ValueError("completion_mask marks position 0, which has no preceding token to condition on")
+    if (completion & ~attention_mask.bool()).any():
+        raise ValueError("completion_mask marks tokens that the attention mask treats as padding")
+    T = input_ids.shape[1]
+    columns = completion.any(dim=0).nonzero()
+    if columns.numel() == 0:
+        return torch.zeros(input_ids.shape, device=input_ids.device, dtype=torch.float32)
+    # Logits at t−1 predict token t: only columns [first − 1, last) of the output are needed,
+    # which skips the log-softmax over long prompts.
+    first, last = int(columns[0]), int(columns[-1]) + 1
+    position_ids = (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)
+    logits = model(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+    ).logits[:, first - 1 : last - 1]
+    logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+    if temperature != 1.0:
+        logits = logits / temperature
+    targets = input_ids[:, first:last]
+    # log_softmax(z)[y] = z[y] − logsumexp(z), without materialising the (B, T, V) log-softmax
+    picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    # where, not multiply: logits at padded positions may be NaN (fully masked attention rows)
+    picked = torch.where(completion[:, first:last], picked, torch.zeros_like(picked))
+    return F.pad(picked, (first, T - last))
+
+
+def sequence_logps(token_logps: Tensor, mask: Tensor, reduction: Literal["sum", "mean"]) -> Tensor:
+    """Reduce per-token log-probs (B, T) to one value per sequence (B,); the reduction is explicit.
+
+    Args:
+        token_logps: (B, T) as returned by :func:`token_logps`.
+        mask: (B, T) the completion mask.
+        reduction: "sum" — log π(y|x); "mean" — the per-token average (length-normalised).
+    """
+    mask = mask.to(token_logps.dtype)
+    total = (token_logps * mask).sum(dim=-1)
+    if reduction == "sum":
+        return total
+    if reduction == "mean":
+        return total / mask.sum(dim=-1).clamp(min=1)
+    raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
+
+
+def _pad_to(x: Tensor, length: int, value: int, side: Literal["left", "right"]) -> Tensor:
+    pad = length - x.shape[1]
+    if pad == 0:
+        return x
+    filler = torch.full((x.shape[0], pad), value, dtype=x.dtype, device=x.device)
+    return torch.cat([x, filler] if side == "right" else [filler, x], dim=1)
+
+
+def concat_pairs(
+    chosen: EncodedBatch,
+    rejected: EncodedBatch,
+    pad_token_id: int,
+    padding_side: Literal["left", "right"] = "right",
+) -> EncodedBatch:
+    """Stack chosen (first B rows) and rejected (last B rows) into one (2B, T) batch."""
+    if chosen.input_ids.shape[0] != rejected.input_ids.shape[0]:
+        raise ValueError(
+            f"chosen and rejected batches differ in size: {chosen.input_ids.shape[0]} vs "
+            f"{rejected.input_ids.shape[0]}"
+        )
+    T = max(chosen.input_ids.shape[1], rejected.input_ids.shape[1])
+    return EncodedBatch(
+        *(
+            torch.cat([_pad_to(c, T, v, padding_side), _pad_to(r, T, v, padding_side)], dim=0)
+            for c, r, v in (
+                (chosen.input_ids, rejected.input_ids, pad_token_id),
+                (chosen.attention_mask, rejected.attention_mask, 0),
+                (chosen.completion_mask, rejected.completion_mask, 0),
+            )
+        )
+    )
+
+
+def score_pairs(
+    model: nn.Module,
+    chosen: EncodedBatch,
+    rejected: EncodedBatch,
+    pad_token_id: int,
+    padding_side: Literal["left", "right"] = "right",
+    temperature: float = 1.0,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Score chosen and rejected completions in one forward pass.
+
+    Returns:
+        (chosen_token_logps, chosen_mask, rejected_token_logps, rejected_mask), each (B, T) with
+        T the longer of the two inputs.
+    """
+    both = concat_pairs(chosen, rejected, pad_token_id, padding_side)
+    logps = token_logps(
+        model, both.input_ids, both.attention_mask, both.completion_mask, temperature=temperature
+    )
+    B = chosen.input_ids.shape[0]
+    return logps[:B], both.completion_mask[:B], logps[B:], both.completion_mask[B:]

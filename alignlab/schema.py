@@ -1,0 +1,167 @@
+"""Typed, documented, range-checked frozen dataclasses: the one way alignlab declares settings.
+
+Every setting is a :func:`knob` with its default, a one-sentence help and its bounds; a
+:class:`Config` checks types and ranges when it is built and refuses unknown keys with a
+"did you mean ...?". Objective configs, experiment sections and the YAML reference are all
+built on this. Standard library only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from alignlab.errors import ConfigError
+
+_MISSING = dataclasses.MISSING
+
+
+def knob(
+    default: Any = _MISSING,
+    help: str = "",
+    *,
+    gt: float | None = None,
+    ge: float | None = None,
+    lt: float | None = None,
+    le: float | None = None,
+    default_factory: Any = _MISSING,
+) -> Any:
+    """A config field with its documentation and allowed range.
+
+    Args:
+        default: the default value (the only place defaults live); omit for a required key.
+        help: one sentence on what the knob does, shown by ``alignlab objectives`` and the docs.
+        gt, ge, lt, le: bounds checked when the config is built.
+        default_factory: for mutable defaults (lists).
+    """
+    bounds = {k: v for k, v in {"gt": gt, "ge": ge, "lt": lt, "le": le}.items() if v is not None}
+    metadata = {"help": help, "bounds": bounds}
+    if default_factory is not _MISSING:
+        return field(default_factory=default_factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+_BOUND_CHECKS = {
+    "gt": (lambda v, b: v > b, ">"),
+    "ge": (lambda v, b: v >= b, ">="),
+    "lt": (lambda v, b: v < b, "<"),
+    "le": (lambda v, b: v <= b, "<="),
+}
+
+
+def type_name(tp: Any) -> str:
+    """A readable name for a field's annotation: ``float | None``, ``'sum' | 'mean'``, ``list[str]``."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"list[{type_name(typing.get_args(tp)[0])}]"
+    if tp is type(None):
+        return "None"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _matches(value: Any, tp: Any) -> bool:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return value in typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, a) for a in typing.get_args(tp))
+    if origin is list:
+        return isinstance(value, list) and all(_matches(v, typing.get_args(tp)[0]) for v in value)
+    if tp is type(None):
+        return value is None
+    if tp is Any:
+        return True
+    if tp is float:  # an int is a fine float; a bool is not a number here
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, tp)
+
+
+def _config_type(tp: Any) -> type[Config] | None:
+    """The Config subclass a field holds (directly or as ``X | None``), if any."""
+    candidates = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+    for c in candidates:
+        if isinstance(c, type) and issubclass(c, Config):
+            return c
+    return None
+
+
+@dataclass(frozen=True)
+class Config:
+    """Base of every settings dataclass: checks types and ranges of all fields on creation."""
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            tp = hints[f.name]
+            if not _matches(value, tp):
+                raise ConfigError(f.name, f"expected {type_name(tp)}, got {value!r}")
+            if tp is float and isinstance(value, int):
+                object.__setattr__(self, f.name, float(value))
+            for kind, bound in f.metadata.get("bounds", {}).items():
+                check, symbol = _BOUND_CHECKS[kind]
+                if value is not None and not check(value, bound):
+                    raise ConfigError(f.name, f"must be {symbol} {bound}, got {value!r}")
+
+    @classmethod
+    def from_dict(cls, values: Any, source: str | None = None, prefix: str = "") -> Any:
+        """Build the config from a mapping, recursing into nested configs.
+
+        Args:
+            values: key -> value, as read from YAML.
+            source: the file the values came from, named in errors.
+            prefix: the dotted path of this mapping in that file (e.g. ``objective.``).
+
+        Raises:
+            ConfigError: naming the file and the dotted key, for an unknown key (with a
+                suggestion), a missing required key, a wrong type or an out-of-range value.
+        """
+        if not isinstance(values, dict):
+            where = prefix.rstrip(".") or "(top level)"
+            raise ConfigError(where, f"expected a mapping of keys, got {values!r}", source)
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        hints = typing.get_type_hints(cls)
+        for key in values:
+            if key not in fields:
+                close = difflib.get_close_matches(str(key), list(fields), n=1)
+                hint = (
+                    f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(fields) or 'none'}"
+                )
+                raise ConfigError(prefix + str(key), f"unknown key; {hint}", source)
+        kwargs = {}
+        for name, value in values.items():
+            sub = _config_type(hints[name])
+            kwargs[name] = (
+                sub.from_dict(value, source, f"{prefix}{name}.") if sub and isinstance(value, dict) else value
+            )
+        for name, f in fields.items():
+            if name not in kwargs and f.default is _MISSING and f.default_factory is _MISSING:
+                raise ConfigError(prefix + name, "required key is missing", source)
+        try:
+            return cls(**kwargs)
+        except ConfigError as err:
+            raise ConfigError(prefix + err.key, err.message, source) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (for writing the resolved config)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def knobs(cls) -> list[tuple[str, str, Any, str]]:
+        """(name, type, default, help) of each field, in declaration order."""
+        hints = typing.get_type_hints(cls)
+        rows = []
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default_factory is _MISSING else f.default_factory()
+            rows.append((f.name, type_name(hints[f.name]), default, f.metadata.get("help", "")))
+        return rows

@@ -1,0 +1,35 @@
+"""Shared fixtures: a tiny GPT-2 for the cores' tests, and the shared data directory."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def tiny_gpt2(vocab_size: int = 64, seed: int = 0, dtype: torch.dtype = torch.float64) -> GPT2LMHeadModel:
+    """A 2-layer, 32-wide GPT-2 with random weights; float64 so comparisons can be tight."""
+    torch.manual_seed(seed)
+    config = GPT2Config(vocab_size=vocab_size, n_positions=64, n_embd=32, n_layer=2, n_head=2)
+    return GPT2LMHeadModel(config).to(dtype).eval()
+
+
+@pytest.fixture
+def model() -> GPT2LMHeadModel:
+    return tiny_gpt2()
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The real data directory ($ALIGNLAB_DATA_DIR). Missing data fails in CI, skips elsewhere."""
+    value = os.environ.get("ALIGNLAB_DATA_DIR")
+    if value and Path(value).is_dir():
+        return Path(value)
+    if os.environ.get("CI"):
+        pytest.fail("CI must set ALIGNLAB_DATA_DIR to the shared data directory")
+    pytest.skip("ALIGNLAB_DATA_DIR is not set")

@@ -1,0 +1,44 @@
+"""The objective registry and every built-in loss, each in its own module.
+
+Importing this package registers the built-ins; ``get_objective(name)`` looks one up.
+"""
+
+from alignlab.objectives import (  # noqa: F401  (imported to register)
+    cdpo,
+    dpo,
+    ipo,
+    kto,
+    orpo,
+    ppo,
+    rdpo,
+    sft,
+    simpo,
+    slic,
+    unlikelihood,
+)
+from alignlab.objectives.base import (
+    LossOutput,
+    Needs,
+    ObjectiveConfig,
+    PairedLogps,
+    PPOBatch,
+    UnpairedLogps,
+    knob,
+    pairwise_metrics,
+)
+from alignlab.objectives.registry import Objective, get_objective, list_objectives, register_objective
+
+__all__ = [
+    "LossOutput",
+    "Needs",
+    "Objective",
+    "ObjectiveConfig",
+    "PPOBatch",
+    "PairedLogps",
+    "UnpairedLogps",
+    "get_objective",
+    "knob",
+    "list_objectives",
+    "pairwise_metrics",
+    "register_objective",
+]

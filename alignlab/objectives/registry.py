@@ -1,0 +1,142 @@
+"""The objective registry: a name -> (loss function, config class, needs, citation).
+
+Register a loss with the decorator and it is available everywhere by name — to the trainers,
+to experiment YAMLs, and to ``alignlab objectives``::
+
+    @register_objective("dpo", config=DPOConfig, needs=Needs(reference=True, data="paired"),
+                        citation="Rafailov et al. 2023, Direct Preference Optimization, Eq. 7")
+    def dpo_loss(batch: PairedLogps, cfg: DPOConfig) -> LossOutput: ...
+
+Third-party packages can add objectives through the ``alignlab.objectives`` entry-point group;
+experiment YAMLs through ``plugins:`` (see :mod:`alignlab.plugins`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.metadata
+import inspect
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from alignlab.errors import UnknownObjectiveError
+from alignlab.objectives.base import LossOutput, Needs, ObjectiveConfig
+
+ENTRY_POINT_GROUP = "alignlab.objectives"
+_NAME = re.compile(r"^[a-z][a-z0-9_\-]*$")
+
+
+@dataclass(frozen=True)
+class Objective:
+    """A registered objective."""
+
+    name: str
+    loss_fn: Callable[[Any, Any], LossOutput]
+    config_cls: type[ObjectiveConfig]
+    needs: Needs
+    citation: str
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def summary(self) -> str:
+        """The first line of the loss function's docstring."""
+        return (inspect.getdoc(self.loss_fn) or "").splitlines()[0] if self.loss_fn.__doc__ else ""
+
+    @property
+    def origin(self) -> str:
+        """Where the loss is defined: ``module.function``."""
+        return f"{self.loss_fn.__module__}.{self.loss_fn.__qualname__}"
+
+    def config(self, **knobs: Any) -> Any:
+        """The objective's config with ``knobs`` set (validated) and defaults elsewhere."""
+        return self.config_cls.from_dict(knobs)
+
+    def __call__(self, batch: Any, cfg: ObjectiveConfig | None = None) -> LossOutput:
+        return self.loss_fn(batch, cfg if cfg is not None else self.config_cls())
+
+
+_REGISTRY: dict[str, Objective] = {}
+_ALIASES: dict[str, str] = {}
+_entry_points_loaded = False
+
+
+def register_objective(
+    name: str,
+    *,
+    config: type[ObjectiveConfig],
+    needs: Needs,
+    citation: str,
+    aliases: tuple[str, ...] = (),
+) -> Callable[[Callable[[Any, Any], LossOutput]], Callable[[Any, Any], LossOutput]]:
+    """Decorator: register ``loss_fn(batch, cfg) -> LossOutput`` under ``name``.
+
+    Args:
+        name: lower-case name used in YAMLs and on the command line.
+        config: the frozen :class:`ObjectiveConfig` subclass holding the loss's knobs.
+        needs: what the trainer must prepare (reference log-probs, data kind, token level).
+        citation: the paper and equation the function implements.
+        aliases: other names that resolve to this objective.
+
+    Registering a different function under a taken name is an error; registering the same
+    function again (a plugin module imported twice) replaces the entry.
+    """
+    if not isinstance(config, type) or not issubclass(config, ObjectiveConfig):
+        raise TypeError(f"objective {name!r}: config must be an ObjectiveConfig subclass, got {config!r}")
+    if not isinstance(needs, Needs):
+        raise TypeError(f"objective {name!r}: needs must be a Needs, got {needs!r}")
+
+    def decorator(loss_fn: Callable[[Any, Any], LossOutput]) -> Callable[[Any, Any], LossOutput]:
+        for n in (name, *aliases):
+            if not _NAME.match(n):
+                raise ValueError(f"objective name {n!r} must be lower-case letters, digits, '_' or '-'")
+            taken = _REGISTRY.get(_ALIASES.get(n, n))
+            if taken is not None and _qualname(taken.loss_fn) != _qualname(loss_fn):
+                raise ValueError(
+                    f"objective name {n!r} is already registered by {taken.origin}; pick another name"
+                )
+        _REGISTRY[name] = Objective(name, loss_fn, config, needs, citation, tuple(aliases))
+        for alias in aliases:
+            _ALIASES[alias] = name
+        return loss_fn
+
+    return decorator
+
+
+def _qualname(fn: Callable[..., Any]) -> str:
+    return f"{fn.__module__.rsplit('.', 1)[-1]}.{fn.__qualname__}"
+
+
+def _load_entry_points() -> None:
+    """Import the modules that installed packages declare under ``alignlab.objectives`` (once)."""
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        ep.load()
+
+
+def get_objective(name: str) -> Objective:
+    """The objective registered as ``name`` (or an alias of it).
+
+    Raises:
+        UnknownObjectiveError: with a "did you mean ...?" suggestion when a close name exists.
+    """
+    _load_entry_points()
+    key = _ALIASES.get(name, name)
+    if key in _REGISTRY:
+        return _REGISTRY[key]
+    known = sorted([*_REGISTRY, *_ALIASES])
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise UnknownObjectiveError(
+        f"unknown objective {name!r}{hint} (registered: {', '.join(sorted(_REGISTRY))})"
+    )
+
+
+def list_objectives() -> list[Objective]:
+    """Every registered objective, sorted by name."""
+    _load_entry_points()
+    return [_REGISTRY[k] for k in sorted(_REGISTRY)]

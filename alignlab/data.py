@@ -1,0 +1,79 @@
+"""Data access: a Hub dataset id, or the same schema from local files under a data directory.
+
+The data directory is a setting (``data_dir:`` in a YAML) or the ``ALIGNLAB_DATA_DIR``
+environment variable; nothing in alignlab names a machine's path. Files are read through
+``datasets`` (``.jsonl``, ``.jsonl.gz``, ``.parquet``), so they are cached as Arrow after the
+first read.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from alignlab.errors import AlignlabError
+
+DATA_DIR_ENV = "ALIGNLAB_DATA_DIR"
+LOCAL_SUFFIXES = (".jsonl.gz", ".jsonl", ".parquet")
+
+
+class DataError(AlignlabError):
+    """Data could not be found or read."""
+
+
+def resolve_data_dir(setting: str | None = None) -> Path | None:
+    """The data directory: the explicit setting, else ``$ALIGNLAB_DATA_DIR``, else None (use the Hub)."""
+    value = setting or os.environ.get(DATA_DIR_ENV)
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    if not path.is_dir():
+        origin = "data_dir" if setting else f"${DATA_DIR_ENV}"
+        raise DataError(f"{origin}: data directory {value!r} does not exist (resolved to {path.resolve()})")
+    return path
+
+
+def find_local_file(data_dir: Path, stem: str) -> Path:
+    """``<data_dir>/<stem>`` with the first existing suffix of ``.jsonl.gz``, ``.jsonl``, ``.parquet``."""
+    tried = [data_dir / f"{stem}{suffix}" for suffix in LOCAL_SUFFIXES]
+    for path in tried:
+        if path.is_file():
+            return path
+    raise DataError(
+        f"no file for {stem!r} in data directory {data_dir}: looked for {', '.join(str(p) for p in tried)}"
+    )
+
+
+def load_records(data_dir: Path | None, stem: str, hub_id: str, split: str) -> Any:
+    """A ``datasets.Dataset``: from ``<data_dir>/<stem>.*`` if a data directory is set, else from the Hub.
+
+    Args:
+        data_dir: the local data directory, or None to use the Hub.
+        stem: the file path under the data directory without suffix, e.g. ``imdb/train``.
+        hub_id: the Hub dataset id with the same schema, e.g. ``stanfordnlp/imdb``.
+        split: the Hub split to read.
+    """
+    import datasets
+
+    datasets.disable_progress_bars()
+    if data_dir is not None:
+        path = find_local_file(data_dir, stem)
+        builder = "parquet" if path.suffix == ".parquet" else "json"
+        try:
+            return datasets.load_dataset(builder, data_files=str(path), split="train")
+        except Exception as err:
+            raise DataError(f"{path}: cannot be read as {builder}: {type(err).__name__}: {err}") from err
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise DataError(
+            f"no data directory is set and the Hub is offline (HF_HUB_OFFLINE=1), so {hub_id!r} cannot be "
+            f"downloaded: set data_dir in the YAML or ${DATA_DIR_ENV} to a directory holding {stem}.jsonl.gz"
+        )
+    try:
+        return datasets.load_dataset(hub_id, split=split)
+    except Exception as err:
+        raise DataError(
+            f"could not load {hub_id!r} (split {split!r}) from the Hugging Face Hub: {type(err).__name__}: "
+            f"{err}. Without the Hub, set data_dir in the YAML or ${DATA_DIR_ENV} to a directory holding "
+            f"{stem}.jsonl.gz"
+        ) from err

@@ -1,0 +1,140 @@
+"""The command line: `alignlab objectives`, `alignlab train`, and one-line errors with exit status 2."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from alignlab.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "alignlab", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_objectives_lists_all_eleven_with_knobs_needs_and_citations(capsys):
+    assert main(["objectives"]) == 0
+    out = capsys.readouterr().out
+    assert out.strip().endswith("11 objectives")
+    for name in ["dpo", "ipo", "cdpo", "rdpo", "kto", "orpo", "simpo", "slic", "sft", "unlikelihood", "ppo"]:
+        assert re.search(rf"^{name}\b", out, re.MULTILINE), name
+    assert "beta: float = 0.1" in out and "length_normalized: bool = False" in out
+    assert "needs:    reference-free, paired, token-level" in out  # unlikelihood
+    assert "Rafailov et al. 2023, Direct Preference Optimization, Eq. 7" in out
+
+
+def test_objectives_with_a_plugin_file(tmp_path, capsys):
+    plugin = REPO / "examples" / "adding_a_loss" / "my_losses.py"
+    assert main(["objectives", "--plugin", str(plugin), "--names-only"]) == 0
+    assert "ln_dpo" in capsys.readouterr().out.split()
+
+
+def write(tmp_path: Path, text: str, name: str = "exp.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    "yaml_text,expected",
+    [
+        ("objective: {name: dpoo}\n", r"unknown objective 'dpoo'; did you mean 'dpo'\?"),
+        (
+            "objective: {name: dpo, betta: 1}\n",
+            r"exp.yaml: objective.betta: unknown key; did you mean 'beta'\?",
+        ),
+        ("objective: {name: dpo, beta: -1}\n", r"exp.yaml: objective.beta: must be > 0, got -1"),
+        ("objective: {name: dpo}\nstpes: 3\n", r"exp.yaml: stpes: unknown key; did you mean 'steps'\?"),
+        ("objective: {name: dpo}\nsteps: many\n", r"exp.yaml: steps: expected int, got 'many'"),
+        ("objective: [dpo\n", r"exp.yaml: line 2, column 1: malformed YAML"),
+        ("objective: {name: kto}\n", r"objective.name: 'kto' needs unpaired data"),
+        ("plugins: [missing.py]\n", r"plugins: no such file 'missing.py'"),
+        ("- just\n- a list\n", r"exp.yaml: \(top level\): expected a mapping"),
+    ],
+)
+def test_bad_yaml_is_one_line_and_exit_2(tmp_path, capsys, yaml_text, expected):
+    path = write(tmp_path, yaml_text)
+    assert main(["train", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert re.search(expected, err), err
+
+
+def test_missing_file_and_bad_override(tmp_path, capsys):
+    assert main(["train", str(tmp_path / "nope.yaml")]) == 2
+    assert "nope.yaml: no such file" in capsys.readouterr().err
+    path = write(tmp_path, "objective: {name: dpo}\n")
+    assert main(["train", str(path), "steps"]) == 2
+    assert "an override must look like key.sub=value" in capsys.readouterr().err
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    path = write(tmp_path, "objective: {name: dpoo}\n")
+    proc = run_cli("--debug", "train", str(path))
+    assert proc.returncode == 1 and "Traceback" in proc.stderr and "UnknownObjectiveError" in proc.stderr
+
+
+def test_offline_hub_without_data_dir_says_what_to_do(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("ALIGNLAB_DATA_DIR", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    path = write(tmp_path, f"objective: {{name: dpo}}\nout_dir: {tmp_path / 'out'}\n")
+    assert main(["train", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "the Hub is offline" in err and "ALIGNLAB_DATA_DIR" in err
+
+
+def readme_block(title: str) -> str:
+    """The fenced code block that follows the README line ``title``."""
+    text = (REPO / "README.md").read_text()
+    after = text[text.index(title) :]
+    return re.search(r"```\w*\n(.*?)```", after, re.DOTALL).group(1)
+
+
+def test_readme_worked_example_is_the_shipped_files():
+    example = REPO / "examples" / "adding_a_loss"
+    assert readme_block("`examples/adding_a_loss/my_losses.py`") == (example / "my_losses.py").read_text()
+    assert (
+        readme_block("`examples/adding_a_loss/experiment.yaml`") == (example / "experiment.yaml").read_text()
+    )
+
+
+def test_readme_worked_example_runs_and_learns(data_dir, tmp_path):
+    """The README's command, as written (only out_dir redirected): the plugin's loss is found by
+    name, trains, and its own held-out signal improves — loss below log 2, margins above 0."""
+    command = readme_block("Then run it:").strip().splitlines()[-1]
+    assert command == "alignlab train examples/adding_a_loss/experiment.yaml"
+    out = tmp_path / "ln_dpo"
+    proc = run_cli("train", "examples/adding_a_loss/experiment.yaml", f"out_dir={out}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["objective"] == "ln_dpo" and summary["knobs"] == {"beta": 1.0}
+    assert summary["eval_first"]["loss"] == pytest.approx(math.log(2), abs=1e-6)  # π = π_ref at step 0
+    assert summary["eval_last"]["loss"] < summary["eval_first"]["loss"] - 0.005
+    assert summary["eval_last"]["margins"] > 0.01
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 10, 20, 30]
+    resolved = (out / "config.yaml").read_text()
+    assert "name: ln_dpo" in resolved and "beta: 1.0" in resolved
+
+    # a finished run is not trained again, nor overwritten
+    before = (out / "summary.json").read_text()
+    again = run_cli("train", "examples/adding_a_loss/experiment.yaml", f"out_dir={out}")
+    assert again.returncode == 0 and "holds a finished run" in again.stdout
+    assert (out / "summary.json").read_text() == before

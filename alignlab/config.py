@@ -43,9 +43,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def apply_overrides(
-    data: dict[str, Any], overrides: list[str], source: str = "command line"
-) -> dict[str, Any]:
+def apply_overrides(data: dict[str, Any], overrides: list[str], source: str = "command line") -> dict[str, Any]:
     """Return a copy of ``data`` with ``key.sub=value`` overrides applied (values parsed as YAML).
 
     ``objective.beta=0.2`` sets ``data["objective"]["beta"] = 0.2``; missing intermediate

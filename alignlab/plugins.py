@@ -61,9 +61,7 @@ def load_plugin(spec: str, base_dir: Path | None = None, source: str | None = No
             spec_obj.loader.exec_module(module)
         except Exception as err:
             del sys.modules[name]
-            raise PluginError(
-                f"{where}plugins: importing {path} failed: {type(err).__name__}: {err}"
-            ) from err
+            raise PluginError(f"{where}plugins: importing {path} failed: {type(err).__name__}: {err}") from err
         return module
     try:
         return importlib.import_module(spec)
@@ -78,8 +76,6 @@ def load_plugin(spec: str, base_dir: Path | None = None, source: str | None = No
         raise PluginError(f"{where}plugins: importing {spec!r} failed: {type(err).__name__}: {err}") from err
 
 
-def load_plugins(
-    specs: Iterable[str], base_dir: Path | None = None, source: str | None = None
-) -> list[ModuleType]:
+def load_plugins(specs: Iterable[str], base_dir: Path | None = None, source: str | None = None) -> list[ModuleType]:
     """Import every plugin of a YAML's ``plugins:`` list, in order."""
     return [load_plugin(spec, base_dir, source) for spec in specs]

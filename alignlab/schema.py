@@ -134,9 +134,7 @@ class Config:
         for key in values:
             if key not in fields:
                 close = difflib.get_close_matches(str(key), list(fields), n=1)
-                hint = (
-                    f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(fields) or 'none'}"
-                )
+                hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(fields) or 'none'}"
                 raise ConfigError(prefix + str(key), f"unknown key; {hint}", source)
         kwargs = {}
         for name, value in values.items():

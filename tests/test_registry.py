@@ -104,9 +104,7 @@ def test_registering_a_taken_name_with_another_function_is_an_error():
 
 def test_a_config_must_be_an_objective_config():
     with pytest.raises(TypeError, match="ObjectiveConfig"):
-        register_objective(
-            "bad-config", config=dict, needs=Needs(reference=False, data="paired"), citation=""
-        )  # type: ignore[arg-type]
+        register_objective("bad-config", config=dict, needs=Needs(reference=False, data="paired"), citation="")  # type: ignore[arg-type]
 
 
 PLUGIN = textwrap.dedent(
@@ -147,9 +145,7 @@ def test_plugin_module_by_dotted_name(tmp_path, monkeypatch):
 
 
 def test_plugin_errors_say_what_and_where(tmp_path):
-    with pytest.raises(
-        PluginError, match=r"exp.yaml: plugins: no such file 'nope.py' \(looked for .*nope.py\)"
-    ):
+    with pytest.raises(PluginError, match=r"exp.yaml: plugins: no such file 'nope.py' \(looked for .*nope.py\)"):
         load_plugin("nope.py", base_dir=tmp_path, source="exp.yaml")
     with pytest.raises(PluginError, match="no module named 'not_a_module_xyz'"):
         load_plugin("not_a_module_xyz")

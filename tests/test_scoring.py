@@ -100,17 +100,13 @@ def test_prompt_and_padding_never_count(model):
     # changing prompt-side padding tokens' ids changes nothing
     noisy = batch.input_ids.clone()
     noisy[batch.attention_mask == 0] = 7
-    assert_close(
-        token_logps(model, noisy, batch.attention_mask, batch.completion_mask), out, rtol=0, atol=1e-12
-    )
+    assert_close(token_logps(model, noisy, batch.attention_mask, batch.completion_mask), out, rtol=0, atol=1e-12)
 
 
 def test_one_forward_for_chosen_and_rejected_equals_two(model):
     chosen, _ = right_padded_batch(seed=5)
     rejected, _ = right_padded_batch(seed=6)
-    rejected = EncodedBatch(
-        rejected.input_ids[:, :7], rejected.attention_mask[:, :7], rejected.completion_mask[:, :7]
-    )
+    rejected = EncodedBatch(rejected.input_ids[:, :7], rejected.attention_mask[:, :7], rejected.completion_mask[:, :7])
     calls = []
     handle = model.register_forward_hook(lambda *_: calls.append(1))
     c, cm, r, rm = score_pairs(model, chosen, rejected, PAD)
@@ -118,9 +114,7 @@ def test_one_forward_for_chosen_and_rejected_equals_two(model):
     assert len(calls) == 1
     sep_c = token_logps(model, chosen.input_ids, chosen.attention_mask, chosen.completion_mask)
     sep_r = token_logps(model, rejected.input_ids, rejected.attention_mask, rejected.completion_mask)
-    assert_close(
-        sequence_logps(c, cm, "sum"), sequence_logps(sep_c, chosen.completion_mask, "sum"), rtol=0, atol=1e-10
-    )
+    assert_close(sequence_logps(c, cm, "sum"), sequence_logps(sep_c, chosen.completion_mask, "sum"), rtol=0, atol=1e-10)
     assert_close(
         sequence_logps(r, rm, "sum"),
         sequence_logps(sep_r, rejected.completion_mask, "sum"),
@@ -131,9 +125,7 @@ def test_one_forward_for_chosen_and_rejected_equals_two(model):
 
 def test_concat_pairs_left_padding(model):
     chosen, _ = right_padded_batch(seed=7)
-    rejected = EncodedBatch(
-        chosen.input_ids[:, :6], chosen.attention_mask[:, :6], chosen.completion_mask[:, :6]
-    )
+    rejected = EncodedBatch(chosen.input_ids[:, :6], chosen.attention_mask[:, :6], chosen.completion_mask[:, :6])
     both = concat_pairs(to_left_padding(chosen), to_left_padding(rejected), PAD, "left")
     assert both.input_ids.shape == (6, 8)
     assert (both.attention_mask[3:, :2] == 0).all()  # rejected rows padded on the left

@@ -130,12 +130,8 @@ def dpo_setup(tokenizer, policy_and_reference, tmp_path_factory):
             ],
         }
     )
-    args = trl_args(
-        DPOConfig, tmp_path_factory, per_device_train_batch_size=4, beta=0.1, loss_type=["sigmoid"]
-    )
-    trainer = DPOTrainer(
-        model=policy, ref_model=reference, args=args, train_dataset=data, processing_class=tokenizer
-    )
+    args = trl_args(DPOConfig, tmp_path_factory, per_device_train_batch_size=4, beta=0.1, loss_type=["sigmoid"])
+    trainer = DPOTrainer(model=policy, ref_model=reference, args=args, train_dataset=data, processing_class=tokenizer)
     batch = next(iter(trainer.get_train_dataloader()))
     trainer.model.eval()
 
@@ -296,9 +292,7 @@ def kto_z0s_matching_trl(tokenizer, policy_and_reference, tmp_path_factory, swap
         desirable_weight=1.0,
         undesirable_weight=1.5,
     )
-    trainer = KTOTrainer(
-        model=policy, ref_model=reference, args=args, train_dataset=data, processing_class=tokenizer
-    )
+    trainer = KTOTrainer(model=policy, ref_model=reference, args=args, train_dataset=data, processing_class=tokenizer)
     cfg = get_objective("kto").config(beta=0.1, desirable_weight=1.0, undesirable_weight=1.5)
     z0s = []
     for batch in trainer.get_train_dataloader():
@@ -410,9 +404,7 @@ def test_orpo_nll_convention_differs_from_trl(tokenizer, tmp_path_factory):
             side[name] = (
                 token_logps(trainer.model, ids, att, comp),
                 comp,
-                token_logps(
-                    trainer.model, ids, att, torch.cat([torch.zeros_like(att[:, :1]), att[:, 1:]], dim=1)
-                ),
+                token_logps(trainer.model, ids, att, torch.cat([torch.zeros_like(att[:, :1]), att[:, 1:]], dim=1)),
                 att,
             )
     (c_tok, c_comp, c_all, c_att), (r_tok, r_comp, _, _) = side["chosen"], side["rejected"]

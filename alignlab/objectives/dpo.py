@@ -12,9 +12,7 @@ from alignlab.objectives.registry import register_objective
 
 @dataclass(frozen=True)
 class DPOConfig(ObjectiveConfig):
-    beta: float = knob(
-        0.1, "β: strength of the implicit KL penalty to π_ref (DPO paper: 0.1; 0.5 for TL;DR).", gt=0
-    )
+    beta: float = knob(0.1, "β: strength of the implicit KL penalty to π_ref (DPO paper: 0.1; 0.5 for TL;DR).", gt=0)
 
 
 @register_objective(

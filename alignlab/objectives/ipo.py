@@ -22,10 +22,7 @@ class IPOConfig(ObjectiveConfig):
     "ipo",
     config=IPOConfig,
     needs=Needs(reference=True, data="paired"),
-    citation=(
-        "Azar et al. 2023, A General Theoretical Paradigm to Understand Learning from Human Preferences, "
-        "Eq. 17"
-    ),
+    citation=("Azar et al. 2023, A General Theoretical Paradigm to Understand Learning from Human Preferences, Eq. 17"),
 )
 def ipo_loss(batch: PairedLogps, cfg: IPOConfig) -> LossOutput:
     """(h − 1/(2τ))², with h summed over tokens or, if ``length_normalized``, averaged per token."""

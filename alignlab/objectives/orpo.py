@@ -43,9 +43,7 @@ def orpo_loss(batch: PairedLogps, cfg: ORPOConfig) -> LossOutput:
     nll = -chosen_mean_logps
     losses = nll + cfg.lam * odds_ratio_losses
     metrics = pairwise_metrics(cfg.lam * chosen_mean_logps, cfg.lam * rejected_mean_logps)
-    metrics.update(
-        nll=nll.detach(), log_odds_ratio=log_odds_ratio.detach(), odds_ratio_loss=odds_ratio_losses.detach()
-    )
+    metrics.update(nll=nll.detach(), log_odds_ratio=log_odds_ratio.detach(), odds_ratio_loss=odds_ratio_losses.detach())
     # the odds ratio, not the likelihood, is ORPO's preference signal
     metrics["reward_accuracy"] = (log_odds_ratio.detach() > 0).to(nll.dtype)
     return LossOutput(losses, metrics)

@@ -76,9 +76,7 @@ def ppo_loss(batch: PPOBatch, cfg: PPOConfig) -> LossOutput:
     pg_losses = torch.maximum(pg_unclipped, pg_clipped)
     # value clipping as in OpenAI baselines / lm-human-preferences: the critic may not move more
     # than clip_value from its rollout-time prediction in one update
-    values_clipped = batch.old_values + torch.clamp(
-        batch.values - batch.old_values, -cfg.clip_value, cfg.clip_value
-    )
+    values_clipped = batch.old_values + torch.clamp(batch.values - batch.old_values, -cfg.clip_value, cfg.clip_value)
     vf_unclipped = (batch.values - batch.returns) ** 2
     vf_clipped = (values_clipped - batch.returns) ** 2
     vf_losses = 0.5 * torch.maximum(vf_unclipped, vf_clipped)

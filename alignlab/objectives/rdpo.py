@@ -30,7 +30,5 @@ def rdpo_loss(batch: PairedLogps, cfg: RDPOConfig) -> LossOutput:
     logits = cfg.beta * (chosen_logratios - rejected_logratios)
     # the flipped-pair term enters with a minus sign: its expectation under noise rate ε cancels
     # the contamination, so E_noisy[loss] = clean DPO loss (unlike cDPO, which only smooths)
-    losses = (-(1 - cfg.epsilon) * F.logsigmoid(logits) + cfg.epsilon * F.logsigmoid(-logits)) / (
-        1 - 2 * cfg.epsilon
-    )
+    losses = (-(1 - cfg.epsilon) * F.logsigmoid(logits) + cfg.epsilon * F.logsigmoid(-logits)) / (1 - 2 * cfg.epsilon)
     return LossOutput(losses, pairwise_metrics(cfg.beta * chosen_logratios, cfg.beta * rejected_logratios))

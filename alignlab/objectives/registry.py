@@ -93,9 +93,7 @@ def register_objective(
                 raise ValueError(f"objective name {n!r} must be lower-case letters, digits, '_' or '-'")
             taken = _REGISTRY.get(_ALIASES.get(n, n))
             if taken is not None and _qualname(taken.loss_fn) != _qualname(loss_fn):
-                raise ValueError(
-                    f"objective name {n!r} is already registered by {taken.origin}; pick another name"
-                )
+                raise ValueError(f"objective name {n!r} is already registered by {taken.origin}; pick another name")
         _REGISTRY[name] = Objective(name, loss_fn, config, needs, citation, tuple(aliases))
         for alias in aliases:
             _ALIASES[alias] = name
@@ -131,9 +129,7 @@ def get_objective(name: str) -> Objective:
     known = sorted([*_REGISTRY, *_ALIASES])
     close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
     hint = f"; did you mean {close[0]!r}?" if close else ""
-    raise UnknownObjectiveError(
-        f"unknown objective {name!r}{hint} (registered: {', '.join(sorted(_REGISTRY))})"
-    )
+    raise UnknownObjectiveError(f"unknown objective {name!r}{hint} (registered: {', '.join(sorted(_REGISTRY))})")
 
 
 def list_objectives() -> list[Objective]:

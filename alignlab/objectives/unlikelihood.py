@@ -11,9 +11,7 @@ from alignlab.objectives.registry import register_objective
 
 @dataclass(frozen=True)
 class UnlikelihoodConfig(ObjectiveConfig):
-    alpha: float = knob(
-        1.0, "α: weight of the unlikelihood term on y_l (DPO paper sweeps 0.05, 0.1, 0.5, 1).", ge=0
-    )
+    alpha: float = knob(1.0, "α: weight of the unlikelihood term on y_l (DPO paper sweeps 0.05, 0.1, 0.5, 1).", ge=0)
     min_complement: float = knob(
         1e-5,
         "Floor on 1 − π(y_l,t) inside the log, so a token the policy is sure of gives a large finite loss.",
@@ -26,9 +24,7 @@ class UnlikelihoodConfig(ObjectiveConfig):
     "unlikelihood",
     config=UnlikelihoodConfig,
     needs=Needs(reference=False, data="paired", token_level=True),
-    citation=(
-        "Welleck et al. 2020, Neural Text Generation with Unlikelihood Training, Eq. 4; DPO paper §6 baseline"
-    ),
+    citation=("Welleck et al. 2020, Neural Text Generation with Unlikelihood Training, Eq. 4; DPO paper §6 baseline"),
 )
 def unlikelihood_loss(batch: PairedLogps, cfg: UnlikelihoodConfig) -> LossOutput:
     """−log π(y_w) − α Σ_t log(1 − π(y_l,t | x, y_l,<t)), token sums."""

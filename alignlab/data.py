@@ -15,11 +15,18 @@ from typing import Any
 from alignlab.errors import AlignlabError
 
 DATA_DIR_ENV = "ALIGNLAB_DATA_DIR"
+CACHE_DIR_ENV = "ALIGNLAB_CACHE_DIR"
 LOCAL_SUFFIXES = (".jsonl.gz", ".jsonl", ".parquet")
 
 
 class DataError(AlignlabError):
     """Data could not be found or read."""
+
+
+def cache_root() -> Path:
+    """Where shared stages (tokenizers, SFT models, generated pairs) are cached: $ALIGNLAB_CACHE_DIR or
+    ~/.cache/alignlab."""
+    return Path(os.environ.get(CACHE_DIR_ENV) or Path.home() / ".cache" / "alignlab").expanduser()
 
 
 def resolve_data_dir(setting: str | None = None) -> Path | None:
@@ -40,9 +47,7 @@ def find_local_file(data_dir: Path, stem: str) -> Path:
     for path in tried:
         if path.is_file():
             return path
-    raise DataError(
-        f"no file for {stem!r} in data directory {data_dir}: looked for {', '.join(str(p) for p in tried)}"
-    )
+    raise DataError(f"no file for {stem!r} in data directory {data_dir}: looked for {', '.join(str(p) for p in tried)}")
 
 
 def load_records(data_dir: Path | None, stem: str, hub_id: str, split: str) -> Any:

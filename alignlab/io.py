@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -41,3 +44,26 @@ def atomic_write_yaml(path: str | Path, obj: Any) -> Path:
 def atomic_write_jsonl(path: str | Path, rows: list[dict[str, Any]]) -> Path:
     """JSON Lines, atomically (the whole file is rewritten)."""
     return atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+@contextmanager
+def atomic_dir(final: str | Path) -> Iterator[Path]:
+    """Build a directory in a temporary sibling and rename it into place only when complete.
+
+    A reader sees no directory or the whole one. If another process published ``final`` first,
+    this one's copy is discarded (both built the same content from the same key).
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-"))
+    try:
+        yield tmp
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not final.is_dir():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

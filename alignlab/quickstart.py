@@ -76,21 +76,11 @@ def build_pairs(cfg: QuickstartConfig) -> tuple[list[str], list[str], list[str]]
     """(prompts, chosen, rejected) for n_pairs + n_eval_pairs pairs, deterministic in the seed."""
     records = load_records(resolve_data_dir(cfg.data_dir), "imdb/train", "stanfordnlp/imdb", "train")
     need = cfg.prompt_words + cfg.completion_words
-    pos = [
-        w
-        for t, y in zip(records["text"], records["label"], strict=True)
-        if y == 1 and len(w := _clean(t)) >= need
-    ]
-    neg = [
-        w
-        for t, y in zip(records["text"], records["label"], strict=True)
-        if y == 0 and len(w := _clean(t)) >= need
-    ]
+    pos = [w for t, y in zip(records["text"], records["label"], strict=True) if y == 1 and len(w := _clean(t)) >= need]
+    neg = [w for t, y in zip(records["text"], records["label"], strict=True) if y == 0 and len(w := _clean(t)) >= need]
     n = cfg.n_pairs + cfg.n_eval_pairs
     if min(len(pos), len(neg)) < n:
-        raise AlignlabError(
-            f"imdb/train has {len(pos)} positive and {len(neg)} negative usable reviews; {n} needed"
-        )
+        raise AlignlabError(f"imdb/train has {len(pos)} positive and {len(neg)} negative usable reviews; {n} needed")
     rng = random.Random(cfg.seed)
     pos_pick, neg_pick = rng.sample(pos, n), rng.sample(neg, n)
     k, m = cfg.prompt_words, cfg.completion_words
@@ -98,10 +88,6 @@ def build_pairs(cfg: QuickstartConfig) -> tuple[list[str], list[str], list[str]]
     chosen = [" " + " ".join(w[k : k + m]) for w in pos_pick]
     rejected = [" " + " ".join(w[k : k + m]) for w in neg_pick]
     return prompts, chosen, rejected
-
-
-def _rows(batch: EncodedBatch, idx: list[int]) -> EncodedBatch:
-    return EncodedBatch(batch.input_ids[idx], batch.attention_mask[idx], batch.completion_mask[idx])
 
 
 def _sft(model: torch.nn.Module, data: EncodedBatch, cfg: QuickstartConfig) -> float:
@@ -114,7 +100,7 @@ def _sft(model: torch.nn.Module, data: EncodedBatch, cfg: QuickstartConfig) -> f
     loss = torch.tensor(float("nan"))
     for _ in tqdm(range(cfg.sft_steps), desc="sft", leave=False):
         idx = torch.randint(0, data.input_ids.shape[0], (cfg.batch_size,), generator=gen).tolist()
-        b = _rows(data, idx)
+        b = data.select(idx)
         target = b.attention_mask.clone()
         target[:, 0] = 0
         logps = token_logps(model, b.input_ids, b.attention_mask, target)
@@ -143,16 +129,14 @@ class PairData:
         rejected: list[torch.Tensor] = []
         for start in range(0, len(self), batch_size):
             idx = list(range(start, min(start + batch_size, len(self))))
-            c, cm, r, rm = score_pairs(
-                reference, _rows(self.chosen, idx), _rows(self.rejected, idx), self.pad_id
-            )
+            c, cm, r, rm = score_pairs(reference, self.chosen.select(idx), self.rejected.select(idx), self.pad_id)
             chosen.append(sequence_logps(c, cm, "sum"))
             rejected.append(sequence_logps(r, rm, "sum"))
         self.ref = (torch.cat(chosen), torch.cat(rejected))
 
     def logps(self, model: torch.nn.Module, idx: list[int], objective: Objective) -> PairedLogps:
         """Score rows ``idx`` under ``model`` (one forward pass) as the objective's input."""
-        c, cm, r, rm = score_pairs(model, _rows(self.chosen, idx), _rows(self.rejected, idx), self.pad_id)
+        c, cm, r, rm = score_pairs(model, self.chosen.select(idx), self.rejected.select(idx), self.pad_id)
         token_level = objective.needs.token_level
         return PairedLogps(
             policy_chosen_logps=sequence_logps(c, cm, "sum"),
@@ -198,8 +182,7 @@ def resolve(path: str | Path, overrides: list[str]) -> tuple[QuickstartConfig, O
     if objective.needs.data != "paired":
         raise ConfigError(
             "objective.name",
-            f"{objective.name!r} needs {objective.needs.data} data; "
-            "`alignlab train` runs paired objectives only",
+            f"{objective.name!r} needs {objective.needs.data} data; `alignlab train` runs paired objectives only",
             source,
         )
     return cfg, objective, objective.config_cls.from_dict(knobs, source, "objective.")
@@ -219,9 +202,7 @@ def run(path: str | Path, overrides: list[str] | None = None, force: bool = Fals
     prompts, chosen, rejected = build_pairs(cfg)
     n = cfg.n_pairs
     # 2. tokenizer and model from scratch
-    tokenizer = train_tokenizer(
-        [p + c for p, c in zip(prompts, chosen, strict=True)] + rejected, cfg.vocab_size
-    )
+    tokenizer = train_tokenizer([p + c for p, c in zip(prompts, chosen, strict=True)] + rejected, cfg.vocab_size)
     policy = build_preset(cfg.preset, tokenizer, cfg.seed)
     ctx = policy.config.n_positions
     train = PairData(tokenizer, prompts[:n], chosen[:n], rejected[:n], ctx)

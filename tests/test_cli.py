@@ -110,9 +110,7 @@ def readme_block(title: str) -> str:
 def test_readme_worked_example_is_the_shipped_files():
     example = REPO / "examples" / "adding_a_loss"
     assert readme_block("`examples/adding_a_loss/my_losses.py`") == (example / "my_losses.py").read_text()
-    assert (
-        readme_block("`examples/adding_a_loss/experiment.yaml`") == (example / "experiment.yaml").read_text()
-    )
+    assert readme_block("`examples/adding_a_loss/experiment.yaml`") == (example / "experiment.yaml").read_text()
 
 
 def test_readme_worked_example_runs_and_learns(data_dir, tmp_path):

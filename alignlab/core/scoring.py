@@ -41,6 +41,23 @@ class EncodedBatch:
                 f"{tuple(self.completion_mask.shape)}"
             )
 
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    def select(self, rows: Tensor | list[int]) -> EncodedBatch:
+        """The given rows."""
+        return EncodedBatch(self.input_ids[rows], self.attention_mask[rows], self.completion_mask[rows])
+
+    def trim(self) -> EncodedBatch:
+        """Drop the columns that are padding in every row (either side), e.g. after :meth:`select`."""
+        used = self.attention_mask.bool().any(dim=0).nonzero()
+        if used.numel() == 0:
+            return self
+        first, last = int(used[0]), int(used[-1]) + 1
+        return EncodedBatch(
+            self.input_ids[:, first:last], self.attention_mask[:, first:last], self.completion_mask[:, first:last]
+        )
+
 
 def token_logps(
     model: nn.Module,
@@ -126,8 +143,7 @@ def concat_pairs(
     """Stack chosen (first B rows) and rejected (last B rows) into one (2B, T) batch."""
     if chosen.input_ids.shape[0] != rejected.input_ids.shape[0]:
         raise ValueError(
-            f"chosen and rejected batches differ in size: {chosen.input_ids.shape[0]} vs "
-            f"{rejected.input_ids.shape[0]}"
+            f"chosen and rejected batches differ in size: {chosen.input_ids.shape[0]} vs {rejected.input_ids.shape[0]}"
         )
     T = max(chosen.input_ids.shape[1], rejected.input_ids.shape[1])
     return EncodedBatch(
@@ -157,8 +173,6 @@ def score_pairs(
         T the longer of the two inputs.
     """
     both = concat_pairs(chosen, rejected, pad_token_id, padding_side)
-    logps = token_logps(
-        model, both.input_ids, both.attention_mask, both.completion_mask, temperature=temperature
-    )
+    logps = token_logps(model, both.input_ids, both.attention_mask, both.completion_mask, temperature=temperature)
     B = chosen.input_ids.shape[0]
     return logps[:B], both.completion_mask[:B], logps[B:], both.completion_mask[B:]

@@ -1,0 +1,132 @@
+"""IMDb controlled sentiment generation (DPO paper §6.1).
+
+The policy continues a prefix of a movie review; the gold reward is a sentiment classifier's
+log-odds that the whole review (prefix + continuation) is positive. Data: the Large Movie Review
+Dataset (Maas et al. 2011) — Hub ``stanfordnlp/imdb`` (splits train / test / unsupervised), or
+the same schema locally as ``imdb/{train,test,unsup}.jsonl.gz`` under the data directory.
+
+- SFT text: train + unsup reviews (``use_unsup``), ``<br />`` cleaned;
+- prompts: prefixes of 2–8 policy tokens of train reviews (eval: of test reviews), the length
+  drawn per review from the task's seed;
+- labelled texts (for the gold classifier): train and test reviews with their 0/1 labels.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from alignlab.data import DataError
+from alignlab.schema import knob
+from alignlab.tasks.base import Split, Task, TaskConfig, hub_rows, iter_local, local_files, require_text
+
+_BR = re.compile(r"<br\s*/?>", re.IGNORECASE)
+_SPACES = re.compile(r"\s+")
+
+
+def clean_review(text: str) -> str:
+    """Replace the ``<br />`` tags left in the raw reviews by spaces and collapse whitespace."""
+    return _SPACES.sub(" ", _BR.sub(" ", text)).strip()
+
+
+@dataclass(frozen=True)
+class IMDbConfig(TaskConfig):
+    name: str = knob("imdb", "The task: imdb.")
+    prompt_tokens_min: int = knob(2, "Shortest review prefix used as a prompt, in policy tokens.", ge=1)
+    prompt_tokens_max: int = knob(8, "Longest review prefix used as a prompt, in policy tokens.", ge=1)
+    use_unsup: bool = knob(True, "Add the 50k unlabelled reviews to the SFT text.")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.prompt_tokens_max < self.prompt_tokens_min:
+            from alignlab.errors import ConfigError
+
+            raise ConfigError("prompt_tokens_max", f"must be >= prompt_tokens_min ({self.prompt_tokens_min})")
+
+
+# local file stem and Hub split of each of our splits
+_SPLITS = {"train": ("imdb/train", "train"), "test": ("imdb/test", "test"), "unsup": ("imdb/unsup", "unsupervised")}
+
+
+class IMDbTask(Task):
+    """IMDb reviews: SFT text, review-prefix prompts, and sentiment labels."""
+
+    name = "imdb"
+    config_cls = IMDbConfig
+    hub_id = "stanfordnlp/imdb"
+    cfg: IMDbConfig
+
+    def __init__(self, cfg: TaskConfig) -> None:
+        super().__init__(cfg)
+        self._cache: dict[str, list[tuple[str, int]]] = {}
+
+    def reviews(self, split: str) -> list[tuple[str, int]]:
+        """(cleaned text, label) of one split — train, test or unsup (label −1) — bad rows skipped."""
+        if split in self._cache:
+            return self._cache[split]
+        stem, hub_split = _SPLITS[split]
+        if self.data_dir is not None:
+            paths = local_files(self.data_dir, stem)
+            if not paths:
+                raise DataError(
+                    f"IMDb {split} split not found: looked for {self.data_dir / stem}.jsonl.gz, .jsonl or .parquet"
+                )
+            rows: Any = iter_local(paths, self.data_dir, self.report)
+        else:
+            hub = self.cfg.hub_id or self.hub_id
+            rows = hub_rows(hub, hub_split, self.report)
+        out: list[tuple[str, int]] = []
+        for name, number, row in rows:
+            text = require_text(row, "text", name, number, self.report)
+            if text is None:
+                continue
+            label = row.get("label")
+            allowed = (-1,) if split == "unsup" else (0, 1)
+            if label not in allowed:
+                self.report.bad(name, number, f"bad label: {label!r} (expected one of {allowed})")
+                continue
+            cleaned = clean_review(text)
+            if not cleaned:
+                self.report.bad(name, number, "empty text: 'text' holds only markup")
+                continue
+            self.report.file(name).kept += 1
+            out.append((cleaned, int(label)))
+            if self.cfg.max_rows is not None and len(out) >= self.cfg.max_rows:
+                break
+        self._cache[split] = out
+        return out
+
+    def sft_texts(self) -> list[str]:
+        texts = [t for t, _ in self.reviews("train")]
+        if self.cfg.use_unsup:
+            texts += [t for t, _ in self.reviews("unsup")]
+        return texts
+
+    def sft_eval_texts(self) -> list[str]:
+        """Test reviews: their movies are disjoint from the train reviews'."""
+        return [t for t, _ in self.reviews("test")]
+
+    def labelled(self, split: Split) -> list[tuple[str, int]]:
+        return self.reviews("train" if split == "train" else "test")
+
+    def prompts(self, split: Split, tokenizer: Any = None) -> list[str]:
+        """Review prefixes of ``prompt_tokens_min``–``prompt_tokens_max`` tokens of ``tokenizer``.
+
+        The prefix length of review i is drawn from ``Random(seed)``, so the prompts are the same
+        on every run with the same seed and tokenizer.
+        """
+        if tokenizer is None:
+            raise DataError("IMDb prompts are prefixes measured in policy tokens: pass the policy's tokenizer")
+        texts = [t for t, _ in self.labelled(split)]
+        rng = random.Random(f"{self.cfg.seed}:{split}")
+        lengths = [rng.randint(self.cfg.prompt_tokens_min, self.cfg.prompt_tokens_max) for _ in texts]
+        # only the opening of a review matters; 8 tokens never need more than a few hundred characters
+        ids = tokenizer([t[:400] for t in texts], add_special_tokens=False)["input_ids"]
+        prompts = []
+        for row_ids, k in zip(ids, lengths, strict=True):
+            prefix = tokenizer.decode(row_ids[:k])
+            if prefix.strip():
+                prompts.append(prefix)
+        return prompts

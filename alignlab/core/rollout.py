@@ -1,0 +1,210 @@
+"""The rollout core: prompts -> sampled completions -> completion mask -> log-probs -> rewards.
+
+Used by preference-data generation, PPO, best-of-N and evaluation alike, so every method's
+samples are drawn, masked and scored the same way:
+
+- sampling is the model's own KV-cached ``generate`` (temperature, top-p, max new tokens),
+  stopping when every row has emitted EOS;
+- a completion ends at its first EOS, which counts as a completion token; what ``generate``
+  pads after it never does;
+- log-probs come from the scoring core (:func:`alignlab.core.scoring.token_logps`) under the
+  sampling temperature — never from ``generate``'s own scores;
+- rewards are any callable ``(prompts, completions) -> (B,)`` over decoded texts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from alignlab.core.scoring import EncodedBatch, token_logps
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """B sampled completions and everything measured on them."""
+
+    prompts: list[str]
+    """(B) the prompt of each row (a prompt sampled k times appears k times, consecutively)."""
+    completions: list[str]
+    """(B) the decoded completions, up to (not including) EOS."""
+    sequences: EncodedBatch
+    """(B, P + N) left-padded prompt + right-padded completion, with the completion mask."""
+    policy_logps: Tensor | None = None
+    """(B, P + N) per-token log π of the completion tokens (0 elsewhere)."""
+    ref_logps: Tensor | None = None
+    """(B, P + N) per-token log π_ref of the completion tokens."""
+    rewards: Tensor | None = None
+    """(B,) reward of each (prompt, completion)."""
+
+
+def encode_prompts(tokenizer: Any, prompts: Sequence[str], max_prompt_tokens: int | None = None) -> EncodedBatch:
+    """Left-padded prompt ids (generation continues from the right edge), with BOS if the tokenizer has one."""
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    rows = [bos + ids for ids in tokenizer(list(prompts), add_special_tokens=False)["input_ids"]]
+    if max_prompt_tokens is not None:
+        for i, row in enumerate(rows):
+            if len(row) > max_prompt_tokens:
+                raise ValueError(f"prompt {i} is {len(row)} tokens, over the limit of {max_prompt_tokens}")
+    width = max(len(r) for r in rows)
+    pad = tokenizer.pad_token_id
+    ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    return EncodedBatch(ids, mask, torch.zeros_like(mask))
+
+
+def completion_mask_until_eos(completion_ids: Tensor, eos_token_id: int) -> Tensor:
+    """(B, N) 1 on every completion token up to and including the first EOS, 0 after it."""
+    is_eos = completion_ids == eos_token_id
+    # tokens strictly after the first EOS have a positive count of EOS before them
+    eos_before = torch.cumsum(is_eos.long(), dim=-1) - is_eos.long()
+    return (eos_before == 0).long()
+
+
+@torch.no_grad()
+def sample(
+    model: nn.Module,
+    prompts: EncodedBatch,
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    eos_token_id: int,
+    pad_token_id: int,
+    seed: int | None = None,
+) -> EncodedBatch:
+    """Sample one completion per row of left-padded ``prompts``.
+
+    Args:
+        model: a causal LM with Hugging Face ``generate``.
+        prompts: (B, P) left-padded prompt ids and attention mask.
+        max_new_tokens: the completion length limit N.
+        temperature: 0 means greedy decoding.
+        top_p: nucleus sampling threshold (1.0 disables it).
+        eos_token_id, pad_token_id: the tokenizer's.
+        seed: re-seed torch's generator first, for reproducible samples.
+
+    Returns:
+        (B, P + N') sequences, N' ≤ N, with the completion mask (first EOS included).
+    """
+    if seed is not None:
+        torch.manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    greedy = temperature == 0
+    out = model.generate(  # type: ignore[operator]
+        input_ids=prompts.input_ids,
+        attention_mask=prompts.attention_mask,
+        max_new_tokens=max_new_tokens,
+        do_sample=not greedy,
+        temperature=None if greedy else temperature,
+        top_p=None if greedy else top_p,
+        top_k=None,
+        eos_token_id=eos_token_id,
+        pad_token_id=pad_token_id,
+    )
+    model.train(was_training)
+    P = prompts.input_ids.shape[1]
+    completion = out[:, P:]
+    completion_mask = completion_mask_until_eos(completion, eos_token_id)
+    ids = torch.cat([prompts.input_ids, torch.where(completion_mask.bool(), completion, pad_token_id)], dim=1)
+    attention = torch.cat([prompts.attention_mask, completion_mask], dim=1)
+    return EncodedBatch(ids, attention, torch.cat([torch.zeros_like(prompts.attention_mask), completion_mask], dim=1))
+
+
+def decode_completions(tokenizer: Any, sequences: EncodedBatch) -> list[str]:
+    """The completion text of each row, without its EOS."""
+    texts = []
+    eos = tokenizer.eos_token_id
+    for ids, mask in zip(sequences.input_ids, sequences.completion_mask, strict=True):
+        tokens = [t for t in ids[mask.bool()].tolist() if t != eos]
+        texts.append(tokenizer.decode(tokens, skip_special_tokens=True))
+    return texts
+
+
+def rollout(
+    policy: nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    *,
+    samples_per_prompt: int = 1,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int | None = None,
+    reference: nn.Module | None = None,
+    reward: Callable[[Sequence[str], Sequence[str]], Tensor] | None = None,
+    score_policy: bool = False,
+    batch_size: int = 64,
+) -> Rollout:
+    """Sample ``samples_per_prompt`` completions per prompt, then score and reward them.
+
+    Rows come out prompt-major: the k samples of prompt i are rows i·k … i·k + k − 1. Log-probs
+    use the sampling temperature, so they are those of the distribution actually sampled.
+    Generation runs in chunks of ``batch_size`` rows; chunk c uses seed ``seed + c``.
+    """
+    expanded = [p for p in prompts for _ in range(samples_per_prompt)]
+    chunks: list[EncodedBatch] = []
+    for c, start in enumerate(range(0, len(expanded), batch_size)):
+        encoded = encode_prompts(tokenizer, expanded[start : start + batch_size])
+        chunks.append(
+            sample(
+                policy,
+                encoded,
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                top_p=top_p,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+                seed=None if seed is None else seed + c,
+            )
+        )
+    completions = [text for chunk in chunks for text in decode_completions(tokenizer, chunk)]
+    sequences = _stack(chunks, tokenizer.pad_token_id)
+    score_temperature = temperature if temperature > 0 else 1.0
+
+    def score(model: nn.Module) -> Tensor:
+        with torch.no_grad():
+            return torch.cat(
+                [
+                    token_logps(model, c.input_ids, c.attention_mask, c.completion_mask, temperature=score_temperature)
+                    for c in _split(sequences, batch_size)
+                ]
+            )
+
+    return Rollout(
+        prompts=expanded,
+        completions=completions,
+        sequences=sequences,
+        policy_logps=score(policy) if score_policy else None,
+        ref_logps=score(reference) if reference is not None else None,
+        rewards=reward(expanded, completions) if reward is not None else None,
+    )
+
+
+def _stack(chunks: list[EncodedBatch], pad_token_id: int) -> EncodedBatch:
+    """Concatenate chunks whose prompt widths (left) and completion widths (right) differ."""
+    if len(chunks) == 1:
+        return chunks[0]
+    prompt_width = [int((c.completion_mask.cumsum(-1) == 0).sum(-1).max()) for c in chunks]
+    left = max(prompt_width)
+    right = max(c.input_ids.shape[1] - w for c, w in zip(chunks, prompt_width, strict=True))
+    parts: list[list[Tensor]] = [[], [], []]
+    for c, w in zip(chunks, prompt_width, strict=True):
+        pad_left, pad_right = left - w, right - (c.input_ids.shape[1] - w)
+        for i, (x, value) in enumerate(((c.input_ids, pad_token_id), (c.attention_mask, 0), (c.completion_mask, 0))):
+            parts[i].append(torch.nn.functional.pad(x, (pad_left, pad_right), value=value))
+    return EncodedBatch(*(torch.cat(p) for p in parts))
+
+
+def _split(batch: EncodedBatch, size: int) -> list[EncodedBatch]:
+    return [
+        EncodedBatch(
+            batch.input_ids[i : i + size], batch.attention_mask[i : i + size], batch.completion_mask[i : i + size]
+        )
+        for i in range(0, batch.input_ids.shape[0], size)
+    ]

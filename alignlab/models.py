@@ -88,6 +88,13 @@ def build_preset(name: str, tokenizer: PreTrainedTokenizerFast, seed: int = 0) -
     return GPT2LMHeadModel(config)
 
 
+def model_context(model: Any) -> int:
+    """The longest sequence the model's positions allow (GPT-2: n_positions; Llama & co: max_position_embeddings)."""
+    config = model.config
+    limit = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+    return int(limit or 1024)
+
+
 # ---------------------------------------------------------------------------------------------
 # Pretrained models: a Hub id, a local directory, or the SmolLM2 GGUF shipped on PyPI
 # ---------------------------------------------------------------------------------------------

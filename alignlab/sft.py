@@ -34,7 +34,7 @@ import alignlab
 from alignlab.core.scoring import sequence_logps, token_logps
 from alignlab.data import cache_root
 from alignlab.io import atomic_dir, atomic_write_json
-from alignlab.models import ModelConfig, build_preset, load_pretrained, train_tokenizer
+from alignlab.models import ModelConfig, build_preset, load_pretrained, model_context, train_tokenizer
 from alignlab.schema import Config, knob
 from alignlab.tasks.base import Task
 
@@ -194,7 +194,7 @@ def prepare_policy(
     else:
         model, tokenizer = load_pretrained(model_cfg)
     tokenizer_seconds = time.time() - t0
-    context = min(sft_cfg.seq_len, getattr(model.config, "n_positions", None) or sft_cfg.seq_len)
+    context = min(sft_cfg.seq_len, model_context(model))
     shuffled = random.Random(sft_cfg.seed).sample(texts, len(texts))
     held_out = pack(tokenizer, task.sft_eval_texts(), sft_cfg.eval_blocks * context, context)[: sft_cfg.eval_blocks]
     metrics: dict[str, Any] = {"held_out_ppl_before": perplexity(model, held_out, sft_cfg.batch_size)}

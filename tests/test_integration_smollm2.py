@@ -37,8 +37,12 @@ def test_loads_a_real_llama(smollm2):
 def test_scoring_core_on_a_pretrained_model(smollm2):
     """Our log-probs equal a naive log_softmax-gather, and fluent text is likelier than shuffled text."""
     model, tokenizer = smollm2
-    batch = encode_completions(tokenizer, ["The capital of France is", "The capital of France is"],
-                               [" Paris, a city on the Seine.", " Seine the on city a, Paris."], 64)
+    batch = encode_completions(
+        tokenizer,
+        ["The capital of France is", "The capital of France is"],
+        [" Paris, a city on the Seine.", " Seine the on city a, Paris."],
+        64,
+    )
     ours = token_logps(model, batch.input_ids, batch.attention_mask, batch.completion_mask)
     with torch.no_grad():
         logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits.float()

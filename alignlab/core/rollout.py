@@ -140,17 +140,21 @@ def rollout(
     reward: Callable[[Sequence[str], Sequence[str]], Tensor] | None = None,
     score_policy: bool = False,
     batch_size: int = 64,
+    max_prompt_tokens: int | None = None,
 ) -> Rollout:
     """Sample ``samples_per_prompt`` completions per prompt, then score and reward them.
 
     Rows come out prompt-major: the k samples of prompt i are rows i·k … i·k + k − 1. Log-probs
     use the sampling temperature, so they are those of the distribution actually sampled.
-    Generation runs in chunks of ``batch_size`` rows; chunk c uses seed ``seed + c``.
+    Generation runs in chunks of ``batch_size`` rows; chunk c uses seed ``seed + c``. A prompt
+    over ``max_prompt_tokens`` (e.g. the context minus ``max_new_tokens``) is an error naming it.
     """
+    if not prompts:
+        raise ValueError("rollout needs at least one prompt")
     expanded = [p for p in prompts for _ in range(samples_per_prompt)]
     chunks: list[EncodedBatch] = []
     for c, start in enumerate(range(0, len(expanded), batch_size)):
-        encoded = encode_prompts(tokenizer, expanded[start : start + batch_size])
+        encoded = encode_prompts(tokenizer, expanded[start : start + batch_size], max_prompt_tokens)
         chunks.append(
             sample(
                 policy,

@@ -99,6 +99,11 @@ class PairedLogps:
             raise ValueError("this objective needs reference log-probs; the batch has none")
         return self.ref_chosen_logps, self.ref_rejected_logps
 
+    def logratios(self) -> tuple[Tensor, Tensor]:
+        """(log π(y_w) − log π_ref(y_w), log π(y_l) − log π_ref(y_l)), each (B,): h is their difference."""
+        ref_chosen_logps, ref_rejected_logps = self.reference()
+        return self.policy_chosen_logps - ref_chosen_logps, self.policy_rejected_logps - ref_rejected_logps
+
     def tokens(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """(chosen_token_logps, chosen_mask, rejected_token_logps, rejected_mask)."""
         fields = (self.chosen_token_logps, self.chosen_mask, self.rejected_token_logps, self.rejected_mask)

@@ -24,9 +24,7 @@ class CDPOConfig(ObjectiveConfig):
 )
 def cdpo_loss(batch: PairedLogps, cfg: CDPOConfig) -> LossOutput:
     """(1−ε)(−log σ(β h)) + ε(−log σ(−β h)): DPO against soft labels (1−ε, ε)."""
-    ref_chosen_logps, ref_rejected_logps = batch.reference()
-    chosen_logratios = batch.policy_chosen_logps - ref_chosen_logps
-    rejected_logratios = batch.policy_rejected_logps - ref_rejected_logps
+    chosen_logratios, rejected_logratios = batch.logratios()
     logits = cfg.beta * (chosen_logratios - rejected_logratios)
     # cross-entropy of σ(β h) against the smoothed label: the minimiser is a finite margin,
     # β h* = log((1−ε)/ε), instead of DPO's unbounded one

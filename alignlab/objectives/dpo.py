@@ -23,9 +23,7 @@ class DPOConfig(ObjectiveConfig):
 )
 def dpo_loss(batch: PairedLogps, cfg: DPOConfig) -> LossOutput:
     """−log σ(β h), h = [log π(y_w) − log π_ref(y_w)] − [log π(y_l) − log π_ref(y_l)]."""
-    ref_chosen_logps, ref_rejected_logps = batch.reference()
-    chosen_logratios = batch.policy_chosen_logps - ref_chosen_logps
-    rejected_logratios = batch.policy_rejected_logps - ref_rejected_logps
+    chosen_logratios, rejected_logratios = batch.logratios()
     # Eq. 7: L_DPO = −E log σ(β log π(y_w)/π_ref(y_w) − β log π(y_l)/π_ref(y_l))
     losses = -F.logsigmoid(cfg.beta * (chosen_logratios - rejected_logratios))
     # §5: the implicit reward is r̂(x, y) = β log π(y|x)/π_ref(y|x)

@@ -26,9 +26,7 @@ class IPOConfig(ObjectiveConfig):
 )
 def ipo_loss(batch: PairedLogps, cfg: IPOConfig) -> LossOutput:
     """(h − 1/(2τ))², with h summed over tokens or, if ``length_normalized``, averaged per token."""
-    ref_chosen_logps, ref_rejected_logps = batch.reference()
-    chosen_logratios = batch.policy_chosen_logps - ref_chosen_logps
-    rejected_logratios = batch.policy_rejected_logps - ref_rejected_logps
+    chosen_logratios, rejected_logratios = batch.logratios()
     if cfg.length_normalized:
         # TRL's convention: per-token mean log-ratios, so the target margin does not scale with length
         chosen_logratios = chosen_logratios / batch.chosen_lengths.clamp(min=1)

@@ -24,9 +24,7 @@ class RDPOConfig(ObjectiveConfig):
 )
 def rdpo_loss(batch: PairedLogps, cfg: RDPOConfig) -> LossOutput:
     """[(1−ε)(−log σ(β h)) − ε(−log σ(−β h))] / (1−2ε): unbiased for the clean-label DPO loss."""
-    ref_chosen_logps, ref_rejected_logps = batch.reference()
-    chosen_logratios = batch.policy_chosen_logps - ref_chosen_logps
-    rejected_logratios = batch.policy_rejected_logps - ref_rejected_logps
+    chosen_logratios, rejected_logratios = batch.logratios()
     logits = cfg.beta * (chosen_logratios - rejected_logratios)
     # the flipped-pair term enters with a minus sign: its expectation under noise rate ε cancels
     # the contamination, so E_noisy[loss] = clean DPO loss (unlike cDPO, which only smooths)

@@ -28,8 +28,6 @@ class SLiCConfig(ObjectiveConfig):
 )
 def slic_loss(batch: PairedLogps, cfg: SLiCConfig) -> LossOutput:
     """max(0, δ − β h), h = DPO's log-ratio margin."""
-    ref_chosen_logps, ref_rejected_logps = batch.reference()
-    chosen_logratios = batch.policy_chosen_logps - ref_chosen_logps
-    rejected_logratios = batch.policy_rejected_logps - ref_rejected_logps
+    chosen_logratios, rejected_logratios = batch.logratios()
     losses = torch.relu(cfg.delta - cfg.beta * (chosen_logratios - rejected_logratios))
     return LossOutput(losses, pairwise_metrics(cfg.beta * chosen_logratios, cfg.beta * rejected_logratios))

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from alignlab.core.scoring import EncodedBatch, concat_pairs
 from alignlab.encoding import encode_completions
 from alignlab.io import atomic_dir
+from alignlab.models import model_context
 from alignlab.schema import Config, knob
 from alignlab.tasks.base import PreferencePair
 
@@ -74,9 +75,7 @@ class RewardModel:
 
     @property
     def context(self) -> int:
-        config = self.model.config
-        limit = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
-        return int(limit or 1024)
+        return model_context(self.model)
 
     def encode(self, prompts: Sequence[str], completions: Sequence[str], max_length: int | None = None) -> EncodedBatch:
         return encode_completions(self.tokenizer, prompts, completions, max_length or self.context)

@@ -286,6 +286,7 @@ def fit_to_context(
         if len(ids) + bos + min_completion > max_length:
             name, row = pair.origin or ("(generated pairs)", 0)
             report.bad(name, row, f"prompt too long: {len(ids) + bos} tokens for a context of {max_length}")
+            report.file(name).kept -= 1 if pair.origin else 0
             continue
         kept.append(pair)
     return kept

@@ -1,0 +1,186 @@
+"""``alignlab prepare``: build the shared stages of a task, each cached, and report them.
+
+Everything a run needs before any preference training, in numbered steps:
+
+1. the task's data, with bad rows counted per file;
+2. the policy: tokenizer, model, SFT (cached; held-out perplexity before and after);
+3. sample completions from the SFT policy, to read;
+4. the gold judge (IMDb: the hashed n-gram sentiment classifier, cached), if the task has labels;
+5. preference pairs by the DPO protocol from the SFT policy and the gold judge (cached);
+6. a Bradley–Terry reward model on the task's pairs (human pairs, or the generated ones),
+   initialised from the SFT policy, with held-out pair accuracy.
+
+The report — wall time and metrics of every stage, the samples, the data report — goes to
+``out_dir/stages.json`` with the resolved config beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from alignlab import pairs as pairs_module
+from alignlab.config import apply_overrides, load_yaml
+from alignlab.core.rollout import rollout
+from alignlab.data import cache_root
+from alignlab.errors import AlignlabError, ConfigError
+from alignlab.io import atomic_dir, atomic_write_json, atomic_write_yaml
+from alignlab.models import ModelConfig, model_context
+from alignlab.pairs import PairGenConfig, generate_pairs, load_pairs
+from alignlab.rewards.model import RewardModel, RewardModelConfig, train_reward_model
+from alignlab.schema import Config, knob
+from alignlab.sft import SFTConfig, code_version, fingerprint, prepare_policy
+from alignlab.tasks import Task, build_task
+from alignlab.tasks.base import in_eval_split
+
+
+@dataclass(frozen=True)
+class SampleConfig(Config):
+    n: int = knob(3, "Completions sampled from the SFT policy for the report (0: none).", ge=0)
+    max_new_tokens: int = knob(48, "Their length limit in tokens.", gt=0)
+    temperature: float = knob(1.0, "Their sampling temperature.", ge=0)
+    seed: int = knob(0, "Their sampling seed.")
+
+
+@dataclass(frozen=True)
+class PrepareConfig(Config):
+    task: Any = knob(help="The task: {name: imdb | hh | tldr | cnndm, <task settings>}.")
+    model: ModelConfig = knob(default_factory=ModelConfig, help="The policy's model.")
+    sft: SFTConfig = knob(default_factory=SFTConfig, help="Supervised fine-tuning of the policy.")
+    samples: SampleConfig = knob(default_factory=SampleConfig, help="Samples from the SFT policy for the report.")
+    gold: bool = knob(True, "Train (or load) the task's gold judge, when the task has labelled text.")
+    pairs: PairGenConfig | None = knob(None, "Generate preference pairs by the DPO protocol (needs the gold judge).")
+    reward_model: RewardModelConfig | None = knob(None, "Train a Bradley–Terry reward model on the task's pairs.")
+    reward_model_pairs: int | None = knob(None, "Train the reward model on at most this many pairs.", gt=0)
+    out_dir: str = knob("results/prepare", "Where stages.json and the resolved config are written.")
+
+
+def fits(tokenizer: Any, prompt: str, limit: int) -> bool:
+    """Whether ``prompt`` (with BOS) is at most ``limit`` tokens."""
+    return len(tokenizer(prompt, add_special_tokens=False)["input_ids"]) + 1 <= limit
+
+
+def _gold(task: Task, seed: int, root: Path) -> Any:
+    """Step 4: the gold judge, trained once per (data, seed, code) and cached."""
+    from alignlab.rewards import gold
+
+    path = root / "gold" / fingerprint(task.name, task.source, seed, code_version(gold))
+    if not (path / gold.CONFIG_FILE).exists():
+        with atomic_dir(path) as tmp:
+            gold.train_gold_sentiment(task.cfg.data_dir, tmp, seed=seed)
+    return gold.GoldSentiment.load(path)
+
+
+def run_prepare(path: str | Path, overrides: list[str] | None = None, progress: bool = True) -> dict[str, Any]:
+    """Run the stages of the YAML at ``path``; returns the report also written to ``out_dir/stages.json``."""
+    source = str(path)
+    cfg: PrepareConfig = PrepareConfig.from_dict(apply_overrides(load_yaml(path), overrides or []), source)
+    task = build_task(cfg.task, source)
+    if cfg.pairs is not None and not (cfg.gold and task.name == "imdb"):
+        raise ConfigError(
+            "pairs", "pair generation needs a gold judge: only the imdb task has one (gold: true)", source
+        )
+    root = cache_root()
+    out = Path(cfg.out_dir)
+    report: dict[str, Any] = {"task": task.name, "source": task.source, "stages": {}}
+    stages = report["stages"]
+
+    def timed(stage: str, t0: float, **metrics: Any) -> None:
+        stages[stage] = {"seconds": round(time.time() - t0, 2), **metrics}
+        atomic_write_json(out / "stages.json", report)
+
+    atomic_write_yaml(out / "config.yaml", {**cfg.to_dict(), "task": task.cfg.to_dict()})
+    # 1. data
+    t0 = time.time()
+    texts = task.sft_texts()
+    timed("data", t0, sft_texts=len(texts))
+    # 2. policy
+    t0 = time.time()
+    policy = prepare_policy(task, cfg.model, cfg.sft, cache=root, progress=progress)
+    timed("sft", t0, path=str(policy.path), **policy.metrics)
+    # 3. samples to read
+    if cfg.samples.n:
+        t0 = time.time()
+        limit = model_context(policy.model) - cfg.samples.max_new_tokens
+        prompts = [p for p in task.prompts("eval", policy.tokenizer) if fits(policy.tokenizer, p, limit)]
+        if not prompts:
+            raise AlignlabError(
+                f"samples: no eval prompt of {task.name} fits {limit} tokens (the context of "
+                f"{model_context(policy.model)} minus max_new_tokens); use a model with a longer context"
+            )
+        r = rollout(
+            policy.model,
+            policy.tokenizer,
+            prompts[: cfg.samples.n],
+            max_new_tokens=cfg.samples.max_new_tokens,
+            temperature=cfg.samples.temperature,
+            seed=cfg.samples.seed,
+            max_prompt_tokens=limit,
+        )
+        timed(
+            "samples",
+            t0,
+            samples=[{"prompt": p, "completion": c} for p, c in zip(r.prompts, r.completions, strict=True)],
+        )
+    # 4. gold judge
+    judge = None
+    if cfg.gold and task.name == "imdb":
+        t0 = time.time()
+        judge = _gold(task, cfg.sft.seed, root)
+        timed("gold", t0, judge=judge.name)
+        if cfg.samples.n:
+            scores = judge(
+                [s["prompt"] for s in stages["samples"]["samples"]],
+                [s["completion"] for s in stages["samples"]["samples"]],
+            )
+            for s, score in zip(stages["samples"]["samples"], scores.tolist(), strict=True):
+                s["gold_reward"] = round(score, 4)
+            atomic_write_json(out / "stages.json", report)
+    # 5. preference pairs
+    pairs_dir = None
+    if cfg.pairs is not None and judge is not None:
+        t0 = time.time()
+        prompts = task.prompts("train", policy.tokenizer)
+        used = prompts[: cfg.pairs.max_prompts or len(prompts)]
+        key = fingerprint(str(policy.path), used, judge.name, cfg.pairs.to_dict(), code_version(pairs_module))
+        pairs_dir = root / "pairs" / key
+        if (pairs_dir / "pairs.json").exists():
+            info = {**json.loads((pairs_dir / "pairs.json").read_text()), "cached": True}
+        else:
+            info = generate_pairs(
+                policy.model,
+                policy.tokenizer,
+                prompts,
+                judge,
+                cfg.pairs,
+                pairs_dir,
+                meta={"policy": str(policy.path), "reward": judge.name},
+                progress=progress,
+            )
+        timed("pairs", t0, path=str(pairs_dir), **{k: v for k, v in info.items() if k != "config"})
+    # 6. reward model
+    if cfg.reward_model is not None:
+        t0 = time.time()
+        if pairs_dir is not None:
+            # held out by prompt, as the human-pair tasks are: no prompt on both sides
+            everything = load_pairs(pairs_dir)
+            is_eval = [in_eval_split(p.prompt, task.cfg.eval_fraction, task.cfg.seed) for p in everything]
+            train = [p for p, e in zip(everything, is_eval, strict=True) if not e]
+            held_out = [p for p, e in zip(everything, is_eval, strict=True) if e]
+        else:
+            train, held_out = task.pairs("train"), task.pairs("eval")
+        context = cfg.reward_model.max_length or model_context(policy.model)
+        train = task.fit_to_context(train, policy.tokenizer, context)[: cfg.reward_model_pairs]
+        held_out = task.fit_to_context(held_out, policy.tokenizer, context)
+        torch.manual_seed(cfg.reward_model.seed)
+        rm = RewardModel.from_policy(str(policy.path), policy.tokenizer, seed=cfg.reward_model.seed)
+        metrics = train_reward_model(rm, train, held_out, cfg.reward_model, progress=progress)
+        timed("reward_model", t0, **metrics)
+    report["data_report"] = task.report.to_dict()
+    atomic_write_json(out / "stages.json", report)
+    return report

@@ -102,8 +102,8 @@ def token_logps(
     if temperature != 1.0:
         logits = logits / temperature
     targets = input_ids[:, first:last]
-    # log_softmax(z)[y] = z[y] − logsumexp(z), without materialising the (B, T, V) log-softmax
-    picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    # log p(y) = −cross-entropy(z, y): the fused kernel, without materialising the (B, T, V) log-softmax
+    picked = -F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view(targets.shape)
     # where, not multiply: logits at padded positions may be NaN (fully masked attention rows)
     picked = torch.where(completion[:, first:last], picked, torch.zeros_like(picked))
     return F.pad(picked, (first, T - last))

@@ -28,8 +28,8 @@ class LNDPOConfig(ObjectiveConfig):
 )
 def ln_dpo_loss(batch: PairedLogps, cfg: LNDPOConfig) -> LossOutput:
     """−log σ(β (h_w/|y_w| − h_l/|y_l|)): DPO on per-token log-ratios."""
-    ref_chosen, ref_rejected = batch.reference()
-    chosen = (batch.policy_chosen_logps - ref_chosen) / batch.chosen_lengths
-    rejected = (batch.policy_rejected_logps - ref_rejected) / batch.rejected_lengths
+    chosen_logratios, rejected_logratios = batch.logratios()  # log π/π_ref of y_w and y_l, summed
+    chosen = chosen_logratios / batch.chosen_lengths
+    rejected = rejected_logratios / batch.rejected_lengths
     losses = -F.logsigmoid(cfg.beta * (chosen - rejected))
     return LossOutput(losses, pairwise_metrics(cfg.beta * chosen, cfg.beta * rejected))

@@ -29,7 +29,7 @@ from alignlab.config import apply_overrides, load_yaml
 from alignlab.core.rollout import rollout
 from alignlab.data import cache_root
 from alignlab.errors import AlignlabError, ConfigError
-from alignlab.io import atomic_dir, atomic_write_json, atomic_write_yaml
+from alignlab.io import atomic_dir, atomic_write_text, atomic_write_yaml
 from alignlab.models import ModelConfig, model_context
 from alignlab.pairs import PairGenConfig, generate_pairs, load_pairs
 from alignlab.rewards.model import RewardModel, RewardModelConfig, train_reward_model
@@ -92,7 +92,14 @@ def run_prepare(path: str | Path, overrides: list[str] | None = None, progress: 
 
     def timed(stage: str, t0: float, **metrics: Any) -> None:
         stages[stage] = {"seconds": round(time.time() - t0, 2), **metrics}
-        atomic_write_json(out / "stages.json", report)
+        write()
+
+    def write() -> None:
+        # results are shared: name the cache and data directories by their settings, not this machine's paths
+        text = json.dumps(report, indent=2).replace(str(root), "$ALIGNLAB_CACHE_DIR")
+        if task.data_dir is not None:
+            text = text.replace(json.dumps(str(task.data_dir))[1:-1], "$ALIGNLAB_DATA_DIR")
+        atomic_write_text(out / "stages.json", text + "\n")
 
     atomic_write_yaml(out / "config.yaml", {**cfg.to_dict(), "task": task.cfg.to_dict()})
     # 1. data
@@ -140,7 +147,7 @@ def run_prepare(path: str | Path, overrides: list[str] | None = None, progress: 
             )
             for s, score in zip(stages["samples"]["samples"], scores.tolist(), strict=True):
                 s["gold_reward"] = round(score, 4)
-            atomic_write_json(out / "stages.json", report)
+            write()
     # 5. preference pairs
     pairs_dir = None
     if cfg.pairs is not None and judge is not None:
@@ -182,5 +189,5 @@ def run_prepare(path: str | Path, overrides: list[str] | None = None, progress: 
         metrics = train_reward_model(rm, train, held_out, cfg.reward_model, progress=progress)
         timed("reward_model", t0, **metrics)
     report["data_report"] = task.report.to_dict()
-    atomic_write_json(out / "stages.json", report)
+    write()
     return report

@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from alignlab.config import apply_overrides, load_yaml
-from alignlab.core.scoring import EncodedBatch, concat_pairs, score_pairs, sequence_logps, token_logps
+from alignlab.core.scoring import EncodedBatch, concat_pairs, score_pairs, sequence_logps
 from alignlab.data import load_records, resolve_data_dir
 from alignlab.encoding import encode_completions
 from alignlab.errors import AlignlabError, ConfigError
@@ -37,6 +37,7 @@ from alignlab.models import PRESETS, build_preset, train_tokenizer
 from alignlab.objectives import Objective, ObjectiveConfig, PairedLogps, get_objective
 from alignlab.plugins import load_plugins
 from alignlab.schema import Config, knob
+from alignlab.sft import lm_nll
 
 
 @dataclass(frozen=True)
@@ -101,10 +102,7 @@ def _sft(model: torch.nn.Module, data: EncodedBatch, cfg: QuickstartConfig) -> f
     for _ in tqdm(range(cfg.sft_steps), desc="sft", leave=False):
         idx = torch.randint(0, data.input_ids.shape[0], (cfg.batch_size,), generator=gen).tolist()
         b = data.select(idx)
-        target = b.attention_mask.clone()
-        target[:, 0] = 0
-        logps = token_logps(model, b.input_ids, b.attention_mask, target)
-        loss = -sequence_logps(logps, target, "sum").sum() / target.sum()
+        loss = lm_nll(model, b.input_ids, b.attention_mask)
         opt.zero_grad()
         loss.backward()
         opt.step()

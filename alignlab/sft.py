@@ -115,19 +115,22 @@ def pack(tokenizer: Any, texts: list[str], n_tokens: int, seq_len: int) -> torch
     return torch.tensor(ids[: n_blocks * seq_len]).view(n_blocks, seq_len)
 
 
-def block_nll(model: Any, blocks: torch.Tensor) -> torch.Tensor:
-    """Token-mean NLL of packed blocks through the scoring core (every token after the first counts)."""
-    attention = torch.ones_like(blocks)
-    targets = attention.clone()
-    targets[:, 0] = 0
-    logps = token_logps(model, blocks, attention, targets)
+def lm_nll(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Token-mean NLL of whole texts through the scoring core: every real token after a row's first counts.
+
+    Args:
+        input_ids: (B, T) packed blocks, or padded texts (either side) with their ``attention_mask``.
+    """
+    attention = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+    targets = attention * (attention.cumsum(dim=-1) > 1)  # a row's first token has nothing to condition on
+    logps = token_logps(model, input_ids, attention, targets)
     return -sequence_logps(logps, targets, "sum").sum() / targets.sum()
 
 
 @torch.no_grad()
 def perplexity(model: Any, blocks: torch.Tensor, batch_size: int) -> float:
     model.eval()
-    nll = [block_nll(model, blocks[i : i + batch_size]) for i in range(0, len(blocks), batch_size)]
+    nll = [lm_nll(model, blocks[i : i + batch_size]) for i in range(0, len(blocks), batch_size)]
     model.train()
     return math.exp(float(torch.stack(nll).mean()))
 
@@ -144,7 +147,7 @@ def train_sft(model: Any, train: torch.Tensor, cfg: SFTConfig, progress: bool = 
     bar = tqdm(range(cfg.steps), desc="sft", disable=not progress)
     for step in bar:
         idx = order[(torch.arange(cfg.batch_size) + step * cfg.batch_size) % len(train)]
-        loss = block_nll(model, train[idx])
+        loss = lm_nll(model, train[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

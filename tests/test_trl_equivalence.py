@@ -45,6 +45,13 @@ SENTENCES = [
 ]
 
 
+PREFERENCE_DATA = {
+    "prompt": ["What is the capital of France?", "Two plus two", "The movie was", "The plot"],
+    "chosen": [" Paris is the capital.", " equals four.", " a delight from start to finish.", " was moving."],
+    "rejected": [" I do not know.", " equals five, not four.", " boring.", " made no sense and the acting was worse."],
+}
+
+
 def report(name: str, ours: torch.Tensor, theirs: torch.Tensor) -> float:
     diff = (ours.double() - theirs.double()).abs().max().item()
     print(f"[trl-equivalence] {name}: max |ours - TRL| = {diff:.3e}")
@@ -113,23 +120,7 @@ def dpo_setup(tokenizer, policy_and_reference, tmp_path_factory):
     from trl import DPOConfig, DPOTrainer
 
     policy, reference = (copy.deepcopy(m) for m in policy_and_reference)
-    data = Dataset.from_dict(
-        {
-            "prompt": ["What is the capital of France?", "Two plus two", "The movie was", "The plot"],
-            "chosen": [
-                " Paris is the capital.",
-                " equals four.",
-                " a delight from start to finish.",
-                " was moving.",
-            ],
-            "rejected": [
-                " I do not know.",
-                " equals five, not four.",
-                " boring.",
-                " made no sense and the acting was worse.",
-            ],
-        }
-    )
+    data = Dataset.from_dict(PREFERENCE_DATA)
     args = trl_args(DPOConfig, tmp_path_factory, per_device_train_batch_size=4, beta=0.1, loss_type=["sigmoid"])
     trainer = DPOTrainer(model=policy, ref_model=reference, args=args, train_dataset=data, processing_class=tokenizer)
     batch = next(iter(trainer.get_train_dataloader()))
@@ -371,18 +362,7 @@ def test_orpo_nll_convention_differs_from_trl(tokenizer, tmp_path_factory):
     from datasets import Dataset
     from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
-    data = Dataset.from_dict(
-        {
-            "prompt": ["What is the capital of France?", "Two plus two", "The movie was", "The plot"],
-            "chosen": [
-                " Paris is the capital.",
-                " equals four.",
-                " a delight from start to finish.",
-                " was moving.",
-            ],
-            "rejected": [" I do not know.", " equals five, not four.", " boring.", " made no sense."],
-        }
-    )
+    data = Dataset.from_dict(PREFERENCE_DATA)
     lam = 0.1
     args = trl_args(ORPOConfig, tmp_path_factory, per_device_train_batch_size=4, beta=lam)
     args.max_length = 64

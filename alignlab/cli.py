@@ -46,9 +46,9 @@ def _objectives(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     import json
 
-    from alignlab.quickstart import run
+    from alignlab.train.job import run_training
 
-    summary = run(args.file, args.overrides, force=args.force)
+    summary = run_training(args.file, args.overrides, force=args.force)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -73,9 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--names-only", action="store_true", help="print the names only")
     p.set_defaults(func=_objectives)
 
-    p = sub.add_parser("train", help="train one paired objective on IMDb-derived pairs from a quickstart YAML")
+    p = sub.add_parser("train", help="one training run from a YAML: any objective, PPO, or best-of-N")
     p.add_argument("file", help="the YAML file, e.g. experiments/quickstart.yaml")
-    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. objective.beta=0.2 steps=100")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. objective.beta=0.2 train.steps=100")
     p.add_argument("--force", action="store_true", help="run again even if out_dir holds a finished run")
     p.set_defaults(func=_train)
     p = sub.add_parser("prepare", help="build a task's shared stages (SFT, gold judge, pairs, reward model)")

@@ -22,21 +22,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from alignlab import pairs as pairs_module
+from alignlab import stages as shared
 from alignlab.config import apply_overrides, load_yaml
 from alignlab.core.rollout import rollout
 from alignlab.data import cache_root
 from alignlab.errors import AlignlabError, ConfigError
-from alignlab.io import atomic_dir, atomic_write_text, atomic_write_yaml
+from alignlab.io import atomic_write_text, atomic_write_yaml
 from alignlab.models import ModelConfig, model_context
-from alignlab.pairs import PairGenConfig, generate_pairs, load_pairs
-from alignlab.rewards.model import RewardModel, RewardModelConfig, train_reward_model
+from alignlab.pairs import PairGenConfig
+from alignlab.rewards.model import RewardModelConfig
 from alignlab.schema import Config, knob
-from alignlab.sft import SFTConfig, code_version, fingerprint, prepare_policy
-from alignlab.tasks import Task, build_task
-from alignlab.tasks.base import in_eval_split
+from alignlab.sft import SFTConfig, prepare_policy
+from alignlab.tasks import build_task
 
 
 @dataclass(frozen=True)
@@ -63,17 +60,6 @@ class PrepareConfig(Config):
 def fits(tokenizer: Any, prompt: str, limit: int) -> bool:
     """Whether ``prompt`` (with BOS) is at most ``limit`` tokens."""
     return len(tokenizer(prompt, add_special_tokens=False)["input_ids"]) + 1 <= limit
-
-
-def _gold(task: Task, seed: int, root: Path) -> Any:
-    """Step 4: the gold judge, trained once per (data, seed, code) and cached."""
-    from alignlab.rewards import gold
-
-    path = root / "gold" / fingerprint(task.name, task.source, seed, code_version(gold))
-    if not (path / gold.CONFIG_FILE).exists():
-        with atomic_dir(path) as tmp:
-            gold.train_gold_sentiment(task.cfg.data_dir, tmp, seed=seed)
-    return gold.GoldSentiment.load(path)
 
 
 def run_prepare(path: str | Path, overrides: list[str] | None = None, progress: bool = True) -> dict[str, Any]:
@@ -138,7 +124,7 @@ def run_prepare(path: str | Path, overrides: list[str] | None = None, progress: 
     judge = None
     if cfg.gold and task.name == "imdb":
         t0 = time.time()
-        judge = _gold(task, cfg.sft.seed, root)
+        judge = shared.gold_judge(task, cfg.sft.seed, root)
         timed("gold", t0, judge=judge.name)
         if cfg.samples.n:
             scores = judge(
@@ -152,41 +138,19 @@ def run_prepare(path: str | Path, overrides: list[str] | None = None, progress: 
     pairs_dir = None
     if cfg.pairs is not None and judge is not None:
         t0 = time.time()
-        prompts = task.prompts("train", policy.tokenizer)
-        used = prompts[: cfg.pairs.max_prompts or len(prompts)]
-        key = fingerprint(str(policy.path), used, judge.name, cfg.pairs.to_dict(), code_version(pairs_module))
-        pairs_dir = root / "pairs" / key
-        if (pairs_dir / "pairs.json").exists():
-            info = {**json.loads((pairs_dir / "pairs.json").read_text()), "cached": True}
-        else:
-            info = generate_pairs(
-                policy.model,
-                policy.tokenizer,
-                prompts,
-                judge,
-                cfg.pairs,
-                pairs_dir,
-                meta={"policy": str(policy.path), "reward": judge.name},
-                progress=progress,
-            )
+        pairs_dir, info = shared.generated_pairs(task, policy, judge, cfg.pairs, root, progress)
         timed("pairs", t0, path=str(pairs_dir), **{k: v for k, v in info.items() if k != "config"})
     # 6. reward model
     if cfg.reward_model is not None:
         t0 = time.time()
         if pairs_dir is not None:
-            # held out by prompt, as the human-pair tasks are: no prompt on both sides
-            everything = load_pairs(pairs_dir)
-            is_eval = [in_eval_split(p.prompt, task.cfg.eval_fraction, task.cfg.seed) for p in everything]
-            train = [p for p, e in zip(everything, is_eval, strict=True) if not e]
-            held_out = [p for p, e in zip(everything, is_eval, strict=True) if e]
+            train, held_out = shared.load_generated(pairs_dir, task)
         else:
             train, held_out = task.pairs("train"), task.pairs("eval")
         context = cfg.reward_model.max_length or model_context(policy.model)
         train = task.fit_to_context(train, policy.tokenizer, context)[: cfg.reward_model_pairs]
         held_out = task.fit_to_context(held_out, policy.tokenizer, context)
-        torch.manual_seed(cfg.reward_model.seed)
-        rm = RewardModel.from_policy(str(policy.path), policy.tokenizer, seed=cfg.reward_model.seed)
-        metrics = train_reward_model(rm, train, held_out, cfg.reward_model, progress=progress)
+        _, metrics = shared.reward_model(policy, train, held_out, cfg.reward_model, root, progress)
         timed("reward_model", t0, **metrics)
     report["data_report"] = task.report.to_dict()
     write()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -86,6 +87,9 @@ def _matches(value: Any, tp: Any) -> bool:
     return isinstance(value, tp)
 
 
+_SCIENTIFIC = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
+
+
 def _config_type(tp: Any) -> type[Config] | None:
     """The Config subclass a field holds (directly or as ``X | None``), if any."""
     candidates = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
@@ -104,6 +108,10 @@ class Config:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             tp = hints[f.name]
+            if isinstance(value, str) and _SCIENTIFIC.match(value) and _matches(1.5, tp):
+                # YAML 1.1 (PyYAML) reads 1e-3 as a string: it needs a dot (1.0e-3) to be a float
+                value = float(value)
+                object.__setattr__(self, f.name, value)
             if not _matches(value, tp):
                 raise ConfigError(f.name, f"expected {type_name(tp)}, got {value!r}")
             if tp is float and isinstance(value, int):

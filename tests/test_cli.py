@@ -61,10 +61,10 @@ def write(tmp_path: Path, text: str, name: str = "exp.yaml") -> Path:
             r"exp.yaml: objective.betta: unknown key; did you mean 'beta'\?",
         ),
         ("objective: {name: dpo, beta: -1}\n", r"exp.yaml: objective.beta: must be > 0, got -1"),
-        ("objective: {name: dpo}\nstpes: 3\n", r"exp.yaml: stpes: unknown key; did you mean 'steps'\?"),
-        ("objective: {name: dpo}\nsteps: many\n", r"exp.yaml: steps: expected int, got 'many'"),
+        ("objective: {name: dpo}\ntrain: {stpes: 3}\n", r"exp.yaml: train.stpes: unknown key; did you mean 'steps'\?"),
+        ("objective: {name: dpo}\ntrain: {steps: many}\n", r"exp.yaml: train.steps: expected int, got 'many'"),
         ("objective: [dpo\n", r"exp.yaml: line 2, column 1: malformed YAML"),
-        ("objective: {name: kto}\n", r"objective.name: 'kto' needs unpaired data"),
+        ("objective: {name: dpo}\ntrain: {batch_size: 10, grad_accum: 3}\n", r"exp.yaml: train.batch_size: 10 is not"),
         ("plugins: [missing.py]\n", r"plugins: no such file 'missing.py'"),
         ("- just\n- a list\n", r"exp.yaml: \(top level\): expected a mapping"),
     ],
@@ -122,17 +122,19 @@ def test_readme_worked_example_runs_and_learns(data_dir, tmp_path):
     proc = run_cli("train", "examples/adding_a_loss/experiment.yaml", f"out_dir={out}")
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["objective"] == "ln_dpo" and summary["knobs"] == {"beta": 1.0}
-    assert summary["eval_first"]["loss"] == pytest.approx(math.log(2), abs=1e-6)  # π = π_ref at step 0
-    assert summary["eval_last"]["loss"] < summary["eval_first"]["loss"] - 0.005
-    assert summary["eval_last"]["margins"] > 0.01
+    assert summary["method"] == "ln_dpo" and summary["knobs"] == {"beta": 1.0}
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [0, 10, 20, 30]
+    evals = [r for r in rows if r["split"] == "eval"]
+    assert [r["step"] for r in evals] == [0, 10, 20, 30]
+    assert evals[0]["eval_loss"] == pytest.approx(math.log(2), abs=1e-6)  # π = π_ref at step 0
+    assert evals[-1]["eval_loss"] < evals[0]["eval_loss"] - 0.005
+    assert evals[-1]["eval_margins"] > 0.01
+    assert summary["final"] == evals[-1]
     resolved = (out / "config.yaml").read_text()
     assert "name: ln_dpo" in resolved and "beta: 1.0" in resolved
 
     # a finished run is not trained again, nor overwritten
     before = (out / "summary.json").read_text()
     again = run_cli("train", "examples/adding_a_loss/experiment.yaml", f"out_dir={out}")
-    assert again.returncode == 0 and "holds a finished run" in again.stdout
+    assert again.returncode == 0 and "holds this run, finished" in again.stderr
     assert (out / "summary.json").read_text() == before

@@ -12,15 +12,16 @@ from alignlab.errors import AlignlabError
 from alignlab.models import build_preset, train_tokenizer
 from alignlab.rewards import Reward
 from alignlab.rewards.model import (
-    EncodedPairs,
     RewardModel,
     RewardModelConfig,
     bradley_terry_loss,
     evaluate_reward_model,
+    pair_rewards,
     train_reward_model,
 )
 from alignlab.tasks import build_task
 from alignlab.tasks.base import PreferencePair
+from alignlab.train.data import PairData
 
 GOOD = ["great", "wonderful", "superb", "lovely"]
 BAD = ["awful", "boring", "dreadful", "dull"]
@@ -70,8 +71,8 @@ def test_one_forward_scores_equal_separate_scores(tiny_rm_factory):
     rm = tiny_rm_factory()
     rm.model.eval()
     pairs = toy_pairs(5, 2)
-    data = EncodedPairs.build(rm, pairs, None)
-    chosen, rejected = data.rewards(rm, list(range(5)))
+    data = PairData.build(rm.tokenizer, pairs, rm.context)
+    chosen, rejected = pair_rewards(rm, data, list(range(5)))
     with torch.no_grad():
         assert_close(chosen, rm([p.prompt for p in pairs], [p.chosen for p in pairs]), rtol=1e-5, atol=1e-5)
         assert_close(rejected, rm([p.prompt for p in pairs], [p.rejected for p in pairs]), rtol=1e-5, atol=1e-5)
@@ -96,7 +97,7 @@ def test_reward_model_trains_on_real_hh_pairs(data_dir, tmp_path):
     rm = RewardModel.from_policy(tmp_path, tokenizer, seed=0)
     train = task.fit_to_context(train, tokenizer, 128)[:128]  # long dialogues are skipped and counted
     assert 0 < task.report.files["hh-rlhf/harmless-base/test.jsonl.gz"].skipped["prompt too long"] < 400 - 128
-    seen = EncodedPairs.build(rm, train, 128)
+    seen = PairData.build(rm.tokenizer, train, 128)
     before = evaluate_reward_model(rm, seen)
     held_out = task.fit_to_context(task.pairs("eval"), tokenizer, 128)[:64]
     metrics = train_reward_model(

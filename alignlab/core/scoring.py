@@ -48,6 +48,10 @@ class EncodedBatch:
         """The given rows."""
         return EncodedBatch(self.input_ids[rows], self.attention_mask[rows], self.completion_mask[rows])
 
+    def to(self, device: torch.device | str) -> EncodedBatch:
+        """The batch on ``device`` (a no-op when it is there already)."""
+        return EncodedBatch(self.input_ids.to(device), self.attention_mask.to(device), self.completion_mask.to(device))
+
     def trim(self) -> EncodedBatch:
         """Drop the columns that are padding in every row (either side), e.g. after :meth:`select`."""
         used = self.attention_mask.bool().any(dim=0).nonzero()

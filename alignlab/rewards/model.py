@@ -3,7 +3,9 @@
 r_φ(x, y) is the head's output at the last token of prompt + completion. Training minimises
 −log σ(r_φ(x, y_w) − r_φ(x, y_l)) (Bradley & Terry 1952; Stiennon et al. 2020, Eq. 1), chosen
 and rejected scored in one forward pass through the scoring core's batching
-(:func:`alignlab.core.scoring.concat_pairs`); every pair is tokenised once, up front.
+(:func:`alignlab.core.scoring.concat_pairs`); every pair is tokenised once, up front
+(:class:`alignlab.train.data.PairData`). Training runs through the offline trainer, so it has the
+same optimiser handling, accumulation, checkpoints, resume and NaN guard as every objective.
 """
 
 from __future__ import annotations
@@ -17,14 +19,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from alignlab.core.scoring import EncodedBatch, concat_pairs
 from alignlab.encoding import encode_completions
 from alignlab.io import atomic_dir
 from alignlab.models import model_context
+from alignlab.objectives.base import LossOutput
 from alignlab.schema import Config, knob
 from alignlab.tasks.base import PreferencePair
+from alignlab.train.data import PairData
+from alignlab.train.offline import evaluate_step
 
 
 @dataclass(frozen=True)
@@ -80,10 +84,15 @@ class RewardModel:
     def encode(self, prompts: Sequence[str], completions: Sequence[str], max_length: int | None = None) -> EncodedBatch:
         return encode_completions(self.tokenizer, prompts, completions, max_length or self.context)
 
-    def score(self, batch: EncodedBatch) -> Tensor:
-        """(B,) rewards of an encoded batch (the head reads the last non-padding token)."""
+    def score(self, batch: EncodedBatch, model: Any = None) -> Tensor:
+        """(B,) rewards of an encoded batch (the head reads the last non-padding token).
+
+        ``model``: the same network wrapped for training (DDP), if not ``self.model``.
+        """
         position_ids = (batch.attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        out = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=position_ids)
+        out = (model if model is not None else self.model)(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=position_ids
+        )
         return out.logits[:, 0].float()
 
     @torch.no_grad()
@@ -99,47 +108,33 @@ class RewardModel:
         return torch.cat(scores)
 
 
-@dataclass(frozen=True)
-class EncodedPairs:
-    """Every pair tokenised once: chosen and rejected batches with the same row order."""
+def pair_rewards(rm: RewardModel, data: PairData, rows: list[int], model: Any = None) -> tuple[Tensor, Tensor]:
+    """(chosen, rejected) rewards (B,) of ``rows`` of ``data``, both sides in one forward pass."""
+    scorer = model if model is not None else rm.model
+    device = next(scorer.parameters()).device
+    both = concat_pairs(data.chosen.select(rows).trim(), data.rejected.select(rows).trim(), data.pad_token_id)
+    scores = rm.score(both.to(device), scorer)
+    return scores[: len(rows)], scores[len(rows) :]
 
-    chosen: EncodedBatch
-    rejected: EncodedBatch
 
-    @classmethod
-    def build(cls, rm: RewardModel, pairs: Sequence[PreferencePair], max_length: int | None) -> EncodedPairs:
-        prompts = [p.prompt for p in pairs]
-        return cls(
-            rm.encode(prompts, [p.chosen for p in pairs], max_length),
-            rm.encode(prompts, [p.rejected for p in pairs], max_length),
+def reward_model_step(rm: RewardModel, data: PairData) -> Any:
+    """The offline trainer's step function for Bradley–Terry training on ``data``."""
+
+    def step(model: Any, rows: list[int]) -> LossOutput:
+        chosen, rejected = pair_rewards(rm, data, rows, model)
+        return LossOutput(
+            bradley_terry_loss(chosen, rejected),
+            {"accuracy": (chosen > rejected).float().detach(), "margin": (chosen - rejected).detach()},
         )
 
-    def __len__(self) -> int:
-        return len(self.chosen)
-
-    def rewards(self, rm: RewardModel, rows: list[int]) -> tuple[Tensor, Tensor]:
-        """(chosen, rejected) rewards of ``rows``, both sides in one forward pass."""
-        both = concat_pairs(
-            self.chosen.select(rows).trim(), self.rejected.select(rows).trim(), rm.tokenizer.pad_token_id
-        )
-        scores = rm.score(both)
-        return scores[: len(rows)], scores[len(rows) :]
+    return step
 
 
 @torch.no_grad()
-def evaluate_reward_model(rm: RewardModel, data: EncodedPairs, batch_size: int = 64) -> dict[str, float]:
+def evaluate_reward_model(rm: RewardModel, data: PairData, batch_size: int = 64) -> dict[str, float]:
     """Pair accuracy (r_w > r_l), mean Bradley–Terry loss and mean margin over all pairs."""
-    rm.model.eval()
-    correct, loss, margin = 0.0, 0.0, 0.0
-    for start in range(0, len(data), batch_size):
-        rows = list(range(start, min(start + batch_size, len(data))))
-        chosen, rejected = data.rewards(rm, rows)
-        correct += float((chosen > rejected).sum())
-        loss += float(bradley_terry_loss(chosen, rejected).sum())
-        margin += float((chosen - rejected).sum())
-    rm.model.train()
-    n = max(len(data), 1)
-    return {"accuracy": correct / n, "loss": loss / n, "margin": margin / n, "pairs": len(data)}
+    metrics = evaluate_step(reward_model_step(rm, data), rm.model, len(data), batch_size)
+    return {"accuracy": metrics["accuracy"], "loss": metrics["loss"], "margin": metrics["margin"], "pairs": len(data)}
 
 
 def train_reward_model(
@@ -148,40 +143,57 @@ def train_reward_model(
     held_out: Sequence[PreferencePair],
     cfg: RewardModelConfig,
     progress: bool = True,
+    out_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """Bradley–Terry training; returns held-out accuracy before and after, and the speed."""
-    from transformers import get_linear_schedule_with_warmup
+    """Bradley–Terry training through the offline trainer; returns held-out accuracy before and after.
 
-    train_data = EncodedPairs.build(rm, train, cfg.max_length)
-    eval_data = EncodedPairs.build(rm, held_out, cfg.max_length)
+    ``out_dir`` holds the run's checkpoints and metrics (an interrupted run resumes from it); by
+    default a temporary directory, removed afterwards.
+    """
+    import tempfile
+
+    from alignlab.train.config import TrainConfig
+    from alignlab.train.loop import make_accelerator
+    from alignlab.train.offline import train_offline
+
+    max_length = cfg.max_length or rm.context
+    train_data = PairData.build(rm.tokenizer, train, max_length)
+    eval_data = PairData.build(rm.tokenizer, held_out, max_length)
     before = evaluate_reward_model(rm, eval_data)
-    steps = cfg.epochs * ((len(train_data) + cfg.batch_size - 1) // cfg.batch_size)
-    opt = torch.optim.AdamW(rm.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    schedule = get_linear_schedule_with_warmup(opt, max(1, steps // 10), steps)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    rm.model.train()
+    steps = cfg.epochs * (len(train_data) // cfg.batch_size)
+    tcfg = TrainConfig(
+        steps=steps,
+        batch_size=cfg.batch_size,
+        optimizer="adamw",
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        warmup_steps=max(1, steps // 10),
+        schedule="linear",
+        grad_clip=cfg.grad_clip,
+        disable_dropout=False,
+        eval_every=steps,
+        save_every=steps,
+        log_with=[],
+        seed=cfg.seed,
+        progress=progress,
+    )
     t0 = time.time()
-    bar = tqdm(total=steps, desc="reward model", disable=not progress)
-    for _ in range(cfg.epochs):
-        order = torch.randperm(len(train_data), generator=gen).tolist()
-        for start in range(0, len(order), cfg.batch_size):
-            chosen, rejected = train_data.rewards(rm, order[start : start + cfg.batch_size])
-            loss = bradley_terry_loss(chosen, rejected).mean()
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"reward-model loss is {loss.item()} at step {bar.n + 1}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(rm.model.parameters(), cfg.grad_clip)
-            opt.step()
-            schedule.step()
-            bar.update()
-            bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{(chosen > rejected).float().mean().item():.2f}")
-    bar.close()
-    seconds = time.time() - t0
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = out_dir or Path(tmp)
+        accelerator = make_accelerator(tcfg, run_dir)
+        train_offline(
+            rm.model,
+            reward_model_step(rm, train_data),
+            len(train_data),
+            tcfg,
+            run_dir,
+            accelerator,
+            name="reward model",
+        )
     return {
         "held_out_before": before,
         "held_out": evaluate_reward_model(rm, eval_data),
         "train_pairs": len(train_data),
         "steps": steps,
-        "train_seconds": round(seconds, 2),
+        "train_seconds": round(time.time() - t0, 2),
     }

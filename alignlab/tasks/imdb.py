@@ -20,7 +20,16 @@ from typing import Any
 
 from alignlab.data import DataError
 from alignlab.schema import knob
-from alignlab.tasks.base import Split, Task, TaskConfig, hub_rows, iter_local, local_files, require_text
+from alignlab.tasks.base import (
+    PreferencePair,
+    Split,
+    Task,
+    TaskConfig,
+    hub_rows,
+    iter_local,
+    local_files,
+    require_text,
+)
 
 _BR = re.compile(r"<br\s*/?>", re.IGNORECASE)
 _SPACES = re.compile(r"\s+")
@@ -130,3 +139,28 @@ class IMDbTask(Task):
             if prefix.strip():
                 prompts.append(prefix)
         return prompts
+
+    def review_pairs(self, n: int, prompt_words: int, completion_words: int, seed: int) -> list[PreferencePair]:
+        """Sentiment pairs with known labels, no sampling needed (the quickstart's data).
+
+        The prompt is the opening ``prompt_words`` words of a positive train review, the chosen
+        completion its own next ``completion_words`` words, the rejected one the same span of a
+        negative review: a preference for positive continuations that the labels guarantee.
+        """
+        need = prompt_words + completion_words
+        words = {
+            label: [w for t, y in self.reviews("train") if y == label and len(w := t.split()) >= need]
+            for label in (0, 1)
+        }
+        if min(len(words[0]), len(words[1])) < n:
+            raise DataError(
+                f"imdb train has {len(words[1])} positive and {len(words[0])} negative reviews of at least {need} "
+                f"words; {n} pairs need {n} of each"
+            )
+        rng = random.Random(seed)
+        pos, neg = rng.sample(words[1], n), rng.sample(words[0], n)
+        k, m = prompt_words, completion_words
+        return [
+            PreferencePair(" ".join(p[:k]), " " + " ".join(p[k : k + m]), " " + " ".join(q[k : k + m]))
+            for p, q in zip(pos, neg, strict=True)
+        ]

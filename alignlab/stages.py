@@ -1,0 +1,115 @@
+"""The shared stages a run builds before preference training, each cached under ``$ALIGNLAB_CACHE_DIR``.
+
+Every stage is keyed by a fingerprint of everything that determines it (inputs, settings, code
+version) and published atomically, so a second run — or a second process — with the same key
+loads it instead of building it:
+
+- :func:`gold_judge`: the task's gold reward (IMDb: the hashed n-gram sentiment classifier);
+- :func:`generated_pairs`: preference pairs by the DPO protocol from the SFT policy and a judge;
+- :func:`reward_model`: a Bradley–Terry reward model initialised from the SFT policy.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from alignlab import pairs as pairs_module
+from alignlab.errors import AlignlabError
+from alignlab.io import atomic_dir, atomic_write_json
+from alignlab.models import model_context
+from alignlab.pairs import PairGenConfig, generate_pairs, load_pairs
+from alignlab.rewards.model import RewardModel, RewardModelConfig, train_reward_model
+from alignlab.sft import Policy, code_version, fingerprint, texts_fingerprint
+from alignlab.tasks import Task
+from alignlab.tasks.base import PreferencePair, in_eval_split
+
+
+def gold_judge(task: Task, seed: int, root: Path) -> Any:
+    """The task's gold judge, trained once per (data, seed, code) and cached."""
+    from alignlab.rewards import gold
+
+    if task.name != "imdb":
+        raise AlignlabError(f"task {task.name!r} has no gold judge (only imdb has labelled text to train one)")
+    path = root / "gold" / fingerprint(task.name, task.source, seed, code_version(gold))
+    if not (path / gold.CONFIG_FILE).exists():
+        with atomic_dir(path) as tmp:
+            gold.train_gold_sentiment(task.cfg.data_dir, tmp, seed=seed)
+    return gold.GoldSentiment.load(path)
+
+
+def generated_pairs(
+    task: Task, policy: Policy, judge: Any, cfg: PairGenConfig, root: Path, progress: bool = True
+) -> tuple[Path, dict[str, Any]]:
+    """Pairs by the DPO protocol (k samples per train prompt, ranked by ``judge``); (directory, info)."""
+    prompts = task.prompts("train", policy.tokenizer)
+    used = prompts[: cfg.max_prompts or len(prompts)]
+    key = fingerprint(str(policy.path), used, judge.name, cfg.to_dict(), code_version(pairs_module))
+    path = root / "pairs" / key
+    if (path / "pairs.json").exists():
+        return path, {**json.loads((path / "pairs.json").read_text()), "cached": True}
+    info = generate_pairs(
+        policy.model,
+        policy.tokenizer,
+        prompts,
+        judge,
+        cfg,
+        path,
+        meta={"policy": str(policy.path), "reward": judge.name},
+        progress=progress,
+    )
+    return path, info
+
+
+def split_by_prompt(
+    pairs: Sequence[PreferencePair], fraction: float, seed: int
+) -> tuple[list[PreferencePair], list[PreferencePair]]:
+    """(train, held out) by a hash of the prompt, as the human-pair tasks split: no prompt on both sides."""
+    is_eval = [in_eval_split(p.prompt, fraction, seed) for p in pairs]
+    return [p for p, e in zip(pairs, is_eval, strict=True) if not e], [
+        p for p, e in zip(pairs, is_eval, strict=True) if e
+    ]
+
+
+def load_generated(path: Path, task: Task) -> tuple[list[PreferencePair], list[PreferencePair]]:
+    return split_by_prompt(load_pairs(path), task.cfg.eval_fraction, task.cfg.seed)
+
+
+def reward_model(
+    policy: Policy,
+    train: Sequence[PreferencePair],
+    held_out: Sequence[PreferencePair],
+    cfg: RewardModelConfig,
+    root: Path,
+    progress: bool = True,
+) -> tuple[RewardModel, dict[str, Any]]:
+    """A Bradley–Terry reward model from the SFT policy on ``train``, cached; (model, metrics).
+
+    Training checkpoints go to a sibling ``.run`` directory, so an interrupted training resumes.
+    """
+    texts = [t for p in train for t in (p.prompt, p.chosen, p.rejected)]
+    from alignlab.rewards import model as rm_module
+    from alignlab.train import offline
+
+    key = fingerprint(str(policy.path), texts_fingerprint(texts), cfg.to_dict(), code_version(rm_module, offline))
+    path = root / "reward_model" / key
+    if (path / "metrics.json").exists():
+        rm = RewardModel.load(path)
+        return rm, {**json.loads((path / "metrics.json").read_text()), "cached": True}
+    context = cfg.max_length or model_context(policy.model)
+    torch.manual_seed(cfg.seed)
+    rm = RewardModel.from_policy(str(policy.path), policy.tokenizer, seed=cfg.seed)
+    run_dir = root / "reward_model" / f".{key}.run"
+    metrics = train_reward_model(rm, list(train), list(held_out), cfg, progress=progress, out_dir=run_dir)
+    metrics["context"] = context
+    with atomic_dir(path) as tmp:
+        rm.model.save_pretrained(tmp)
+        rm.tokenizer.save_pretrained(tmp)
+        atomic_write_json(tmp / "metrics.json", metrics)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return rm, {**metrics, "cached": False}

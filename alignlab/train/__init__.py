@@ -1,0 +1,1 @@
+"""Training engines: the offline trainer (every offline objective, reward models) and PPO, on accelerate."""

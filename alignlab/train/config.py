@@ -1,0 +1,90 @@
+"""Settings shared by the offline and online trainers, and the pieces built from them.
+
+Everything here is checked before any work starts: a batch that the processes and the
+accumulation steps cannot split evenly is refused with the key that is wrong.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+from alignlab.errors import ConfigError
+from alignlab.schema import Config, knob
+
+
+@dataclass(frozen=True)
+class TrainConfig(Config):
+    steps: int = knob(200, "Optimiser steps (PPO: iterations of rollouts + updates).", gt=0)
+    batch_size: int = knob(
+        64, "Global batch per optimiser step over all processes and accumulation steps (DPO paper: 64).", gt=0
+    )
+    grad_accum: int = knob(1, "Gradient-accumulation micro-batches per optimiser step on each process.", gt=0)
+    optimizer: Literal["rmsprop", "adamw"] = knob("rmsprop", "RMSprop (the DPO paper's optimiser) or AdamW.")
+    lr: float = knob(1e-6, "Peak learning rate (DPO paper: 1e-6 for GPT-2-large; tiny models need more).", gt=0)
+    weight_decay: float = knob(0.0, "Weight decay.", ge=0)
+    warmup_steps: int = knob(150, "Linear warm-up steps from 0 to the peak learning rate (DPO paper: 150).", ge=0)
+    schedule: Literal["constant", "linear", "cosine"] = knob(
+        "constant", "After warm-up: constant (the DPO code), linear decay to 0, or cosine decay to 0."
+    )
+    grad_clip: float | None = knob(
+        10.0, "Clip the global gradient norm to this (DPO code: 10); None: no clipping.", gt=0
+    )
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = knob(
+        "auto", "auto: bf16 autocast where the device supports it (CUDA with bf16), else full precision."
+    )
+    disable_dropout: bool = knob(True, "Switch dropout off in every trained model (the DPO code and TRL do).")
+    eval_every: int = knob(50, "Evaluate every this many steps, and at the start and the end.", gt=0)
+    eval_batch_size: int = knob(64, "Examples per forward pass when evaluating or caching reference log-probs.", gt=0)
+    save_every: int = knob(50, "Write a checkpoint every this many steps, and at the end.", gt=0)
+    keep_checkpoints: int = knob(2, "Checkpoints kept on disk (the newest).", gt=0)
+    log_every: int = knob(10, "Flush the metrics file every this many steps.", gt=0)
+    log_with: list[str] = knob(
+        default_factory=lambda: ["tensorboard"],
+        help="accelerate trackers beside metrics.jsonl (tensorboard, wandb, mlflow, ...); [] for none.",
+    )
+    seed: int = knob(0, "Seed of the batch order, sampling and any fresh initialisation.")
+    max_length: int | None = knob(None, "Truncate prompt + completion to this many tokens (None: the context).", gt=1)
+    progress: bool = knob(True, "Show a progress bar.")
+
+
+def resolve_mixed_precision(setting: str) -> str:
+    """'auto' becomes 'bf16' on a CUDA device that has it, else 'no'."""
+    if setting != "auto":
+        return setting
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+
+
+def check_batch(cfg: TrainConfig, num_processes: int, source: str | None = None, key: str = "train") -> int:
+    """The micro-batch size per process, or a ConfigError when the global batch does not split evenly."""
+    parts = num_processes * cfg.grad_accum
+    if cfg.batch_size % parts:
+        raise ConfigError(
+            f"{key}.batch_size",
+            f"{cfg.batch_size} is not divisible by processes × grad_accum = {num_processes} × {cfg.grad_accum}",
+            source,
+        )
+    return cfg.batch_size // parts
+
+
+def build_optimizer(params: Any, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """RMSprop (DPO paper) or AdamW over ``params``."""
+    if cfg.optimizer == "rmsprop":
+        return torch.optim.RMSprop(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> Any:
+    """Linear warm-up then constant / linear / cosine, from ``transformers``."""
+    from transformers import get_scheduler
+
+    name = "constant_with_warmup" if cfg.schedule == "constant" else cfg.schedule
+    return get_scheduler(name, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.steps)
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0

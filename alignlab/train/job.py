@@ -1,0 +1,271 @@
+"""``alignlab train FILE``: one training run from a YAML — any registered objective, PPO, or best-of-N.
+
+In numbered steps:
+
+1. pre-flight: read and validate the YAML (every key, the objective's knobs, the batch split over
+   processes) before any work; refuse an ``out_dir`` that holds a different run;
+2. the shared stages, cached: task data, tokenizer + model + SFT, the gold judge, generated
+   pairs, a reward model — whichever the method and the evaluation need;
+3. the method's data, chosen by the objective's needs: pairs, unpaired rows (KTO), or prompts;
+   reference log-probs cached once when needed;
+4. training: the offline trainer or PPO, checkpointed and resumable, evaluated every
+   ``train.eval_every`` steps (held-out loss and metrics; mean reward and KL of samples);
+5. ``summary.json`` (written last: its presence marks the run finished) beside ``config.yaml``.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from alignlab import stages
+from alignlab.config import apply_overrides, load_yaml
+from alignlab.data import cache_root
+from alignlab.errors import ConfigError
+from alignlab.io import atomic_write_json, atomic_write_yaml
+from alignlab.models import ModelConfig, model_context
+from alignlab.objectives import Objective, ObjectiveConfig, get_objective
+from alignlab.objectives.ppo import PPOConfig
+from alignlab.pairs import PairGenConfig
+from alignlab.plugins import load_plugins
+from alignlab.rewards.model import RewardModelConfig
+from alignlab.schema import Config, knob
+from alignlab.sft import SFTConfig, code_version, prepare_policy
+from alignlab.tasks import Task, build_task
+from alignlab.tasks.base import PreferencePair
+from alignlab.train.config import TrainConfig, check_batch
+from alignlab.train.ppo import RolloutConfig, check_ppo_batch
+
+
+@dataclass(frozen=True)
+class DataConfig(Config):
+    source: Literal["generated", "task", "reviews"] = knob(
+        "generated",
+        "generated: pairs sampled from the SFT policy and ranked by the gold judge (DPO paper §6.1); "
+        "task: the task's human pairs (hh, tldr, cnndm); reviews: IMDb review continuations, positive "
+        "chosen over negative (labels known, no sampling).",
+    )
+    pairs: int | None = knob(None, "Use at most this many training pairs (None: all).", gt=0)
+    eval_pairs: int = knob(128, "Held-out pairs for the evaluation loss and metrics.", gt=0)
+    generate: PairGenConfig = knob(default_factory=PairGenConfig, help="Pair generation (source: generated).")
+    prompt_words: int = knob(4, "Words of a review opening used as the prompt (source: reviews).", gt=0)
+    completion_words: int = knob(16, "Words of each continuation (source: reviews).", gt=0)
+    kto_pairs_as_unpaired: bool = knob(
+        True, "KTO from pairs: chosen completions are desirable, rejected ones undesirable (KTO §4)."
+    )
+
+
+@dataclass(frozen=True)
+class RewardConfig(Config):
+    kind: Literal["gold", "model"] = knob(
+        "gold", "PPO's reward and best-of-N's ranker: the gold judge (PPO-GT) or a learned reward model (PPO)."
+    )
+    model: RewardModelConfig = knob(default_factory=RewardModelConfig, help="Training of the reward model.")
+    max_pairs: int | None = knob(None, "Train the reward model on at most this many pairs.", gt=0)
+
+
+@dataclass(frozen=True)
+class EvalConfig(Config):
+    prompts: int = knob(64, "Held-out prompts sampled at every evaluation (0: no sampling evaluation).", ge=0)
+    max_new_tokens: int = knob(48, "Length limit of the evaluation samples.", gt=0)
+    temperature: float = knob(1.0, "Temperature of the evaluation samples.", gt=0)
+    seed: int = knob(0, "Seed of the evaluation samples (the same at every evaluation).")
+
+
+@dataclass(frozen=True)
+class BestOfNConfig(ObjectiveConfig):
+    n: int = knob(4, "Completions sampled per prompt; the reward's favourite is kept.", ge=1)
+
+
+@dataclass(frozen=True)
+class RunConfig(Config):
+    task: Any = knob(default_factory=lambda: {"name": "imdb"}, help="The task: {name: imdb | hh | tldr | cnndm, ...}.")
+    model: ModelConfig = knob(default_factory=ModelConfig, help="The policy's model.")
+    sft: SFTConfig = knob(default_factory=SFTConfig, help="Supervised fine-tuning before preference training.")
+    data: DataConfig = knob(default_factory=DataConfig, help="Where the preference data comes from.")
+    reward: RewardConfig = knob(default_factory=RewardConfig, help="The reward of PPO and best-of-N.")
+    objective: Any = knob(
+        default_factory=lambda: {"name": "dpo"},
+        help="{name: <registered objective> | best_of_n, <knob>: <value>, ...}; see `alignlab objectives`.",
+    )
+    train: TrainConfig = knob(default_factory=TrainConfig, help="Optimiser, batch, schedule, checkpoints, logging.")
+    rollout: RolloutConfig = knob(default_factory=RolloutConfig, help="PPO's rollouts and critic.")
+    eval: EvalConfig = knob(default_factory=EvalConfig, help="Sampling evaluation: mean reward and KL.")
+    plugins: list[str] = knob(
+        default_factory=list, help="Modules or .py files (relative to the YAML) that register objectives."
+    )
+    out_dir: str = knob("runs/run", "The run directory: config, metrics, checkpoints, summary.")
+
+
+@dataclass(frozen=True)
+class Method:
+    """A resolved method: a registry objective, or the best-of-N baseline (objective is None)."""
+
+    name: str
+    objective: Objective | None
+    cfg: ObjectiveConfig
+
+
+def resolve(path: str | Path, overrides: list[str], num_processes: int = 1) -> tuple[RunConfig, Method]:
+    """Step 1: read, override and validate a run YAML; load its plugins; check its knobs and batch split."""
+    source = str(path)
+    cfg: RunConfig = RunConfig.from_dict(apply_overrides(load_yaml(path), overrides), source)
+    load_plugins(cfg.plugins, Path(path).parent, source)
+    spec = cfg.objective if isinstance(cfg.objective, dict) else {"name": cfg.objective}
+    if "name" not in spec:
+        raise ConfigError("objective.name", "required key is missing", source)
+    knobs = {k: v for k, v in spec.items() if k != "name"}
+    if spec["name"] == "best_of_n":
+        method = Method("best_of_n", None, BestOfNConfig.from_dict(knobs, source, "objective."))
+    else:
+        objective = get_objective(str(spec["name"]))
+        method = Method(objective.name, objective, objective.config_cls.from_dict(knobs, source, "objective."))
+        if objective.needs.data == "online":
+            assert isinstance(method.cfg, PPOConfig)
+            check_ppo_batch(cfg.train, method.cfg, num_processes, source)
+        else:
+            check_batch(cfg.train, num_processes, source)
+    if cfg.data.source == "reviews" and cfg.task.get("name") != "imdb":
+        raise ConfigError(
+            "data.source", "reviews pairs come from IMDb: use task imdb, or source generated/task", source
+        )
+    if cfg.data.source == "generated" and cfg.task.get("name") != "imdb":
+        raise ConfigError(
+            "data.source", "generated pairs need a gold judge, which only imdb has: use source task", source
+        )
+    return cfg, method
+
+
+def _resolved(cfg: RunConfig, task: Task, method: Method) -> dict[str, Any]:
+    return {**cfg.to_dict(), "task": task.cfg.to_dict(), "objective": {"name": method.name, **method.cfg.to_dict()}}
+
+
+def claim_out_dir(out: Path, resolved: dict[str, Any], force: bool, source: str) -> dict[str, Any] | None:
+    """The finished run's summary if ``out`` holds this run finished; else claim ``out`` for this run.
+
+    A directory holding a *different* run is refused (``--force`` starts it over).
+    """
+    config = out / "config.yaml"
+    if force and out.exists():
+        shutil.rmtree(out)
+    if config.exists():
+        import yaml
+
+        if yaml.safe_load(config.read_text()) != json.loads(json.dumps(resolved)):
+            raise ConfigError(
+                "out_dir",
+                f"{out} holds a run with a different config; pick another out_dir, or pass --force to replace it",
+                source,
+            )
+        if (out / "summary.json").exists():
+            return json.loads((out / "summary.json").read_text())
+    atomic_write_yaml(config, resolved)
+    return None
+
+
+def _pairs(
+    cfg: RunConfig, task: Task, policy: Any, judge: Any, root: Path
+) -> tuple[list[PreferencePair], list[PreferencePair]]:
+    """Step 3 (paired data): (train, held-out) pairs from the configured source, fitted to the context."""
+    if cfg.data.source == "reviews":
+        from alignlab.tasks.imdb import IMDbTask
+
+        assert isinstance(task, IMDbTask)
+        n = cfg.data.pairs or 512
+        every = task.review_pairs(
+            n + cfg.data.eval_pairs, cfg.data.prompt_words, cfg.data.completion_words, task.cfg.seed
+        )
+        train, held_out = every[:n], every[n:]
+    elif cfg.data.source == "generated":
+        path, _ = stages.generated_pairs(task, policy, judge, cfg.data.generate, root, cfg.train.progress)
+        train, held_out = stages.load_generated(path, task)
+    else:
+        train, held_out = task.pairs("train"), task.pairs("eval")
+    context = cfg.train.max_length or model_context(policy.model)
+    train = task.fit_to_context(train, policy.tokenizer, context)[: cfg.data.pairs]
+    held_out = task.fit_to_context(held_out, policy.tokenizer, context)[: cfg.data.eval_pairs]
+    return train, held_out
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process in MiB (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def run_training(path: str | Path, overrides: list[str] | None = None, force: bool = False) -> dict[str, Any]:
+    """Run the YAML at ``path``; returns the summary (also ``out_dir/summary.json``)."""
+    from alignlab.train.loop import make_accelerator
+
+    t_start = time.time()
+    source = str(path)
+    # 1. pre-flight (the accelerator first: the batch split depends on the number of processes)
+    cfg, _ = resolve(path, overrides or [])
+    out = Path(cfg.out_dir)
+    accelerator = make_accelerator(cfg.train, out)
+    cfg, method = resolve(path, overrides or [], accelerator.num_processes)
+    task = build_task(cfg.task, source)
+    resolved = _resolved(cfg, task, method)
+    with accelerator.main_process_first():
+        finished = claim_out_dir(out, resolved, force and accelerator.is_main_process, source)
+    if finished is not None:
+        if accelerator.is_main_process:
+            print(f"{out} holds this run, finished; nothing to do (pass --force to run it again)", file=sys.stderr)
+        return finished
+    # 2. shared stages (built once by the main process; the others load them from the cache)
+    root = cache_root()
+    with accelerator.main_process_first():
+        policy = prepare_policy(task, cfg.model, cfg.sft, cache=root, progress=cfg.train.progress)
+        judge = stages.gold_judge(task, cfg.sft.seed, root) if task.name == "imdb" else None
+        data = _method_data(cfg, method, task, policy, judge, root)
+    # 3-4. train
+    from alignlab.train.methods import train_method
+
+    final = train_method(cfg, method, task, policy, judge, data, accelerator, out)
+    # 5. summary, last
+    summary = {
+        "method": method.name,
+        "knobs": method.cfg.to_dict(),
+        "citation": method.objective.citation if method.objective else "Stiennon et al. 2020 (best-of-N)",
+        "task": task.name,
+        "policy": str(policy.path),
+        "sft": {k: policy.metrics.get(k) for k in ("held_out_ppl_before", "held_out_ppl", "parameters")},
+        "final": final,
+        "wall_time_s": round(time.time() - t_start, 2),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "processes": accelerator.num_processes,
+        "code": code_version(sys.modules[__name__]),
+    }
+    if accelerator.is_main_process:
+        text = json.dumps(summary, indent=2).replace(str(root), "$ALIGNLAB_CACHE_DIR")
+        summary = json.loads(text)
+        atomic_write_json(out / "summary.json", summary)
+    accelerator.end_training()
+    return summary
+
+
+def _method_data(cfg: RunConfig, method: Method, task: Task, policy: Any, judge: Any, root: Path) -> dict[str, Any]:
+    """Steps 2–3: whatever this method needs, built or loaded from the cache."""
+    data: dict[str, Any] = {}
+    online = method.objective is None or method.objective.needs.data == "online"
+    if not online:
+        data["train"], data["eval"] = _pairs(cfg, task, policy, judge, root)
+    if online and cfg.reward.kind == "model":
+        if cfg.data.source == "generated":
+            path, _ = stages.generated_pairs(task, policy, judge, cfg.data.generate, root, cfg.train.progress)
+            rm_train, rm_eval = stages.load_generated(path, task)
+        else:
+            rm_train, rm_eval = _pairs(cfg, task, policy, judge, root)
+        rm_train = rm_train[: cfg.reward.max_pairs]
+        data["reward_model"], data["reward_model_metrics"] = stages.reward_model(
+            policy, rm_train, rm_eval, cfg.reward.model, root, cfg.train.progress
+        )
+    if online and cfg.reward.kind == "gold" and judge is None:
+        raise ConfigError("reward.kind", f"task {task.name!r} has no gold judge: use reward.kind: model")
+    return data

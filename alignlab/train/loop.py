@@ -1,0 +1,118 @@
+"""What every trainer's loop shares: the accelerator, resume, checkpoints, metrics, the NaN guard."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from alignlab.errors import AlignlabError
+from alignlab.train.config import TrainConfig, resolve_mixed_precision
+from alignlab.train.state import MetricsLog, latest_checkpoint, load_checkpoint, save_checkpoint
+
+
+class TrainingDiverged(AlignlabError):
+    """A loss or gradient became NaN or infinite; the last good state was saved first."""
+
+
+def make_accelerator(cfg: TrainConfig, out_dir: Path) -> Any:
+    """An ``accelerate.Accelerator`` for this run: the device, mixed precision, trackers under ``out_dir``.
+
+    Without CUDA the accelerator runs on CPU, and under ``accelerate launch``/``torchrun`` its
+    processes talk over gloo.
+    """
+    from accelerate import Accelerator
+
+    return Accelerator(
+        cpu=not torch.cuda.is_available(),
+        mixed_precision=resolve_mixed_precision(cfg.mixed_precision),
+        log_with=list(cfg.log_with) or None,
+        project_dir=str(out_dir),
+    )
+
+
+def mean_over_processes(accelerator: Any, value: torch.Tensor) -> torch.Tensor:
+    """The mean of a scalar over all processes (itself on one)."""
+    if accelerator.num_processes == 1:
+        return value
+    return accelerator.reduce(value.detach().clone(), reduction="mean")
+
+
+class RunLoop:
+    """Checkpointing, resume and logging around a trainer's step function.
+
+    Args:
+        out_dir: the run directory (``checkpoints/``, ``metrics.jsonl``, trackers).
+        modules: name -> the unwrapped modules a checkpoint holds (e.g. ``{"policy": model}``).
+        optimizer, scheduler: restored on resume.
+        accelerator: the run's accelerator.
+        cfg: the training settings.
+        extra: name -> objects saved beside the modules (e.g. the tokenizer).
+    """
+
+    def __init__(
+        self,
+        out_dir: Path,
+        modules: dict[str, torch.nn.Module],
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        accelerator: Any,
+        cfg: TrainConfig,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        self.out_dir, self.modules, self.optimizer, self.scheduler = out_dir, modules, optimizer, scheduler
+        self.accelerator, self.cfg, self.extra = accelerator, cfg, extra or {}
+        self.state: dict[str, Any] = {}
+        self.start_step = 0
+        checkpoint = latest_checkpoint(out_dir)
+        if checkpoint is not None:
+            self.state = load_checkpoint(checkpoint, modules, optimizer, scheduler)
+            self.start_step = int(self.state["step"])
+        self.log = MetricsLog(out_dir, accelerator, self.start_step if checkpoint is not None else None)
+        self.resumed = checkpoint is not None
+        self.t0 = time.time()
+
+    def save(self, step: int, state: dict[str, Any] | None = None) -> None:
+        """Checkpoint after ``step`` completed steps (main process writes; everyone waits)."""
+        self.log.flush()
+        self.state = {**self.state, **(state or {})}
+        if self.accelerator.is_main_process:
+            save_checkpoint(
+                self.out_dir,
+                step,
+                self.modules,
+                self.optimizer,
+                self.scheduler,
+                self.state,
+                self.cfg.keep_checkpoints,
+                extra_files=self.extra,
+            )
+        self.accelerator.wait_for_everyone()
+
+    def guard(self, step: int, what: str, value: torch.Tensor, state: dict[str, Any] | None = None) -> None:
+        """Stop the run, after saving the last good state, if ``value`` is NaN or infinite on any process."""
+        bad = torch.tensor(0.0 if torch.isfinite(value).all() else 1.0, device=value.device)
+        if self.accelerator.num_processes > 1:
+            bad = self.accelerator.reduce(bad, reduction="sum")
+        if bad.item() > 0:
+            self.save(step, state)
+            raise TrainingDiverged(
+                f"step {step + 1}: the {what} is {value.item() if value.numel() == 1 else 'not finite'}; "
+                f"stopped, and the last good state (after step {step}) is saved in "
+                f"{self.out_dir / 'checkpoints'}"
+            )
+
+    def periodic(
+        self, step: int, evaluate: Callable[[], dict[str, float]] | None, state: dict[str, Any] | None = None
+    ) -> None:
+        """After ``step`` completed steps: evaluate, flush and checkpoint when they are due."""
+        last = step == self.cfg.steps
+        if evaluate is not None and (step % self.cfg.eval_every == 0 or last):
+            self.log.log({"step": step, "split": "eval", **evaluate(), "wall_s": round(time.time() - self.t0, 2)})
+        if step % self.cfg.log_every == 0 or last:
+            self.log.flush()
+        if step % self.cfg.save_every == 0 or last:
+            self.save(step, state)

@@ -1,0 +1,230 @@
+"""Step 3–4 of ``alignlab train``: build the method's data from its needs, then run its trainer.
+
+- paired objectives: :class:`~alignlab.train.data.PairData`, reference log-probs cached if needed;
+- unpaired objectives (KTO): pairs split into desirable/undesirable rows with mismatched twins;
+- online (PPO): the train prompts, the reward (gold judge or reward model), a frozen reference,
+  and the critic;
+- best-of-N: no training; its samples are evaluated like every other method's.
+
+Every method is evaluated the same way (:func:`~alignlab.train.evaluation.sample_metrics`): mean
+reward of samples on held-out prompts and their sequence KL to the reference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM
+
+from alignlab.core import scoring
+from alignlab.models import model_context
+from alignlab.objectives.ppo import PPOConfig
+from alignlab.sft import code_version
+from alignlab.tasks import Task
+from alignlab.train import data as data_module
+from alignlab.train.data import PairData, UnpairedData, unpaired_from_pairs
+from alignlab.train.evaluation import best_of_n, sample_metrics
+from alignlab.train.offline import evaluate_step, objective_step, train_offline
+from alignlab.train.ppo import PolicyAndValue, critic_from, train_ppo
+from alignlab.train.state import MetricsLog
+
+
+def eval_prompts(
+    task: Task, tokenizer: Any, context: int, max_new_tokens: int, n: int, split: str = "eval"
+) -> list[str]:
+    """The first ``n`` prompts of ``split`` that leave room for ``max_new_tokens`` in the context."""
+    bos = 1 if tokenizer.bos_token_id is not None else 0
+    prompts = task.prompts(split, tokenizer)  # type: ignore[arg-type]
+    lengths = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    fitting = [p for p, ids in zip(prompts, lengths, strict=True) if len(ids) + bos + max_new_tokens <= context]
+    return fitting[:n] if n else fitting
+
+
+def _sampler(
+    cfg: Any, task: Task, policy: Any, reward: Any, reference: torch.nn.Module
+) -> Callable[[Any], dict[str, float]]:
+    """The sampling evaluation: mean reward and KL of samples on held-out prompts."""
+    context = model_context(policy.model)
+    prompts = eval_prompts(task, policy.tokenizer, context, cfg.eval.max_new_tokens, cfg.eval.prompts)
+
+    def evaluate(model: Any) -> dict[str, float]:
+        m = sample_metrics(
+            model,
+            reference,
+            policy.tokenizer,
+            prompts,
+            reward,
+            max_new_tokens=cfg.eval.max_new_tokens,
+            temperature=cfg.eval.temperature,
+            seed=cfg.eval.seed,
+            batch_size=cfg.train.eval_batch_size,
+        )
+        return {"sample_reward": m["reward"], "sample_kl": m["kl"], "sample_length": m["length"]}
+
+    return evaluate
+
+
+def load_reference(policy: Any) -> torch.nn.Module:
+    """π_ref: the SFT policy as saved, frozen."""
+    return AutoModelForCausalLM.from_pretrained(policy.path).eval().requires_grad_(False)
+
+
+def train_method(
+    cfg: Any, method: Any, task: Task, policy: Any, judge: Any, data: dict[str, Any], accelerator: Any, out: Path
+) -> dict[str, Any]:
+    """Train (or, for best-of-N, evaluate) the method; returns the last evaluation row."""
+    torch.manual_seed(cfg.train.seed)  # fresh heads (critic, value head) start the same in every run
+    reward = judge if judge is not None else data.get("reward_model")
+    needs_sampling_eval = reward is not None and cfg.eval.prompts > 0
+    reference = (
+        load_reference(policy).to(accelerator.device) if needs_sampling_eval or method.objective is None else None
+    )
+    sampler = _sampler(cfg, task, policy, reward, reference) if reference is not None and needs_sampling_eval else None
+    extra = {"tokenizer": policy.tokenizer}
+    if method.objective is None:
+        return _best_of_n(cfg, method, task, policy, judge, data, reference, accelerator, out)
+    if method.objective.needs.data == "online":
+        return _ppo(cfg, method, task, policy, judge, data, accelerator, out, sampler, extra)
+    return _offline(cfg, method, policy, data, accelerator, out, sampler, extra)
+
+
+def _offline(
+    cfg: Any,
+    method: Any,
+    policy: Any,
+    data: dict[str, Any],
+    accelerator: Any,
+    out: Path,
+    sampler: Any,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    objective, needs = method.objective, method.objective.needs
+    context = cfg.train.max_length or model_context(policy.model)
+    split: dict[str, PairData | UnpairedData] = {}
+    for name in ("train", "eval"):
+        if needs.data == "unpaired":
+            split[name] = UnpairedData.build(policy.tokenizer, unpaired_from_pairs(data[name]), context, cfg.train.seed)
+        else:
+            split[name] = PairData.build(policy.tokenizer, data[name], context)
+        if needs.reference:
+            key = [str(policy.path), context, code_version(scoring, data_module)]
+            with accelerator.main_process_first():
+                split[name].attach_reference(
+                    key, lambda: load_reference(policy).to(accelerator.device), cfg.train.eval_batch_size
+                )
+    held_out = split["eval"]
+    held_out_step = objective_step(objective, method.cfg, held_out, accelerator)
+
+    def evaluate(model: Any) -> dict[str, float]:
+        metrics = {
+            f"eval_{k}": v
+            for k, v in evaluate_step(held_out_step, model, len(held_out), cfg.train.eval_batch_size).items()
+        }
+        return metrics | (sampler(model) if sampler is not None else {})
+
+    rows = train_offline(
+        policy.model,
+        objective_step(objective, method.cfg, split["train"], accelerator),
+        len(split["train"]),
+        cfg.train,
+        out,
+        accelerator,
+        evaluate=evaluate,
+        name=method.name,
+        extra=extra,
+    )
+    return [r for r in rows if r["split"] == "eval"][-1]
+
+
+def _ppo(
+    cfg: Any,
+    method: Any,
+    task: Task,
+    policy: Any,
+    judge: Any,
+    data: dict[str, Any],
+    accelerator: Any,
+    out: Path,
+    sampler: Any,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    assert isinstance(method.cfg, PPOConfig)
+    rm = data.get("reward_model")
+    reward = judge if cfg.reward.kind == "gold" else rm
+    assert reward is not None
+    critic_kind = cfg.rollout.critic
+    if critic_kind == "auto":
+        critic_kind = "reward_model" if cfg.reward.kind == "model" else "sft"
+    if critic_kind == "reward_model" and rm is None:
+        from alignlab.errors import ConfigError
+
+        raise ConfigError("rollout.critic", "a critic from the reward model needs reward.kind: model")
+    critic = None
+    if critic_kind == "sft":
+        critic = critic_from(policy.path)
+    elif critic_kind == "reward_model":
+        critic = _copy_rm(rm)
+    core = PolicyAndValue(policy.model, critic, cfg.rollout.temperature)
+    context = model_context(policy.model)
+    prompts = eval_prompts(task, policy.tokenizer, context, cfg.rollout.max_new_tokens, 0, split="train")
+    rows = train_ppo(
+        core,
+        load_reference(policy),
+        policy.tokenizer,
+        prompts,
+        reward,
+        method.cfg,
+        cfg.rollout,
+        cfg.train,
+        out,
+        accelerator,
+        evaluate=sampler,
+        name=method.name,
+        extra=extra,
+    )
+    evals = [r for r in rows if r["split"] == "eval"]
+    return evals[-1] if evals else rows[-1]
+
+
+def _copy_rm(rm: Any) -> torch.nn.Module:
+    import copy
+
+    return copy.deepcopy(rm.model).train().requires_grad_(True)
+
+
+def _best_of_n(
+    cfg: Any,
+    method: Any,
+    task: Task,
+    policy: Any,
+    judge: Any,
+    data: dict[str, Any],
+    reference: Any,
+    accelerator: Any,
+    out: Path,
+) -> dict[str, Any]:
+    """Best-of-N on the held-out prompts: ranked by the configured reward, judged by the gold one."""
+    ranker = judge if cfg.reward.kind == "gold" else data["reward_model"]
+    prompts = eval_prompts(
+        task, policy.tokenizer, model_context(policy.model), cfg.eval.max_new_tokens, cfg.eval.prompts
+    )
+    m = best_of_n(
+        policy.model,
+        policy.tokenizer,
+        prompts,
+        ranker,
+        method.cfg.n,
+        max_new_tokens=cfg.eval.max_new_tokens,
+        temperature=cfg.eval.temperature,
+        seed=cfg.eval.seed,
+        batch_size=cfg.train.eval_batch_size,
+        judge=judge,
+    )
+    row = {"step": 0, "split": "eval", "sample_reward": m["reward"], "sample_kl": m["kl"], "n": method.cfg.n}
+    log = MetricsLog(out, accelerator, None)
+    log.log(row)
+    log.flush()
+    return row

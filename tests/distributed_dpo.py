@@ -1,0 +1,72 @@
+"""DPO for 4 steps on toy pairs through the offline trainer; run by tests/test_distributed.py both
+as one process and under ``accelerate launch --num_processes 2`` (gloo on CPU).
+
+Usage: python tests/distributed_dpo.py OUT_DIR   (writes OUT_DIR/losses.json from the main process)
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from alignlab.models import build_preset, train_tokenizer
+from alignlab.objectives import get_objective
+from alignlab.tasks.base import PreferencePair
+from alignlab.train.config import TrainConfig
+from alignlab.train.data import PairData
+from alignlab.train.loop import make_accelerator
+from alignlab.train.offline import objective_step, train_offline
+
+GOOD = ["great", "superb", "lovely", "moving", "brilliant", "charming"]
+BAD = ["dull", "awful", "boring", "dreadful", "clumsy", "tedious"]
+
+
+def main(out: Path) -> None:
+    pairs = [
+        PreferencePair(f"the film was {GOOD[i % 6]}", f" and {GOOD[(i * 5) % 6]} too", f" but {BAD[(i * 7) % 6]} too")
+        for i in range(48)
+    ]
+    tokenizer = train_tokenizer([p.prompt + p.chosen + p.rejected for p in pairs] * 4, vocab_size=300)
+    model = build_preset("smoke", tokenizer, seed=0)
+    cfg = TrainConfig(
+        steps=4,
+        batch_size=8,
+        optimizer="adamw",
+        lr=1e-3,
+        warmup_steps=0,
+        eval_every=100,
+        save_every=100,
+        log_with=[],
+        progress=False,
+    )
+    accelerator = make_accelerator(cfg, out)
+    data = PairData.build(tokenizer, pairs, 64)
+    reference = build_preset("smoke", tokenizer, seed=0)
+    with accelerator.main_process_first():
+        data.attach_reference(["toy-reference"], lambda: reference, 16)
+    objective = get_objective("dpo")
+    rows = train_offline(
+        model,
+        objective_step(objective, objective.config_cls(beta=0.5), data, accelerator),
+        len(data),
+        cfg,
+        out,
+        accelerator,
+    )
+    if accelerator.is_main_process:
+        train = [r for r in rows if r["split"] == "train"]
+        (out / "losses.json").write_text(
+            json.dumps(
+                {
+                    "processes": accelerator.num_processes,
+                    "loss": [r["loss"] for r in train],
+                    "margins": [r["margins"] for r in train],
+                    "grad_norm": [r["grad_norm"] for r in train],
+                }
+            )
+        )
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))

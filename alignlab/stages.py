@@ -17,8 +17,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from alignlab import pairs as pairs_module
 from alignlab.errors import AlignlabError
 from alignlab.io import atomic_dir, atomic_write_json
@@ -102,7 +100,6 @@ def reward_model(
         rm = RewardModel.load(path)
         return rm, {**json.loads((path / "metrics.json").read_text()), "cached": True}
     context = cfg.max_length or model_context(policy.model)
-    torch.manual_seed(cfg.seed)
     rm = RewardModel.from_policy(str(policy.path), policy.tokenizer, seed=cfg.seed)
     run_dir = root / "reward_model" / f".{key}.run"
     metrics = train_reward_model(rm, list(train), list(held_out), cfg, progress=progress, out_dir=run_dir)

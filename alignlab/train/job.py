@@ -112,8 +112,20 @@ class Method:
     cfg: ObjectiveConfig
 
 
-def resolve(path: str | Path, overrides: list[str], num_processes: int = 1) -> tuple[RunConfig, Method]:
-    """Step 1: read, override and validate a run YAML; load its plugins; check its knobs and batch split."""
+def check_split(cfg: RunConfig, method: Method, num_processes: int, source: str | None = None) -> None:
+    """The batch must split evenly over processes × accumulation (× PPO minibatches)."""
+    if method.objective is None:
+        return
+    if method.objective.needs.data == "online":
+        assert isinstance(method.cfg, PPOConfig)
+        check_ppo_batch(cfg.train, method.cfg, num_processes, source)
+    else:
+        check_batch(cfg.train, num_processes, source)
+
+
+def resolve(path: str | Path, overrides: list[str]) -> tuple[RunConfig, Method]:
+    """Step 1: read, override and validate a run YAML; load its plugins; check its knobs and the
+    batch split for one process (:func:`check_split` again once the process count is known)."""
     source = str(path)
     cfg: RunConfig = RunConfig.from_dict(apply_overrides(load_yaml(path), overrides), source)
     load_plugins(cfg.plugins, Path(path).parent, source)
@@ -126,11 +138,7 @@ def resolve(path: str | Path, overrides: list[str], num_processes: int = 1) -> t
     else:
         objective = get_objective(str(spec["name"]))
         method = Method(objective.name, objective, objective.config_cls.from_dict(knobs, source, "objective."))
-        if objective.needs.data == "online":
-            assert isinstance(method.cfg, PPOConfig)
-            check_ppo_batch(cfg.train, method.cfg, num_processes, source)
-        else:
-            check_batch(cfg.train, num_processes, source)
+    check_split(cfg, method, 1, source)
     if cfg.data.source == "reviews" and cfg.task.get("name") != "imdb":
         raise ConfigError(
             "data.source", "reviews pairs come from IMDb: use task imdb, or source generated/task", source
@@ -206,10 +214,10 @@ def run_training(path: str | Path, overrides: list[str] | None = None, force: bo
     t_start = time.time()
     source = str(path)
     # 1. pre-flight (the accelerator first: the batch split depends on the number of processes)
-    cfg, _ = resolve(path, overrides or [])
+    cfg, method = resolve(path, overrides or [])
     out = Path(cfg.out_dir)
     accelerator = make_accelerator(cfg.train, out)
-    cfg, method = resolve(path, overrides or [], accelerator.num_processes)
+    check_split(cfg, method, accelerator.num_processes, source)
     task = build_task(cfg.task, source)
     resolved = _resolved(cfg, task, method)
     with accelerator.main_process_first():

@@ -79,16 +79,17 @@ def train_method(
     torch.manual_seed(cfg.train.seed)  # fresh heads (critic, value head) start the same in every run
     reward = judge if judge is not None else data.get("reward_model")
     needs_sampling_eval = reward is not None and cfg.eval.prompts > 0
-    reference = (
-        load_reference(policy).to(accelerator.device) if needs_sampling_eval or method.objective is None else None
-    )
+    online = method.objective is not None and method.objective.needs.data == "online"
+    # one frozen π_ref per run, shared by the sampling evaluation, PPO and the reference cache
+    reference = load_reference(policy).to(accelerator.device) if needs_sampling_eval or online else None
     sampler = _sampler(cfg, task, policy, reward, reference) if reference is not None and needs_sampling_eval else None
     extra = {"tokenizer": policy.tokenizer}
     if method.objective is None:
-        return _best_of_n(cfg, method, task, policy, judge, data, reference, accelerator, out)
+        return _best_of_n(cfg, method, task, policy, judge, data, accelerator, out)
     if method.objective.needs.data == "online":
-        return _ppo(cfg, method, task, policy, judge, data, accelerator, out, sampler, extra)
-    return _offline(cfg, method, policy, data, accelerator, out, sampler, extra)
+        assert reference is not None
+        return _ppo(cfg, method, task, policy, judge, data, reference, accelerator, out, sampler, extra)
+    return _offline(cfg, method, policy, data, reference, accelerator, out, sampler, extra)
 
 
 def _offline(
@@ -96,6 +97,7 @@ def _offline(
     method: Any,
     policy: Any,
     data: dict[str, Any],
+    reference: torch.nn.Module | None,
     accelerator: Any,
     out: Path,
     sampler: Any,
@@ -113,7 +115,9 @@ def _offline(
             key = [str(policy.path), context, code_version(scoring, data_module)]
             with accelerator.main_process_first():
                 split[name].attach_reference(
-                    key, lambda: load_reference(policy).to(accelerator.device), cfg.train.eval_batch_size
+                    key,
+                    lambda: reference if reference is not None else load_reference(policy).to(accelerator.device),
+                    cfg.train.eval_batch_size,
                 )
     held_out = split["eval"]
     held_out_step = objective_step(objective, method.cfg, held_out, accelerator)
@@ -146,6 +150,7 @@ def _ppo(
     policy: Any,
     judge: Any,
     data: dict[str, Any],
+    reference: torch.nn.Module,
     accelerator: Any,
     out: Path,
     sampler: Any,
@@ -172,7 +177,7 @@ def _ppo(
     prompts = eval_prompts(task, policy.tokenizer, context, cfg.rollout.max_new_tokens, 0, split="train")
     rows = train_ppo(
         core,
-        load_reference(policy),
+        reference,
         policy.tokenizer,
         prompts,
         reward,
@@ -202,7 +207,6 @@ def _best_of_n(
     policy: Any,
     judge: Any,
     data: dict[str, Any],
-    reference: Any,
     accelerator: Any,
     out: Path,
 ) -> dict[str, Any]:

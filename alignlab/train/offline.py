@@ -117,11 +117,11 @@ def train_offline(
             with sync, accelerator.autocast():
                 out = step_fn(wrapped, rows)
                 loss = out.losses.mean()
-                loop.guard(step, f"{name} loss", loss.detach())
                 accelerator.backward(loss / len(micro))
             for key, value in {"loss": loss, **out.metrics}.items():
                 totals[key] = totals.get(key, 0) + value.detach().float().mean() / len(micro)
-        # 3. clip, step
+        # 3. guard (one check per step: the weights are still the last good ones), clip, step
+        loop.guard(step, f"{name} loss", totals["loss"])
         grad_norm = accelerator.clip_grad_norm_(wrapped.parameters(), cfg.grad_clip or float("inf"))
         loop.guard(step, "gradient norm", torch.as_tensor(grad_norm).detach())
         optimizer.step()

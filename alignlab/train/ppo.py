@@ -239,6 +239,7 @@ def update(
         for m in range(ppo.num_minibatches):
             rows = order[m * per_minibatch : (m + 1) * per_minibatch]
             micro = [shard(rows, i, cfg.grad_accum) for i in range(cfg.grad_accum)]
+            minibatch_loss = torch.zeros((), device=exp.old_logps.device)
             for i, part in enumerate(micro):
                 sync = contextlib.nullcontext() if i == len(micro) - 1 else accelerator.no_sync(model)
                 with sync, accelerator.autocast():
@@ -256,11 +257,12 @@ def update(
                     )
                     out = objective(batch, ppo)
                     loss = out.losses.mean()
-                    loop.guard(step, "PPO loss", loss.detach())
                     accelerator.backward(loss / len(micro))
+                minibatch_loss = minibatch_loss + loss.detach() / len(micro)
                 for key, value in {"loss": loss.detach(), **out.metrics}.items():
                     totals[key] = totals.get(key, 0.0) + float(value.float().mean())
                 count += 1
+            loop.guard(step, "PPO loss", minibatch_loss)
             grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
             loop.guard(step, "gradient norm", torch.as_tensor(grad_norm).detach())
             optimizer.step()

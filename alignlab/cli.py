@@ -7,9 +7,11 @@ User errors (:class:`alignlab.errors.AlignlabError`) print one line and exit wit
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import textwrap
 from collections.abc import Sequence
+from typing import Any
 
 from alignlab.errors import AlignlabError
 
@@ -63,6 +65,81 @@ def _prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run(args: argparse.Namespace) -> int:
+    import json
+
+    from alignlab.experiment.runner import run_experiment
+
+    if args.workers < 1:
+        from alignlab.errors import AlignlabError
+
+        raise AlignlabError(f"--workers: expected a positive number, got {args.workers}")
+    result = run_experiment(args.file, args.overrides, workers=args.workers, force=args.force, worker=args.worker)
+    if not args.worker:
+        print(json.dumps(result, indent=2))
+    return 0
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    from alignlab.experiment.shipped import find
+
+    args.file = str(find(args.name))
+    args.worker = False
+    return _run(args)
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from alignlab.experiment.report import plot_dir
+
+    for path in plot_dir(_results_dir(Path(args.dir)), fit=args.fit):
+        print(path)
+    return 0
+
+
+def _table(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from alignlab.experiment.report import table_dir
+
+    for path in table_dir(_results_dir(Path(args.dir))):
+        print(path)
+        if args.print:
+            print(path.read_text())
+    return 0
+
+
+def _results_dir(path: object) -> Any:
+    from pathlib import Path
+
+    from alignlab.errors import AlignlabError
+
+    assert isinstance(path, Path)
+    if not path.is_dir():
+        raise AlignlabError(f"{path}: no such directory (a results directory, e.g. results/imdb_smoke)")
+    return path
+
+
+def _list(args: argparse.Namespace) -> int:
+    from alignlab.experiment.shipped import ALIASES, description, shipped
+
+    if args.file:
+        from alignlab.experiment.config import load_experiment
+        from alignlab.experiment.runner import status
+
+        exp = load_experiment(args.file, args.overrides)
+        print(f"{exp.name}: {len(exp.runs)} runs; results in {exp.out_dir}, runs in {exp.runs_dir}")
+        for run in exp.runs:
+            print(f"  {status(run):9s} {run.run_id}")
+        return 0
+    short = {v: k for k, v in ALIASES.items()}
+    for name, path in shipped().items():
+        alias = f" (alignlab reproduce {short[name]})" if name in short else ""
+        print(f"{name}{alias}\n  {path}\n  {description(path)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alignlab", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
@@ -82,12 +159,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="the YAML file, e.g. experiments/prepare_imdb.yaml")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. sft.steps=100 model.preset=smoke")
     p.set_defaults(func=_prepare)
+
+    p = sub.add_parser("run", help="run an experiment YAML: every method × sweep, then frontier, plots, tables")
+    p.add_argument("file", help="the experiment YAML, e.g. experiments/imdb_smoke.yaml")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=100 eval.prompts=32")
+    p.add_argument("--workers", type=int, default=1, help="split the runs over this many processes (default 1)")
+    p.add_argument("--force", action="store_true", help="delete the experiment's runs and run them again")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.set_defaults(func=_run)
+
+    p = sub.add_parser("reproduce", help="run a shipped experiment by name (imdb, smoke, tldr, hh, ...)")
+    p.add_argument("name", help="a name from `alignlab list`")
+    p.add_argument("overrides", nargs="*", help="dotted overrides")
+    p.add_argument("--workers", type=int, default=1, help="split the runs over this many processes")
+    p.add_argument("--force", action="store_true", help="delete the experiment's runs and run them again")
+    p.set_defaults(func=_reproduce)
+
+    p = sub.add_parser("plot", help="draw frontier.png/.svg (and winrate.png/.svg) from a results directory")
+    p.add_argument("dir", help="a results directory, e.g. results/imdb_smoke")
+    p.add_argument("--fit", action="store_true", help="overlay Gao et al. (2023) over-optimisation fits")
+    p.set_defaults(func=_plot)
+
+    p = sub.add_parser("table", help="write frontier.md (and winrate.md) from a results directory")
+    p.add_argument("dir", help="a results directory, e.g. results/imdb_smoke")
+    p.add_argument("--print", action="store_true", help="also print the tables")
+    p.set_defaults(func=_table)
+
+    p = sub.add_parser("list", help="list the shipped experiments, or the runs of one experiment and their state")
+    p.add_argument("file", nargs="?", help="an experiment YAML: show its runs (finished / started / pending)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides")
+    p.set_defaults(func=_list)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not args.debug:  # Hugging Face's weight-loading bars and load reports, once per model, drown the log
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
         return int(args.func(args))
     except AlignlabError as err:

@@ -82,3 +82,29 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextmanager
+def file_lock(path: str | Path, blocking: bool = True) -> Iterator[bool]:
+    """An exclusive advisory lock (``fcntl.flock``) on the file ``path`` (created if missing).
+
+    Yields True when this process holds the lock; with ``blocking=False`` it yields False at once
+    if another process holds it. The lock goes with the process: a killed holder frees it.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no locking
+        yield True
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 import alignlab
 from alignlab.core.scoring import sequence_logps, token_logps
 from alignlab.data import cache_root
-from alignlab.io import atomic_dir, atomic_write_json
+from alignlab.io import atomic_dir, atomic_write_json, file_lock
 from alignlab.models import ModelConfig, build_preset, load_pretrained, model_context, train_tokenizer
 from alignlab.schema import Config, knob
 from alignlab.tasks.base import Task
@@ -177,14 +177,30 @@ def prepare_policy(
     data_key = f"{task.name}:{texts_fingerprint(texts)}"
     key = fingerprint(data_key, model_cfg.to_dict(), sft_cfg.to_dict(), code_version(models, sft))
     path = root / "sft" / key
-    if (path / "sft.json").exists():
-        cached = json.loads((path / "sft.json").read_text())["metrics"]
-        return Policy(
-            AutoModelForCausalLM.from_pretrained(path),
-            AutoTokenizer.from_pretrained(path),
-            path,
-            {**cached, "cached": True},
-        )
+    with file_lock(path.parent / f".{key}.lock"):  # another process building it: wait, then load
+        if (path / "sft.json").exists():
+            cached = json.loads((path / "sft.json").read_text())["metrics"]
+            return Policy(
+                AutoModelForCausalLM.from_pretrained(path),
+                AutoTokenizer.from_pretrained(path),
+                path,
+                {**cached, "cached": True},
+            )
+        return _build_policy(task, model_cfg, sft_cfg, texts, data_key, path, root, progress)
+
+
+def _build_policy(
+    task: Task,
+    model_cfg: ModelConfig,
+    sft_cfg: SFTConfig,
+    texts: list[str],
+    data_key: str,
+    path: Path,
+    root: Path,
+    progress: bool,
+) -> Policy:
+    """Steps 1–5 of :func:`prepare_policy`: tokenizer, model, SFT, held-out perplexity, save."""
+    from alignlab import models, sft
 
     t0 = time.time()
     # 1-2. tokenizer and model

@@ -19,7 +19,7 @@ from typing import Any
 
 from alignlab import pairs as pairs_module
 from alignlab.errors import AlignlabError
-from alignlab.io import atomic_dir, atomic_write_json
+from alignlab.io import atomic_dir, atomic_write_json, file_lock
 from alignlab.models import model_context
 from alignlab.pairs import PairGenConfig, generate_pairs, load_pairs
 from alignlab.rewards.model import RewardModel, RewardModelConfig, train_reward_model
@@ -35,9 +35,10 @@ def gold_judge(task: Task, seed: int, root: Path) -> Any:
     if task.name != "imdb":
         raise AlignlabError(f"task {task.name!r} has no gold judge (only imdb has labelled text to train one)")
     path = root / "gold" / fingerprint(task.name, task.source, seed, code_version(gold))
-    if not (path / gold.CONFIG_FILE).exists():
-        with atomic_dir(path) as tmp:
-            gold.train_gold_sentiment(task.cfg.data_dir, tmp, seed=seed)
+    with file_lock(path.parent / f".{path.name}.lock"):
+        if not (path / gold.CONFIG_FILE).exists():
+            with atomic_dir(path) as tmp:
+                gold.train_gold_sentiment(task.cfg.data_dir, tmp, seed=seed)
     return gold.GoldSentiment.load(path)
 
 
@@ -49,18 +50,19 @@ def generated_pairs(
     used = prompts[: cfg.max_prompts or len(prompts)]
     key = fingerprint(str(policy.path), used, judge.name, cfg.to_dict(), code_version(pairs_module))
     path = root / "pairs" / key
-    if (path / "pairs.json").exists():
-        return path, {**json.loads((path / "pairs.json").read_text()), "cached": True}
-    info = generate_pairs(
-        policy.model,
-        policy.tokenizer,
-        prompts,
-        judge,
-        cfg,
-        path,
-        meta={"policy": str(policy.path), "reward": judge.name},
-        progress=progress,
-    )
+    with file_lock(path.parent / f".{key}.lock"):
+        if (path / "pairs.json").exists():
+            return path, {**json.loads((path / "pairs.json").read_text()), "cached": True}
+        info = generate_pairs(
+            policy.model,
+            policy.tokenizer,
+            prompts,
+            judge,
+            cfg,
+            path,
+            meta={"policy": str(policy.path), "reward": judge.name},
+            progress=progress,
+        )
     return path, info
 
 
@@ -96,17 +98,18 @@ def reward_model(
 
     key = fingerprint(str(policy.path), texts_fingerprint(texts), cfg.to_dict(), code_version(rm_module, offline))
     path = root / "reward_model" / key
-    if (path / "metrics.json").exists():
-        rm = RewardModel.load(path)
-        return rm, {**json.loads((path / "metrics.json").read_text()), "cached": True}
-    context = cfg.max_length or model_context(policy.model)
-    rm = RewardModel.from_policy(str(policy.path), policy.tokenizer, seed=cfg.seed)
-    run_dir = root / "reward_model" / f".{key}.run"
-    metrics = train_reward_model(rm, list(train), list(held_out), cfg, progress=progress, out_dir=run_dir)
-    metrics["context"] = context
-    with atomic_dir(path) as tmp:
-        rm.model.save_pretrained(tmp)
-        rm.tokenizer.save_pretrained(tmp)
-        atomic_write_json(tmp / "metrics.json", metrics)
-    shutil.rmtree(run_dir, ignore_errors=True)
-    return rm, {**metrics, "cached": False}
+    with file_lock(path.parent / f".{key}.lock"):  # one builder; the others wait, then load
+        if (path / "metrics.json").exists():
+            rm = RewardModel.load(path)
+            return rm, {**json.loads((path / "metrics.json").read_text()), "cached": True}
+        context = cfg.max_length or model_context(policy.model)
+        rm = RewardModel.from_policy(str(policy.path), policy.tokenizer, seed=cfg.seed)
+        run_dir = root / "reward_model" / f".{key}.run"
+        metrics = train_reward_model(rm, list(train), list(held_out), cfg, progress=progress, out_dir=run_dir)
+        metrics["context"] = context
+        with atomic_dir(path) as tmp:
+            rm.model.save_pretrained(tmp)
+            rm.tokenizer.save_pretrained(tmp)
+            atomic_write_json(tmp / "metrics.json", metrics)
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return rm, {**metrics, "cached": False}

@@ -10,6 +10,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -17,6 +18,41 @@ from alignlab.core.kl import sequence_kl
 from alignlab.core.rollout import rollout
 
 RewardFn = Callable[[Sequence[str], Sequence[str]], Tensor]
+
+
+def bootstrap_ci(values: Sequence[float], confidence: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """The BCa bootstrap confidence interval of the mean of ``values`` (scipy, 2000 resamples).
+
+    Constant data (e.g. KL = 0 at step 0) gives the degenerate interval (v, v); one value gives (v, v).
+    """
+    from scipy.stats import bootstrap
+
+    x = np.asarray(values, dtype=np.float64)
+    if x.size == 0:
+        raise ValueError("a confidence interval needs at least one value")
+    if x.size == 1 or np.ptp(x) == 0:
+        return float(x[0]), float(x[0])
+    res = bootstrap(
+        (x,), np.mean, confidence_level=confidence, n_resamples=2000, method="BCa", rng=np.random.default_rng(seed)
+    )
+    low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    if not (np.isfinite(low) and np.isfinite(high)):  # BCa can fail on near-degenerate data
+        res = bootstrap(
+            (x,),
+            np.mean,
+            confidence_level=confidence,
+            n_resamples=2000,
+            method="percentile",
+            rng=np.random.default_rng(seed),
+        )
+        low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    return low, high
+
+
+def per_prompt(values: Sequence[float], samples_per_prompt: int) -> list[float]:
+    """Means over each prompt's samples (rows are prompt-major): the unit a CI resamples."""
+    x = np.asarray(values, dtype=np.float64).reshape(-1, samples_per_prompt)
+    return x.mean(axis=1).tolist()
 
 
 @torch.no_grad()
@@ -35,8 +71,9 @@ def sample_metrics(
 ) -> dict[str, Any]:
     """Mean reward and mean sequence KL(π || π_ref) of samples from ``policy`` on ``prompts``.
 
-    Returns ``reward``, ``kl`` and ``length`` (means), plus the per-sample ``rewards`` and ``kls``
-    lists for confidence intervals.
+    Returns ``reward``, ``kl`` and ``length`` (means), ``reward_ci`` and ``kl_ci`` (95% bootstrap
+    intervals over prompts, each prompt's samples averaged first), the per-sample ``rewards`` and
+    ``kls``, and the ``completions``.
     """
     r = rollout(
         policy,
@@ -53,12 +90,16 @@ def sample_metrics(
     )
     assert r.policy_logps is not None and r.ref_logps is not None and r.rewards is not None
     kls = sequence_kl(r.policy_logps, r.ref_logps, r.sequences.completion_mask)
+    rewards, kl_list = r.rewards.tolist(), kls.tolist()
     return {
         "reward": float(r.rewards.mean()),
         "kl": float(kls.mean()),
+        "reward_ci": bootstrap_ci(per_prompt(rewards, samples_per_prompt), seed=seed),
+        "kl_ci": bootstrap_ci(per_prompt(kl_list, samples_per_prompt), seed=seed),
         "length": float(r.sequences.completion_mask.sum(-1).float().mean()),
-        "rewards": r.rewards.tolist(),
-        "kls": kls.tolist(),
+        "rewards": rewards,
+        "kls": kl_list,
+        "completions": r.completions,
     }
 
 
@@ -107,3 +148,55 @@ def best_of_n(
         "rewards": scores.tolist(),
         "completions": kept,
     }
+
+
+@torch.no_grad()
+def win_rates(
+    policy: torch.nn.Module,
+    tokenizer: Any,
+    references: Sequence[tuple[str, str]],
+    judge: Any,
+    temperatures: Sequence[float],
+    *,
+    max_new_tokens: int,
+    seed: int = 0,
+    batch_size: int = 64,
+) -> list[dict[str, Any]]:
+    """Win rate of the policy's samples against reference completions, per sampling temperature.
+
+    Args:
+        references: (prompt, reference completion): TL;DR's human summaries, HH's chosen replies.
+        judge: a :class:`~alignlab.rewards.judges.Judge`: P(sample beats reference) per row.
+        temperatures: 0 is greedy decoding.
+
+    Returns:
+        One row per temperature: ``temperature``, ``win_rate``, ``win_rate_ci_low``/``_high``
+        (95% bootstrap), ``n`` and ``length`` (mean completion tokens).
+    """
+    prompts = [p for p, _ in references]
+    refs = [c for _, c in references]
+    rows = []
+    for temperature in temperatures:
+        r = rollout(
+            policy,
+            tokenizer,
+            prompts,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            seed=seed,
+            batch_size=batch_size,
+        )
+        wins = judge.compare(prompts, r.completions, refs).tolist()
+        low, high = bootstrap_ci(wins, seed=seed)
+        rows.append(
+            {
+                "temperature": temperature,
+                "win_rate": float(np.mean(wins)),
+                "win_rate_ci_low": low,
+                "win_rate_ci_high": high,
+                "n": len(wins),
+                "length": float(r.sequences.completion_mask.sum(-1).float().mean()),
+                "example": {"prompt": prompts[0], "sample": r.completions[0], "reference": refs[0]},
+            }
+        )
+    return rows

@@ -27,7 +27,7 @@ from typing import Any, Literal
 from alignlab import stages
 from alignlab.config import apply_overrides, load_yaml
 from alignlab.data import cache_root
-from alignlab.errors import ConfigError
+from alignlab.errors import AlignlabError, ConfigError
 from alignlab.io import atomic_write_json, atomic_write_yaml
 from alignlab.models import ModelConfig, model_context
 from alignlab.objectives import Objective, ObjectiveConfig, get_objective
@@ -71,11 +71,32 @@ class RewardConfig(Config):
 
 
 @dataclass(frozen=True)
+class WinRateConfig(Config):
+    temperatures: list[float] = knob(
+        default_factory=list,
+        help="Sampling temperatures of the final win-rate evaluation, 0 = greedy (empty: no win rates). "
+        "The DPO paper: 0, 0.25, 0.5, 0.75, 1.0.",
+    )
+    prompts: int = knob(0, "Held-out prompts with a reference completion to judge (0: all of them).", ge=0)
+    judge: Literal["reward_model", "gold", "llm"] = knob(
+        "reward_model",
+        "reward_model: the trained reward model ranks sample against reference; gold: the gold judge; "
+        "llm: a causal LM (judge_model) asked which is better, positions randomised.",
+    )
+    judge_model: str | None = knob(None, "The LLM judge's model (a Hub id, a directory, or 'smollm2-135m').")
+    max_new_tokens: int | None = knob(None, "Length limit of the samples (None: eval.max_new_tokens).", gt=0)
+
+
+@dataclass(frozen=True)
 class EvalConfig(Config):
     prompts: int = knob(64, "Held-out prompts sampled at every evaluation (0: no sampling evaluation).", ge=0)
+    samples_per_prompt: int = knob(1, "Samples per held-out prompt (the CI resamples prompts).", ge=1)
     max_new_tokens: int = knob(48, "Length limit of the evaluation samples.", gt=0)
     temperature: float = knob(1.0, "Temperature of the evaluation samples.", gt=0)
     seed: int = knob(0, "Seed of the evaluation samples (the same at every evaluation).")
+    winrate: WinRateConfig = knob(
+        default_factory=WinRateConfig, help="Win rate against the task's reference completions, after training."
+    )
 
 
 @dataclass(frozen=True)
@@ -126,27 +147,42 @@ def check_split(cfg: RunConfig, method: Method, num_processes: int, source: str 
 def resolve(path: str | Path, overrides: list[str]) -> tuple[RunConfig, Method]:
     """Step 1: read, override and validate a run YAML; load its plugins; check its knobs and the
     batch split for one process (:func:`check_split` again once the process count is known)."""
-    source = str(path)
-    cfg: RunConfig = RunConfig.from_dict(apply_overrides(load_yaml(path), overrides), source)
-    load_plugins(cfg.plugins, Path(path).parent, source)
+    return resolve_dict(apply_overrides(load_yaml(path), overrides), str(path), Path(path).parent)
+
+
+def resolve_dict(data: dict[str, Any], source: str, base_dir: Path, prefix: str = "") -> tuple[RunConfig, Method]:
+    """:func:`resolve` for a run already read as a dict; ``prefix`` is its dotted place in ``source``."""
+    cfg: RunConfig = RunConfig.from_dict(data, source, prefix)
+    load_plugins(cfg.plugins, base_dir, source)
     spec = cfg.objective if isinstance(cfg.objective, dict) else {"name": cfg.objective}
     if "name" not in spec:
-        raise ConfigError("objective.name", "required key is missing", source)
+        raise ConfigError(f"{prefix}objective.name", "required key is missing", source)
     knobs = {k: v for k, v in spec.items() if k != "name"}
     if spec["name"] == "best_of_n":
-        method = Method("best_of_n", None, BestOfNConfig.from_dict(knobs, source, "objective."))
+        method = Method("best_of_n", None, BestOfNConfig.from_dict(knobs, source, f"{prefix}objective."))
     else:
-        objective = get_objective(str(spec["name"]))
-        method = Method(objective.name, objective, objective.config_cls.from_dict(knobs, source, "objective."))
-    check_split(cfg, method, 1, source)
-    if cfg.data.source == "reviews" and cfg.task.get("name") != "imdb":
+        try:
+            objective = get_objective(str(spec["name"]))
+        except AlignlabError as err:
+            raise ConfigError(f"{prefix}objective.name", str(err), source) from err
+        method = Method(objective.name, objective, objective.config_cls.from_dict(knobs, source, f"{prefix}objective."))
+    try:
+        check_split(cfg, method, 1, source)
+    except ConfigError as err:
+        raise ConfigError(prefix + err.key, err.message, source) from None
+    task_name = cfg.task.get("name") if isinstance(cfg.task, dict) else None
+    if cfg.data.source == "reviews" and task_name != "imdb":
         raise ConfigError(
-            "data.source", "reviews pairs come from IMDb: use task imdb, or source generated/task", source
+            f"{prefix}data.source", "reviews pairs come from IMDb: use task imdb, or source generated/task", source
         )
-    if cfg.data.source == "generated" and cfg.task.get("name") != "imdb":
+    if cfg.data.source == "generated" and task_name != "imdb":
         raise ConfigError(
-            "data.source", "generated pairs need a gold judge, which only imdb has: use source task", source
+            f"{prefix}data.source", "generated pairs need a gold judge, which only imdb has: use source task", source
         )
+    if cfg.eval.winrate.judge == "gold" and cfg.eval.winrate.temperatures and task_name != "imdb":
+        raise ConfigError(f"{prefix}eval.winrate.judge", "only imdb has a gold judge: use reward_model or llm", source)
+    if cfg.eval.winrate.judge == "llm" and cfg.eval.winrate.judge_model is None:
+        raise ConfigError(f"{prefix}eval.winrate.judge_model", "the llm judge needs a model", source)
     return cfg, method
 
 
@@ -209,16 +245,43 @@ def peak_rss_mb() -> float:
 
 def run_training(path: str | Path, overrides: list[str] | None = None, force: bool = False) -> dict[str, Any]:
     """Run the YAML at ``path``; returns the summary (also ``out_dir/summary.json``)."""
+    cfg, method = resolve(path, overrides or [])
+    return execute(cfg, method, str(path), force)
+
+
+class Shared:
+    """What consecutive runs of one process can share: the tasks (read once) and gold judges."""
+
+    def __init__(self) -> None:
+        self.tasks: dict[str, Task] = {}
+        self.judges: dict[tuple[str, int], Any] = {}
+
+    def task(self, spec: dict[str, Any], source: str) -> Task:
+        key = json.dumps(spec, sort_keys=True)
+        if key not in self.tasks:
+            self.tasks[key] = build_task(spec, source)
+        return self.tasks[key]
+
+    def judge(self, task: Task, seed: int, root: Path) -> Any:
+        key = (json.dumps(task.cfg.to_dict(), sort_keys=True), seed)
+        if key not in self.judges:
+            self.judges[key] = stages.gold_judge(task, seed, root)
+        return self.judges[key]
+
+
+def execute(
+    cfg: RunConfig, method: Method, source: str, force: bool = False, shared: Shared | None = None
+) -> dict[str, Any]:
+    """Steps 1 (the process-dependent part) to 5 of a resolved run."""
     from alignlab.train.loop import make_accelerator
 
     t_start = time.time()
-    source = str(path)
+    shared = shared or Shared()
     # 1. pre-flight (the accelerator first: the batch split depends on the number of processes)
-    cfg, method = resolve(path, overrides or [])
     out = Path(cfg.out_dir)
     accelerator = make_accelerator(cfg.train, out)
     check_split(cfg, method, accelerator.num_processes, source)
-    task = build_task(cfg.task, source)
+    task = shared.task(cfg.task, source)
     resolved = _resolved(cfg, task, method)
     with accelerator.main_process_first():
         finished = claim_out_dir(out, resolved, force and accelerator.is_main_process, source)
@@ -230,12 +293,15 @@ def run_training(path: str | Path, overrides: list[str] | None = None, force: bo
     root = cache_root()
     with accelerator.main_process_first():
         policy = prepare_policy(task, cfg.model, cfg.sft, cache=root, progress=cfg.train.progress)
-        judge = stages.gold_judge(task, cfg.sft.seed, root) if task.name == "imdb" else None
+        judge = shared.judge(task, cfg.sft.seed, root) if task.name == "imdb" else None
         data = _method_data(cfg, method, task, policy, judge, root)
     # 3-4. train
-    from alignlab.train.methods import train_method
+    from alignlab.train.methods import train_method, win_rate_rows
 
     final = train_method(cfg, method, task, policy, judge, data, accelerator, out)
+    winrate = None
+    if cfg.eval.winrate.temperatures:
+        winrate = win_rate_rows(cfg, task, policy, judge, data, out, accelerator)
     # 5. summary, last
     summary = {
         "method": method.name,
@@ -245,6 +311,8 @@ def run_training(path: str | Path, overrides: list[str] | None = None, force: bo
         "policy": str(policy.path),
         "sft": {k: policy.metrics.get(k) for k in ("held_out_ppl_before", "held_out_ppl", "parameters")},
         "final": final,
+        "winrate": winrate,
+        "reward_model": data.get("reward_model_metrics"),
         "wall_time_s": round(time.time() - t_start, 2),
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "processes": accelerator.num_processes,
@@ -264,7 +332,8 @@ def _method_data(cfg: RunConfig, method: Method, task: Task, policy: Any, judge:
     online = method.objective is None or method.objective.needs.data == "online"
     if not online:
         data["train"], data["eval"] = _pairs(cfg, task, policy, judge, root)
-    if online and cfg.reward.kind == "model":
+    judged_by_rm = bool(cfg.eval.winrate.temperatures) and cfg.eval.winrate.judge == "reward_model"
+    if (online and cfg.reward.kind == "model") or judged_by_rm:
         if cfg.data.source == "generated":
             path, _ = stages.generated_pairs(task, policy, judge, cfg.data.generate, root, cfg.train.progress)
             rm_train, rm_eval = stages.load_generated(path, task)

@@ -26,7 +26,7 @@ from alignlab.sft import code_version
 from alignlab.tasks import Task
 from alignlab.train import data as data_module
 from alignlab.train.data import PairData, UnpairedData, unpaired_from_pairs
-from alignlab.train.evaluation import best_of_n, sample_metrics
+from alignlab.train.evaluation import best_of_n, bootstrap_ci, sample_metrics, win_rates
 from alignlab.train.offline import evaluate_step, objective_step, train_offline
 from alignlab.train.ppo import PolicyAndValue, critic_from, train_ppo
 from alignlab.train.state import MetricsLog
@@ -59,12 +59,26 @@ def _sampler(
             reward,
             max_new_tokens=cfg.eval.max_new_tokens,
             temperature=cfg.eval.temperature,
+            samples_per_prompt=cfg.eval.samples_per_prompt,
             seed=cfg.eval.seed,
             batch_size=cfg.train.eval_batch_size,
         )
-        return {"sample_reward": m["reward"], "sample_kl": m["kl"], "sample_length": m["length"]}
+        return _sample_row(m, len(prompts) * cfg.eval.samples_per_prompt) | {"sample_length": m["length"]}
 
     return evaluate
+
+
+def _sample_row(m: dict[str, Any], n: int) -> dict[str, Any]:
+    """The metric-row fields of a sampling evaluation: means with their 95% bootstrap intervals."""
+    return {
+        "sample_reward": m["reward"],
+        "sample_reward_ci_low": m["reward_ci"][0],
+        "sample_reward_ci_high": m["reward_ci"][1],
+        "sample_kl": m["kl"],
+        "sample_kl_ci_low": m["kl_ci"][0],
+        "sample_kl_ci_high": m["kl_ci"][1],
+        "samples": n,
+    }
 
 
 def load_reference(policy: Any) -> torch.nn.Module:
@@ -227,8 +241,64 @@ def _best_of_n(
         batch_size=cfg.train.eval_batch_size,
         judge=judge,
     )
-    row = {"step": 0, "split": "eval", "sample_reward": m["reward"], "sample_kl": m["kl"], "n": method.cfg.n}
+    low, high = bootstrap_ci(m["rewards"], seed=cfg.eval.seed)
+    m |= {"reward_ci": (low, high), "kl_ci": (m["kl"], m["kl"])}  # the KL is analytic: no interval
+    row = {"step": 0, "split": "eval", **_sample_row(m, len(prompts)), "n": method.cfg.n}
     log = MetricsLog(out, accelerator, None)
     log.log(row)
     log.flush()
     return row
+
+
+def win_rate_rows(
+    cfg: Any, task: Task, policy: Any, judge: Any, data: dict[str, Any], out: Path, accelerator: Any
+) -> list[dict[str, Any]]:
+    """The trained policy's win rate against the task's held-out references, per temperature.
+
+    Written to ``out/winrate.json`` (a finished run reads it back rather than sampling again).
+    """
+    import json
+
+    from alignlab.io import atomic_write_json
+    from alignlab.rewards.judges import RewardJudge
+
+    path = out / "winrate.json"
+    if path.exists():
+        return list(json.loads(path.read_text()))
+    w = cfg.eval.winrate
+    max_new_tokens = w.max_new_tokens or cfg.eval.max_new_tokens
+    context = model_context(policy.model)
+    fitting = set(eval_prompts(task, policy.tokenizer, context, max_new_tokens, 0))
+    references = [(p, c) for p, c in task.references("eval") if p in fitting]
+    references = references[: w.prompts or len(references)]
+    if not references:
+        from alignlab.errors import AlignlabError
+
+        raise AlignlabError(f"task {task.name!r} has no held-out prompt with a reference that fits the context")
+    if w.judge == "llm":
+        judge_fn: Any = _llm_judge(w.judge_model, task.name, cfg.eval.seed)
+    else:
+        judge_fn = RewardJudge(judge if w.judge == "gold" else data["reward_model"])
+    rows = win_rates(
+        policy.model,
+        policy.tokenizer,
+        references,
+        judge_fn,
+        w.temperatures,
+        max_new_tokens=max_new_tokens,
+        seed=cfg.eval.seed,
+        batch_size=cfg.train.eval_batch_size,
+    )
+    rows = [r | {"judge": judge_fn.name} for r in rows]
+    if accelerator.is_main_process:
+        atomic_write_json(path, rows)
+    return rows
+
+
+def _llm_judge(name: str, task_name: str, seed: int) -> Any:
+    from alignlab.models import ModelConfig, load_pretrained
+    from alignlab.rewards.judges import DIALOGUE_TEMPLATE, SUMMARY_TEMPLATE, CausalLMJudge
+
+    model, tokenizer = load_pretrained(ModelConfig(name_or_path=name))
+    template = SUMMARY_TEMPLATE if task_name in ("tldr", "cnndm") else DIALOGUE_TEMPLATE
+    return CausalLMJudge(model, tokenizer, template, seed=seed)

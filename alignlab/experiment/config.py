@@ -1,0 +1,213 @@
+"""An experiment YAML: the shared settings of a run, plus a list of methods, each with a sweep.
+
+```yaml
+name: imdb_smoke                      # default: the file's stem
+task: {name: imdb}                    # ... every section of a run YAML (RunConfig) except objective
+train: {steps: 60, batch_size: 16}    #     and out_dir: the defaults of every run
+methods:
+  - name: dpo                         # a registered objective, or best_of_n
+    beta: 0.1                         # its knobs
+    sweep: {beta: [0.1, 1.0], seed: [0, 1]}   # the runs: the product of these lists
+  - name: ppo
+    label: PPO-GT                     # its name on the plot and in the tables (default: name)
+    reward: {kind: gold}              # any run section, merged over the experiment's
+    train: {batch_size: 64}
+    sweep: {target_kl: [3, 6]}
+```
+
+A sweep key is one of the objective's knobs, ``seed`` (``train.seed``), or a dotted run key
+(``train.lr``). Each run is a :class:`~alignlab.train.job.RunConfig`, validated before anything
+runs, with its id built from the label and the swept values (``dpo-beta0.1-seed1``). An
+experiment may start from another with ``extends: other.yaml`` (paths relative to this file):
+the other's mapping is read first and this one's keys are merged over it.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from alignlab.config import apply_overrides, load_yaml
+from alignlab.errors import ConfigError
+from alignlab.schema import knob
+from alignlab.train.job import Method, RunConfig, resolve_dict
+
+# the keys of a methods[] entry that are not objective knobs
+METHOD_KEYS = ("name", "label", "sweep")
+RUN_SECTIONS = ("data", "reward", "train", "rollout", "eval", "sft", "model", "task")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig(RunConfig):
+    """Every key of a run YAML (the defaults of each run) plus the experiment's own."""
+
+    name: str = knob("", "The experiment's name (default: the YAML file's stem).")
+    description: str = knob("", "One line on what the experiment shows.")
+    methods: list[Any] = knob(
+        default_factory=list,
+        help="The methods: {name: <objective> | best_of_n, label, <knob>: <value>, sweep: {<knob>: [...]}, "
+        "<run section>: {...}}.",
+    )
+    extends: str | None = knob(None, "Another experiment YAML (relative to this one) whose keys this one overrides.")
+    out_dir: str = knob("", "Results: frontier.csv, plots, tables, run configs (default: results/<name>).")
+    runs_dir: str = knob("", "Run directories: checkpoints, metrics, summaries (default: runs/<name>).")
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One run of the sweep, resolved and validated."""
+
+    run_id: str
+    label: str
+    setting: dict[str, Any]  # the swept values, e.g. {"beta": 0.1, "seed": 1}
+    cfg: RunConfig
+    method: Method
+    data: dict[str, Any]  # the run's YAML mapping (out_dir included)
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    cfg: ExperimentConfig
+    runs: list[PlannedRun]
+    source: str
+    out_dir: Path
+    runs_dir: Path
+    data: dict[str, Any]  # the resolved experiment mapping, overrides applied
+
+
+def read_experiment(path: str | Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The YAML mapping at ``path``, with ``extends`` followed (the chain merged, outermost last)."""
+    path = Path(path)
+    data = load_yaml(path)
+    parent = data.get("extends")
+    if parent is None:
+        return data
+    if not isinstance(parent, str):
+        raise ConfigError("extends", f"expected a file name, got {parent!r}", str(path))
+    base_path = (path.parent / parent).resolve()
+    if base_path in seen or base_path == path.resolve():
+        raise ConfigError("extends", f"{parent} extends itself (a cycle)", str(path))
+    if not base_path.is_file():
+        raise ConfigError("extends", f"{parent}: no such file (relative to {path.parent})", str(path))
+    base = read_experiment(base_path, (*seen, path.resolve()))
+    base.pop("extends", None)
+    merged = deep_merge(base, {k: v for k, v in data.items() if k != "extends"})
+    merged["extends"] = parent
+    return merged
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` merged into a copy of ``base``; mappings merge key by key, anything else replaces."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Experiment:
+    """Read, override, validate and expand an experiment YAML into its runs; nothing runs yet.
+
+    Raises:
+        ConfigError: naming the file and the dotted key (``methods[2].sweep.beta``) of any problem,
+            before any work.
+    """
+    source = str(path)
+    data = apply_overrides(read_experiment(path), overrides or [])
+    if "objective" in data:
+        raise ConfigError("objective", "an experiment lists its objectives under methods:", source)
+    cfg: ExperimentConfig = ExperimentConfig.from_dict(data, source)
+    name = cfg.name or Path(path).stem
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise ConfigError("name", f"{name!r}: use letters, digits, '_', '-' and '.' only", source)
+    if not cfg.methods:
+        raise ConfigError("methods", "list at least one method", source)
+    run_keys = set(RunConfig.__dataclass_fields__) - {"objective", "out_dir"}
+    shared = {k: v for k, v in data.items() if k in run_keys}
+    runs_dir = Path(cfg.runs_dir or f"runs/{name}")
+    runs: list[PlannedRun] = []
+    for i, entry in enumerate(cfg.methods):
+        runs.extend(_expand(entry, i, shared, runs_dir, source, Path(path).parent))
+    seen: dict[str, int] = {}
+    for run in runs:
+        if run.run_id in seen:
+            raise ConfigError(
+                "methods",
+                f"two runs are both named {run.run_id!r}: give the methods different labels",
+                source,
+            )
+        seen[run.run_id] = 1
+    resolved = {**data, "name": name}
+    return Experiment(name, cfg, runs, source, Path(cfg.out_dir or f"results/{name}"), runs_dir, resolved)
+
+
+def _expand(
+    entry: Any, i: int, shared: dict[str, Any], runs_dir: Path, source: str, base_dir: Path
+) -> list[PlannedRun]:
+    where = f"methods[{i}]"
+    if not isinstance(entry, dict):
+        raise ConfigError(where, f"expected a mapping with a name, got {entry!r}", source)
+    if "name" not in entry:
+        raise ConfigError(f"{where}.name", "required key is missing", source)
+    label = str(entry.get("label") or entry["name"])
+    if not re.fullmatch(r"[A-Za-z0-9_.+-]+", label):
+        raise ConfigError(f"{where}.label", f"{label!r}: use letters, digits, '_', '-', '+' and '.' only", source)
+    sections = {k: v for k, v in entry.items() if k in RUN_SECTIONS}
+    knobs = {k: v for k, v in entry.items() if k not in METHOD_KEYS and k not in RUN_SECTIONS}
+    sweep = entry.get("sweep") or {}
+    if not isinstance(sweep, dict):
+        raise ConfigError(f"{where}.sweep", f"expected a mapping of key: [values], got {sweep!r}", source)
+    for key, values in sweep.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{where}.sweep.{key}", f"expected a non-empty list of values, got {values!r}", source)
+    base = deep_merge(shared, sections)
+    runs = []
+    for combo in itertools.product(*sweep.values()) if sweep else [()]:
+        setting = dict(zip(sweep, combo, strict=True))
+        data = deep_merge(base, {"objective": {"name": entry["name"], **knobs}})
+        overrides = []
+        for key, value in setting.items():
+            if key == "seed":
+                overrides.append(("train.seed", value))
+            elif "." in key:
+                overrides.append((key, value))
+            else:
+                overrides.append((f"objective.{key}", value))
+        for key, value in overrides:
+            node = data
+            *parents, last = key.split(".")
+            for part in parents:
+                node = node.setdefault(part, {})
+                if not isinstance(node, dict):
+                    raise ConfigError(f"{where}.sweep.{key}", f"{part} is not a mapping", source)
+            node[last] = value
+        run_id = "-".join([label, *(f"{_short(k)}{_value(v)}" for k, v in setting.items())])
+        data["out_dir"] = str(runs_dir / run_id)
+        try:
+            cfg, method = resolve_dict(data, source, base_dir, prefix=f"{where}.")
+        except ConfigError as err:  # name the key as the user wrote it: methods[i].beta, methods[i].sweep.beta
+            key = err.key
+            if key.startswith(f"{where}.objective."):
+                knob_name = key.removeprefix(f"{where}.objective.")
+                key = f"{where}.sweep.{knob_name}" if knob_name in sweep else f"{where}.{knob_name}"
+            elif key == f"{where}.objective.name":
+                key = f"{where}.name"
+            raise ConfigError(key, err.message, source) from err
+        runs.append(PlannedRun(run_id, label, setting, cfg, method, data))
+    return runs
+
+
+def _short(key: str) -> str:
+    return key.rsplit(".", 1)[-1]
+
+
+def _value(v: Any) -> str:
+    text = f"{v:g}" if isinstance(v, float) else str(v)
+    return re.sub(r"[^A-Za-z0-9_.+-]", "_", text)

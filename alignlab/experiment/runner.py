@@ -1,0 +1,176 @@
+"""``alignlab run FILE``: every run of an experiment, then its frontier, win rates, plots and tables.
+
+In numbered steps:
+
+1. load and validate the experiment and every run it expands to, before any work;
+2. write ``<out_dir>/experiment.yaml`` and ``<out_dir>/configs/<run>.yaml`` (the resolved config
+   of every run);
+3. the runs, one after another (or split over ``--workers`` processes): a run holds a lock on
+   its directory while it trains, so several ``alignlab run`` processes on one experiment split
+   the runs between them instead of colliding; a finished run is skipped, an unfinished one
+   resumes from its last checkpoint. Shared stages (tokenizer, SFT, gold judge, pairs, reward
+   model, reference log-probs) are cached by content and built once, under a lock;
+4. ``frontier.csv`` (and ``winrate.csv``) rewritten after every run, the plots and tables at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from alignlab.experiment.config import Experiment, PlannedRun, load_experiment
+from alignlab.experiment.report import (
+    FRONTIER_COLUMNS,
+    WINRATE_COLUMNS,
+    plot_dir,
+    run_rows,
+    table_dir,
+    write_csv,
+)
+from alignlab.io import atomic_write_text, atomic_write_yaml, file_lock
+
+
+def status(run: PlannedRun) -> str:
+    """finished | diverged | started | pending."""
+    out = Path(run.cfg.out_dir)
+    if (out / "summary.json").exists():
+        return "finished"
+    if (out / "diverged.txt").exists():
+        return "diverged"
+    if (out / "config.yaml").exists():
+        return "started"
+    return "pending"
+
+
+def _lock(exp: Experiment, run: PlannedRun) -> Path:
+    return exp.runs_dir / f".{run.run_id}.lock"
+
+
+def collect(exp: Experiment, draw: bool = True, fit: bool = False) -> dict[str, Any]:
+    """Rewrite frontier.csv / winrate.csv from the run directories; then the plots and tables."""
+    frontier: list[dict[str, Any]] = []
+    winrate: list[dict[str, Any]] = []
+    for run in exp.runs:
+        f, w = run_rows(exp.name, run)
+        frontier += f
+        winrate += w
+    paths = [write_csv(exp.out_dir / "frontier.csv", frontier, FRONTIER_COLUMNS)]
+    if winrate:
+        paths.append(write_csv(exp.out_dir / "winrate.csv", winrate, WINRATE_COLUMNS))
+    if draw and (frontier or winrate):
+        paths += plot_dir(exp.out_dir, fit=fit) + table_dir(exp.out_dir)
+    return {"frontier_rows": len(frontier), "winrate_rows": len(winrate), "files": [str(p) for p in paths]}
+
+
+def run_experiment(
+    path: str | Path,
+    overrides: list[str] | None = None,
+    workers: int = 1,
+    force: bool = False,
+    worker: bool = False,
+) -> dict[str, Any]:
+    """Run (or resume) the experiment at ``path``; returns what was done and where the results are."""
+    t0 = time.time()
+    # 1. every run validated before any work
+    exp = load_experiment(path, overrides)
+    # 2. the resolved configs, beside the results
+    if not worker:
+        atomic_write_yaml(exp.out_dir / "experiment.yaml", {**exp.data, "runs": [r.run_id for r in exp.runs]})
+        for run in exp.runs:
+            atomic_write_yaml(exp.out_dir / "configs" / f"{run.run_id}.yaml", run.data)
+        if force:
+            for run in exp.runs:
+                with file_lock(_lock(exp, run)):
+                    shutil.rmtree(run.cfg.out_dir, ignore_errors=True)
+    # 3. the runs
+    before = {r.run_id: status(r) for r in exp.runs}
+    if workers > 1 and not worker:
+        _spawn_workers(path, overrides or [], workers)
+    else:
+        _work(exp)
+    # 4. results
+    result = collect(exp, draw=not worker)
+    done = {r.run_id: status(r) for r in exp.runs}
+    return {
+        "experiment": exp.name,
+        "runs": len(exp.runs),
+        "trained": sum(before[k] != "finished" and done[k] == "finished" for k in done),
+        "skipped_finished": sum(v == "finished" for v in before.values()),
+        "diverged": [k for k, v in done.items() if v == "diverged"],
+        "unfinished": [k for k, v in done.items() if v not in ("finished", "diverged")],
+        "results": str(exp.out_dir),
+        "wall_time_s": round(time.time() - t0, 1),
+        **result,
+    }
+
+
+def _work(exp: Experiment) -> None:
+    """Run every unfinished run this process can lock; wait for those another process holds."""
+    from alignlab.train.job import Shared, execute
+    from alignlab.train.loop import TrainingDiverged
+
+    shared = Shared()
+    pending = [r for r in exp.runs if status(r) not in ("finished", "diverged")]
+    total = len(exp.runs)
+    while pending:
+        progressed = False
+        for run in list(pending):
+            with file_lock(_lock(exp, run), blocking=False) as mine:
+                if not mine:
+                    continue
+                if status(run) not in ("finished", "diverged"):  # another process may have done it meanwhile
+                    k = exp.runs.index(run) + 1
+                    print(f"[{k}/{total}] {run.run_id}: {_describe(run)}", file=sys.stderr, flush=True)
+                    t = time.time()
+                    try:
+                        summary = execute(run.cfg, run.method, exp.source, shared=shared)
+                    except TrainingDiverged as err:  # a result, not a crash: the sweep goes on
+                        atomic_write_text(Path(run.cfg.out_dir) / "diverged.txt", f"{err}\n")
+                        print(f"[{k}/{total}] {run.run_id}: diverged: {err}", file=sys.stderr, flush=True)
+                        pending.remove(run)
+                        progressed = True
+                        continue
+                    final = summary.get("final") or {}
+                    print(
+                        f"[{k}/{total}] {run.run_id}: done in {time.time() - t:.0f} s; "
+                        f"reward {final.get('sample_reward', float('nan')):.3f}, "
+                        f"KL {final.get('sample_kl', float('nan')):.2f}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    collect(exp, draw=False)
+                pending.remove(run)
+                progressed = True
+        if pending and not progressed:  # all held by other processes: wait for the first to finish
+            with file_lock(_lock(exp, pending[0])):
+                pass
+
+
+def _describe(run: PlannedRun) -> str:
+    steps = run.cfg.train.steps if run.method.objective is not None else 0
+    kind = "best-of-N sampling" if run.method.objective is None else f"{steps} steps"
+    return f"{run.method.name} ({kind}), {run.cfg.out_dir}"
+
+
+def _spawn_workers(path: str | Path, overrides: list[str], workers: int) -> None:
+    """``workers`` processes of ``alignlab run --worker``, the CPU threads split between them."""
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    command = [sys.executable, "-m", "alignlab.cli", "run", str(path), *overrides, "--worker"]
+    procs = [subprocess.Popen(command, env=env) for _ in range(workers)]
+    try:
+        codes = [p.wait() for p in procs]
+    except KeyboardInterrupt:
+        for p in procs:
+            p.terminate()
+        raise
+    failed = [c for c in codes if c != 0]
+    if failed:
+        from alignlab.errors import AlignlabError
+
+        raise AlignlabError(f"{len(failed)} of {workers} worker processes failed (exit {failed[0]}); see above")

@@ -1,0 +1,128 @@
+"""Pairwise judges for win rates: which of two completions of a prompt is better?
+
+A judge maps (prompts, a, b) to P(a beats b) per row, in [0, 1]. Two kinds:
+
+- :class:`RewardJudge`: a reward (trained reward model, gold judge) scores both; a wins when its
+  reward is higher, ties count one half. The default judge of the TL;DR and HH win-rate tables.
+- :class:`LLMJudge`: a language model asked which response is better, with the two shown in a
+  random order per row (position randomisation, as in the DPO paper's GPT-4 evaluation) so that
+  a judge's preference for the first or second slot cancels out. :class:`CausalLMJudge` asks any
+  Hugging Face causal LM (e.g. the SmolLM2 GGUF) and reads its next-token odds of "A" against "B";
+  subclass :class:`LLMJudge` and implement :meth:`LLMJudge.prefer_first` for an API model.
+"""
+
+from __future__ import annotations
+
+import random
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+from alignlab.rewards.base import Reward
+
+
+class Judge(Protocol):
+    name: str
+
+    def compare(self, prompts: Sequence[str], a: Sequence[str], b: Sequence[str]) -> Tensor:
+        """(B,) P(a[i] is better than b[i] as a response to prompts[i])."""
+        ...
+
+
+class RewardJudge:
+    """a beats b when ``reward(prompt, a) > reward(prompt, b)``; a tie counts 1/2."""
+
+    def __init__(self, reward: Reward) -> None:
+        self.reward = reward
+        self.name = f"reward:{getattr(reward, 'name', type(reward).__name__)}"
+
+    def compare(self, prompts: Sequence[str], a: Sequence[str], b: Sequence[str]) -> Tensor:
+        ra, rb = self.reward(prompts, a).float(), self.reward(prompts, b).float()
+        return (ra > rb).float() + 0.5 * (ra == rb).float()
+
+
+# The DPO paper's GPT-4 prompt for single-turn dialogue (Appendix C.2), "A"/"B" in place of "1"/"2".
+DIALOGUE_TEMPLATE = (
+    "For the following query to a chatbot, which response is more helpful?\n\n"
+    "Query: {prompt}\n\nResponse A:\n{first}\n\nResponse B:\n{second}\n\n"
+    'Which response is more helpful? Answer with one letter, "A" or "B".\nMore helpful:'
+)
+# ... and its prompt for summarisation (Appendix C.2).
+SUMMARY_TEMPLATE = (
+    "Which of the following summaries does a better job of summarizing the most important points in the "
+    "given forum post, without including unimportant or irrelevant details?\n\n"
+    "Post:\n{prompt}\n\nSummary A:\n{first}\n\nSummary B:\n{second}\n\n"
+    'Which summary is better? Answer with one letter, "A" or "B".\nPreferred:'
+)
+
+
+class LLMJudge(ABC):
+    """A pairwise LLM judge with position randomisation.
+
+    Each row is shown as (a, b) or (b, a) by a seeded coin; :meth:`prefer_first` gives
+    P(first shown is better), which is mapped back to P(a is better).
+    """
+
+    name = "llm"
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+
+    @abstractmethod
+    def prefer_first(self, prompts: Sequence[str], first: Sequence[str], second: Sequence[str]) -> Tensor:
+        """(B,) P(first[i] is the better response), each pair shown in the given order."""
+
+    def compare(self, prompts: Sequence[str], a: Sequence[str], b: Sequence[str]) -> Tensor:
+        rng = random.Random(self.seed)
+        swap = [rng.random() < 0.5 for _ in prompts]
+        first = [y if s else x for x, y, s in zip(a, b, swap, strict=True)]
+        second = [x if s else y for x, y, s in zip(a, b, swap, strict=True)]
+        p_first = self.prefer_first(prompts, first, second).float()
+        swapped = torch.tensor(swap, dtype=torch.bool)
+        return torch.where(swapped, 1 - p_first, p_first)
+
+
+class CausalLMJudge(LLMJudge):
+    """A causal LM as the judge: P(first) = softmax over the next-token logits of " A" and " B".
+
+    Args:
+        model: a Hugging Face causal LM.
+        tokenizer: its tokenizer.
+        template: a format string with ``{prompt}``, ``{first}`` and ``{second}``.
+        batch_size: rows per forward pass.
+        seed: the position-randomisation seed.
+    """
+
+    def __init__(
+        self, model: Any, tokenizer: Any, template: str = DIALOGUE_TEMPLATE, batch_size: int = 8, seed: int = 0
+    ) -> None:
+        super().__init__(seed)
+        self.model, self.tokenizer, self.template, self.batch_size = model.eval(), tokenizer, template, batch_size
+        self.choices = [self._token(" A"), self._token(" B")]
+        self.name = f"llm:{getattr(model.config, '_name_or_path', '') or type(model).__name__}"
+
+    def _token(self, text: str) -> int:
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return int(ids[-1])
+
+    @torch.no_grad()
+    def prefer_first(self, prompts: Sequence[str], first: Sequence[str], second: Sequence[str]) -> Tensor:
+        texts = [
+            self.template.format(prompt=p.strip(), first=f.strip(), second=s.strip())
+            for p, f, s in zip(prompts, first, second, strict=True)
+        ]
+        side = self.tokenizer.padding_side
+        self.tokenizer.padding_side = "left"  # the next token follows the last column
+        try:
+            out = []
+            for start in range(0, len(texts), self.batch_size):
+                enc = self.tokenizer(texts[start : start + self.batch_size], return_tensors="pt", padding=True)
+                enc = {k: v.to(self.model.device) for k, v in enc.items()}
+                logits = self.model(**enc).logits[:, -1, self.choices].float()
+                out.append(torch.softmax(logits, dim=-1)[:, 0].cpu())
+        finally:
+            self.tokenizer.padding_side = side
+        return torch.cat(out)

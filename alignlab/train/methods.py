@@ -98,12 +98,25 @@ def train_method(
     reference = load_reference(policy).to(accelerator.device) if needs_sampling_eval or online else None
     sampler = _sampler(cfg, task, policy, reward, reference) if reference is not None and needs_sampling_eval else None
     extra = {"tokenizer": policy.tokenizer}
+    held = [_held("policy", policy.model, trainable=method.objective is not None)]
+    if reference is not None:
+        held.append(_held("reference", reference, trainable=False))
+    rm = data.get("reward_model")
+    if rm is not None and cfg.reward.kind == "model" and (online or method.objective is None):
+        held.append(_held("reward_model", rm.model, trainable=False))
     if method.objective is None:
-        return _best_of_n(cfg, method, task, policy, judge, data, accelerator, out)
-    if method.objective.needs.data == "online":
+        final = _best_of_n(cfg, method, task, policy, judge, data, accelerator, out)
+    elif online:
         assert reference is not None
-        return _ppo(cfg, method, task, policy, judge, data, reference, accelerator, out, sampler, extra)
-    return _offline(cfg, method, policy, data, reference, accelerator, out, sampler, extra)
+        final = _ppo(cfg, method, task, policy, judge, data, reference, accelerator, out, sampler, extra, held)
+    else:
+        final = _offline(cfg, method, policy, data, reference, accelerator, out, sampler, extra)
+    return final | {"models_held": held}
+
+
+def _held(role: str, model: torch.nn.Module, trainable: bool) -> dict[str, Any]:
+    """One entry of the summary's ``models_held``: a network this method keeps in memory while it trains."""
+    return {"role": role, "parameters": sum(p.numel() for p in model.parameters()), "trainable": trainable}
 
 
 def _offline(
@@ -169,6 +182,7 @@ def _ppo(
     out: Path,
     sampler: Any,
     extra: dict[str, Any],
+    held: list[dict[str, Any]],
 ) -> dict[str, Any]:
     assert isinstance(method.cfg, PPOConfig)
     rm = data.get("reward_model")
@@ -187,6 +201,9 @@ def _ppo(
     elif critic_kind == "reward_model":
         critic = _copy_rm(rm)
     core = PolicyAndValue(policy.model, critic, cfg.rollout.temperature)
+    value = critic if critic is not None else core.value_head
+    assert value is not None
+    held.append(_held("critic" if critic is not None else "value_head", value, trainable=True))
     context = model_context(policy.model)
     prompts = eval_prompts(task, policy.tokenizer, context, cfg.rollout.max_new_tokens, 0, split="train")
     rows = train_ppo(

@@ -397,3 +397,29 @@ def test_list_and_reproduce_name_the_shipped_experiments(capsys):
     assert "did you mean 'imdb'?" in capsys.readouterr().err
     assert main(["list", str(REPO / "experiments" / "imdb_smoke.yaml")]) == 0
     assert "imdb_smoke: 6 runs" in capsys.readouterr().out
+
+
+def test_win_rate_experiment_on_hh_writes_the_temperature_table(tmp_path, data_dir, cache):
+    doc = _experiment(
+        tmp_path,
+        data_dir,
+        name="hh_tiny",
+        task={"name": "hh", "data_dir": str(data_dir), "max_rows": 600},
+        sft={**SMOKE_SFT, "steps": 10},
+        data={"source": "task", "pairs": 64, "eval_pairs": 16},
+        reward={"model": {"epochs": 1, "batch_size": 16}, "max_pairs": 64},
+        eval={"prompts": 4, "max_new_tokens": 8, "winrate": {"temperatures": [0.0, 1.0], "prompts": 12}},
+        methods=[{"name": "best_of_n", "label": "SFT", "n": 1, "reward": {"kind": "model"}}, {"name": "dpo"}],
+    )
+    result = run_experiment(_write(tmp_path, doc))
+    assert result["winrate_rows"] == 2 * 2
+    frame = pd.read_csv(tmp_path / "results" / "winrate.csv")
+    assert sorted(frame["temperature"]) == [0.0, 0.0, 1.0, 1.0] and (frame["n"] == 12).all()
+    assert frame["win_rate"].between(0, 1).all() and (frame["judge"] == "reward:reward_model").all()
+    assert (frame["win_rate_ci_low"] <= frame["win_rate"]).all()
+    assert (frame["win_rate"] <= frame["win_rate_ci_high"]).all()
+    table = (tmp_path / "results" / "winrate.md").read_text()
+    assert "| temperature | SFT | dpo |" in table and (tmp_path / "results" / "winrate.png").exists()
+    compute = pd.read_csv(tmp_path / "results" / "compute.csv").set_index("run")
+    assert compute.loc["SFT", "roles"] == "policy + reward_model"  # best-of-N ranked by the reward model
+    assert compute.loc["dpo", "roles"] == "policy + reference" and compute.loc["dpo", "trainable"] == 1

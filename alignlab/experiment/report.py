@@ -47,6 +47,24 @@ FRONTIER_COLUMNS = [
     "finished",
     "knobs",
 ]
+COMPUTE_COLUMNS = [
+    "method",
+    "objective",
+    "run",
+    "batch_size",
+    "steps",
+    "s_per_step",
+    "gen_s",
+    "score_s",
+    "update_s",
+    "wall_time_s",
+    "peak_rss_mb",
+    "models_held",
+    "trainable",
+    "frozen",
+    "roles",
+    "parameters_held",
+]
 WINRATE_COLUMNS = [
     "experiment",
     "method",
@@ -308,6 +326,70 @@ def plot_winrate(frame: pd.DataFrame, out_dir: Path, title: str = "") -> list[Pa
     return paths
 
 
+# ----------------------------------------------------------------------------------------- compute
+
+
+def compute_rows(runs: Sequence[Any]) -> list[dict[str, Any]]:
+    """Per finished run: seconds per step (PPO: per iteration, split into phases), peak RSS, models held."""
+    rows = []
+    for run in runs:
+        out = Path(run.cfg.out_dir)
+        if not (out / "summary.json").exists():
+            continue
+        summary = json.loads((out / "summary.json").read_text())
+        train = [r for r in _read_jsonl(out / "metrics.jsonl") if r.get("split") == "train"]
+        phases = {k: [r[k] for r in train if k in r] for k in ("step_s", "gen_s", "score_s", "update_s")}
+        if phases["gen_s"]:
+            step = [g + c + u for g, c, u in zip(phases["gen_s"], phases["score_s"], phases["update_s"], strict=False)]
+        else:
+            step = phases["step_s"]
+        held = (summary.get("final") or {}).get("models_held") or []
+        rows.append(
+            {
+                "method": run.label,
+                "objective": run.method.name,
+                "run": run.run_id,
+                "batch_size": run.cfg.train.batch_size,
+                "steps": len(train),
+                "s_per_step": float(np.median(step)) if step else None,
+                "gen_s": float(np.median(phases["gen_s"])) if phases["gen_s"] else None,
+                "score_s": float(np.median(phases["score_s"])) if phases["score_s"] else None,
+                "update_s": float(np.median(phases["update_s"])) if phases["update_s"] else None,
+                "wall_time_s": summary.get("wall_time_s"),
+                "peak_rss_mb": summary.get("peak_rss_mb"),
+                "models_held": len(held),
+                "trainable": sum(m["trainable"] for m in held),
+                "frozen": sum(not m["trainable"] for m in held),
+                "roles": " + ".join(m["role"] for m in held),
+                "parameters_held": sum(m["parameters"] for m in held),
+            }
+        )
+    return rows
+
+
+def compute_table(frame: pd.DataFrame) -> str:
+    """Markdown: one row per method (medians over its runs)."""
+    out = io.StringIO()
+    out.write(
+        "| method | batch | s / step | generation | scoring | update | peak RSS (MiB) | models held "
+        "(trainable + frozen) | parameters held |\n|---|---|---|---|---|---|---|---|---|\n"
+    )
+
+    def cell(v: Any, fmt: str = ".2f") -> str:
+        return "" if v is None or pd.isna(v) else format(v, fmt)
+
+    for method in dict.fromkeys(frame["method"]):
+        rows = frame[frame["method"] == method]
+        r = rows.iloc[0]
+        med = rows.median(numeric_only=True)
+        out.write(
+            f"| {method} | {r['batch_size']} | {cell(med['s_per_step'])} | {cell(med['gen_s'])} | "
+            f"{cell(med['score_s'])} | {cell(med['update_s'])} | {cell(med['peak_rss_mb'], '.0f')} | "
+            f"{r['models_held']} ({r['trainable']} + {r['frozen']}): {r['roles']} | {r['parameters_held']:,} |\n"
+        )
+    return out.getvalue()
+
+
 # ----------------------------------------------------------------------------------------- entry points
 
 
@@ -338,6 +420,10 @@ def table_dir(results: Path) -> list[Path]:
         frame = read_csv(results / "winrate.csv")
         if not frame.empty:
             paths.append(atomic_write_text(results / "winrate.md", winrate_table(frame)))
+    if (results / "compute.csv").exists():
+        frame = read_csv(results / "compute.csv")
+        if not frame.empty:
+            paths.append(atomic_write_text(results / "compute.md", compute_table(frame)))
     if not paths:
         raise AlignlabError(f"{results}: no frontier.csv or winrate.csv with rows to tabulate")
     return paths

@@ -25,8 +25,10 @@ from typing import Any
 
 from alignlab.experiment.config import Experiment, PlannedRun, load_experiment
 from alignlab.experiment.report import (
+    COMPUTE_COLUMNS,
     FRONTIER_COLUMNS,
     WINRATE_COLUMNS,
+    compute_rows,
     plot_dir,
     run_rows,
     table_dir,
@@ -62,6 +64,9 @@ def collect(exp: Experiment, draw: bool = True, fit: bool = False) -> dict[str, 
     paths = [write_csv(exp.out_dir / "frontier.csv", frontier, FRONTIER_COLUMNS)]
     if winrate:
         paths.append(write_csv(exp.out_dir / "winrate.csv", winrate, WINRATE_COLUMNS))
+    compute = compute_rows(exp.runs)
+    if compute:
+        paths.append(write_csv(exp.out_dir / "compute.csv", compute, COMPUTE_COLUMNS))
     if draw and (frontier or winrate):
         paths += plot_dir(exp.out_dir, fit=fit) + table_dir(exp.out_dir)
     return {"frontier_rows": len(frontier), "winrate_rows": len(winrate), "files": [str(p) for p in paths]}

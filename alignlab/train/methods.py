@@ -92,7 +92,7 @@ def train_method(
     """Train (or, for best-of-N, evaluate) the method; returns the last evaluation row."""
     torch.manual_seed(cfg.train.seed)  # fresh heads (critic, value head) start the same in every run
     reward = judge if judge is not None else data.get("reward_model")
-    needs_sampling_eval = reward is not None and cfg.eval.prompts > 0
+    needs_sampling_eval = reward is not None and cfg.eval.prompts > 0 and method.objective is not None
     online = method.objective is not None and method.objective.needs.data == "online"
     # one frozen π_ref per run, shared by the sampling evaluation, PPO and the reference cache
     reference = load_reference(policy).to(accelerator.device) if needs_sampling_eval or online else None

@@ -57,3 +57,19 @@ def test_rollout_on_a_pretrained_model(smollm2):
     out = rollout(model, tokenizer, ["The movie was"], max_new_tokens=8, temperature=0.0, reference=model)
     assert out.completions[0].strip()
     assert out.ref_logps is not None and (out.ref_logps[out.sequences.completion_mask.bool()] <= 0).all()
+
+
+def test_smollm2_as_a_pairwise_judge(smollm2):
+    """The LLM judge on a real instruct model: probabilities, positions randomised, a clear case right."""
+    from alignlab.rewards.judges import CausalLMJudge
+
+    model, tokenizer = smollm2
+    judge = CausalLMJudge(model, tokenizer, batch_size=2, seed=0)
+    prompts = ["What is the capital of France?"] * 4
+    good = ["The capital of France is Paris."] * 4
+    bad = ["Bananas are yellow and my cat is asleep."] * 4
+    p = judge.compare(prompts, good, bad)
+    assert p.shape == (4,) and bool(((p > 0) & (p < 1)).all())
+    # the four rows are one question shown in both orders (the coin decides): the judge must still
+    # prefer the right answer on average once the positions are mapped back
+    assert float(p.mean()) > 0.5

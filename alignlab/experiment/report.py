@@ -223,7 +223,7 @@ def plot_frontier(
                 grid = np.linspace(0, math.sqrt(kl.max()), 100)
                 ax.plot(grid**2, base + gao_curve(grid, *params, kind), ":", color=colour, lw=1.2)
     ax.set_xlabel("KL(π ‖ π_ref), sequence, nats")
-    ax.set_ylabel("mean reward of samples (gold)")
+    ax.set_ylabel("mean reward of samples (gold judge, else the reward model)")
     ax.set_title(title or "reward–KL frontier")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right", ncol=2 if len(methods) > 8 else 1)

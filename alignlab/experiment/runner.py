@@ -20,6 +20,8 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -98,8 +100,8 @@ def run_experiment(
         _spawn_workers(path, overrides or [], workers)
     else:
         _work(exp)
-    # 4. results
-    result = collect(exp, draw=not worker)
+    # 4. results (once, by the main process of a distributed launch)
+    result = collect(exp, draw=not worker) if int(os.environ.get("RANK", "0")) == 0 else {}
     done = {r.run_id: status(r) for r in exp.runs}
     return {
         "experiment": exp.name,
@@ -114,21 +116,30 @@ def run_experiment(
     }
 
 
+def _distributed() -> bool:
+    """Under ``accelerate launch`` (or torchrun) with several processes: they train each run together."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
 def _work(exp: Experiment) -> None:
-    """Run every unfinished run this process can lock; wait for those another process holds."""
+    """Run every unfinished run this process can lock; wait for those another process holds.
+
+    Under ``accelerate launch`` all processes train every run together, in order, without locks.
+    """
     from alignlab.train.job import Shared, execute
     from alignlab.train.loop import TrainingDiverged
 
     shared = Shared()
     pending = [r for r in exp.runs if status(r) not in ("finished", "diverged")]
     total = len(exp.runs)
+    together = _distributed()
     while pending:
         progressed = False
         for run in list(pending):
-            with file_lock(_lock(exp, run), blocking=False) as mine:
+            with file_lock(_lock(exp, run), blocking=False) if not together else _held() as mine:
                 if not mine:
                     continue
-                if status(run) not in ("finished", "diverged"):  # another process may have done it meanwhile
+                if together or status(run) not in ("finished", "diverged"):  # another may have done it
                     k = exp.runs.index(run) + 1
                     print(f"[{k}/{total}] {run.run_id}: {_describe(run)}", file=sys.stderr, flush=True)
                     t = time.time()
@@ -148,12 +159,18 @@ def _work(exp: Experiment) -> None:
                         file=sys.stderr,
                         flush=True,
                     )
-                    collect(exp, draw=False)
+                    if int(os.environ.get("RANK", "0")) == 0:
+                        collect(exp, draw=False)
                 pending.remove(run)
                 progressed = True
         if pending and not progressed:  # all held by other processes: wait for the first to finish
             with file_lock(_lock(exp, pending[0])):
                 pass
+
+
+@contextmanager
+def _held() -> Iterator[bool]:
+    yield True
 
 
 def _describe(run: PlannedRun) -> str:

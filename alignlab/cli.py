@@ -11,7 +11,7 @@ import os
 import sys
 import textwrap
 from collections.abc import Sequence
-from typing import Any
+from pathlib import Path
 
 from alignlab.errors import AlignlabError
 
@@ -89,8 +89,6 @@ def _reproduce(args: argparse.Namespace) -> int:
 
 
 def _plot(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from alignlab.experiment.report import plot_dir
 
     for path in plot_dir(_results_dir(Path(args.dir)), fit=args.fit):
@@ -99,8 +97,6 @@ def _plot(args: argparse.Namespace) -> int:
 
 
 def _table(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from alignlab.experiment.report import table_dir
 
     for path in table_dir(_results_dir(Path(args.dir))):
@@ -110,12 +106,9 @@ def _table(args: argparse.Namespace) -> int:
     return 0
 
 
-def _results_dir(path: object) -> Any:
-    from pathlib import Path
-
+def _results_dir(path: Path) -> Path:
     from alignlab.errors import AlignlabError
 
-    assert isinstance(path, Path)
     if not path.is_dir():
         raise AlignlabError(f"{path}: no such directory (a results directory, e.g. results/imdb_smoke)")
     return path
@@ -140,6 +133,12 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _experiment_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=100 eval.prompts=32")
+    p.add_argument("--workers", type=int, default=1, help="split the runs over this many processes (default 1)")
+    p.add_argument("--force", action="store_true", help="delete the experiment's runs and run them again")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alignlab", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
@@ -162,17 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run an experiment YAML: every method × sweep, then frontier, plots, tables")
     p.add_argument("file", help="the experiment YAML, e.g. experiments/imdb_smoke.yaml")
-    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=100 eval.prompts=32")
-    p.add_argument("--workers", type=int, default=1, help="split the runs over this many processes (default 1)")
-    p.add_argument("--force", action="store_true", help="delete the experiment's runs and run them again")
+    _experiment_options(p)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=_run)
 
     p = sub.add_parser("reproduce", help="run a shipped experiment by name (imdb, smoke, tldr, hh, ...)")
     p.add_argument("name", help="a name from `alignlab list`")
-    p.add_argument("overrides", nargs="*", help="dotted overrides")
-    p.add_argument("--workers", type=int, default=1, help="split the runs over this many processes")
-    p.add_argument("--force", action="store_true", help="delete the experiment's runs and run them again")
+    _experiment_options(p)
     p.set_defaults(func=_reproduce)
 
     p = sub.add_parser("plot", help="draw frontier.png/.svg (and winrate.png/.svg) from a results directory")

@@ -227,10 +227,17 @@ def plot_frontier(
     ax.set_title(title or "reward–KL frontier")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right", ncol=2 if len(methods) > 8 else 1)
+    return _save(fig, out_dir, "frontier")
+
+
+def _save(fig: Any, out_dir: Path, stem: str) -> list[Path]:
+    """``stem``.png and ``stem``.svg in ``out_dir``, each written atomically; the figure is closed."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     paths = []
     for ext in ("png", "svg"):
-        path = out_dir / f"frontier.{ext}"
+        path = out_dir / f"{stem}.{ext}"
         with atomic_file(path) as tmp:
             fig.savefig(tmp, format=ext, dpi=150)
         paths.append(path)
@@ -315,15 +322,7 @@ def plot_winrate(frame: pd.DataFrame, out_dir: Path, title: str = "") -> list[Pa
     ax.set_title(title or "win rate")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    paths = []
-    for ext in ("png", "svg"):
-        path = out_dir / f"winrate.{ext}"
-        with atomic_file(path) as tmp:
-            fig.savefig(tmp, format=ext, dpi=150)
-        paths.append(path)
-    plt.close(fig)
-    return paths
+    return _save(fig, out_dir, "winrate")
 
 
 # ----------------------------------------------------------------------------------------- compute

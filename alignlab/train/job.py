@@ -237,8 +237,24 @@ def _pairs(
     return train, held_out
 
 
+def reset_peak_rss() -> None:
+    """Start a new peak-memory window (Linux: ``clear_refs`` 5 resets VmHWM), so that each run of a
+    process that trains several reports its own peak. Elsewhere a no-op: the peak is the process's."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process in MiB (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    """Peak resident memory in MiB since :func:`reset_peak_rss` (Linux VmHWM), else of the process
+    (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
@@ -276,6 +292,7 @@ def execute(
     from alignlab.train.loop import make_accelerator
 
     t_start = time.time()
+    reset_peak_rss()
     shared = shared or Shared()
     # 1. pre-flight (the accelerator first: the batch split depends on the number of processes)
     out = Path(cfg.out_dir)

@@ -5,6 +5,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/bootstrap.sh
 export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"
-echo "== ruff" && ruff check . && ruff format --check .
-echo "== mypy" && mypy alignlab
-echo "== pytest" && exec python -m pytest "$@"
+# one command per line: under `set -e` a failure inside an `a && b` list does not stop the script
+echo "== ruff"
+ruff check .
+ruff format --check .
+echo "== mypy"
+mypy alignlab
+echo "== pytest"
+exec python -m pytest "$@"

@@ -342,7 +342,7 @@ def compute_rows(runs: Sequence[Any]) -> list[dict[str, Any]]:
             step = [g + c + u for g, c, u in zip(phases["gen_s"], phases["score_s"], phases["update_s"], strict=False)]
         else:
             step = phases["step_s"]
-        held = (summary.get("final") or {}).get("models_held") or []
+        held = summary.get("models_held") or (summary.get("final") or {}).get("models_held") or []
         rows.append(
             {
                 "method": run.label,

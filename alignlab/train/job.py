@@ -15,6 +15,7 @@ In numbered steps:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import resource
 import shutil
@@ -240,10 +241,8 @@ def _pairs(
 def reset_peak_rss() -> None:
     """Start a new peak-memory window (Linux: ``clear_refs`` 5 resets VmHWM), so that each run of a
     process that trains several reports its own peak. Elsewhere a no-op: the peak is the process's."""
-    try:
+    with contextlib.suppress(OSError):
         Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
 
 
 def peak_rss_mb() -> float:
@@ -316,6 +315,7 @@ def execute(
     from alignlab.train.methods import train_method, win_rate_rows
 
     final = train_method(cfg, method, task, policy, judge, data, accelerator, out)
+    models_held = final.pop("models_held", [])
     winrate = None
     if cfg.eval.winrate.temperatures:
         winrate = win_rate_rows(cfg, task, policy, judge, data, out, accelerator)
@@ -328,6 +328,7 @@ def execute(
         "policy": str(policy.path),
         "sft": {k: policy.metrics.get(k) for k in ("held_out_ppl_before", "held_out_ppl", "parameters")},
         "final": final,
+        "models_held": models_held,
         "winrate": winrate,
         "reward_model": data.get("reward_model_metrics"),
         "wall_time_s": round(time.time() - t_start, 2),

@@ -89,7 +89,8 @@ def load_reference(policy: Any) -> torch.nn.Module:
 def train_method(
     cfg: Any, method: Any, task: Task, policy: Any, judge: Any, data: dict[str, Any], accelerator: Any, out: Path
 ) -> dict[str, Any]:
-    """Train (or, for best-of-N, evaluate) the method; returns the last evaluation row."""
+    """Train (or, for best-of-N, evaluate) the method; returns the last evaluation row, with
+    ``models_held``: the networks it kept in memory (role, parameters, trainable)."""
     torch.manual_seed(cfg.train.seed)  # fresh heads (critic, value head) start the same in every run
     reward = judge if judge is not None else data.get("reward_model")
     needs_sampling_eval = reward is not None and cfg.eval.prompts > 0 and method.objective is not None

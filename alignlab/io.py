@@ -56,6 +56,14 @@ def atomic_write_yaml(path: str | Path, obj: Any) -> Path:
     return atomic_write_text(path, yaml.safe_dump(obj, sort_keys=False, allow_unicode=True))
 
 
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a JSON Lines file (blank lines skipped); [] when the file does not exist."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def atomic_write_jsonl(path: str | Path, rows: list[dict[str, Any]]) -> Path:
     """JSON Lines, atomically (the whole file is rewritten)."""
     return atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))

@@ -26,15 +26,11 @@ import numpy as np
 import pandas as pd
 
 from alignlab.errors import AlignlabError
-from alignlab.io import atomic_file, atomic_write_text
+from alignlab.io import atomic_file, atomic_write_text, read_jsonl
 
+RUN_COLUMNS = ["experiment", "method", "objective", "run", "setting", "seed"]  # identify a run in every CSV
 FRONTIER_COLUMNS = [
-    "experiment",
-    "method",
-    "objective",
-    "run",
-    "setting",
-    "seed",
+    *RUN_COLUMNS,
     "step",
     "kl",
     "kl_ci_low",
@@ -66,12 +62,7 @@ COMPUTE_COLUMNS = [
     "parameters_held",
 ]
 WINRATE_COLUMNS = [
-    "experiment",
-    "method",
-    "objective",
-    "run",
-    "setting",
-    "seed",
+    *RUN_COLUMNS,
     "temperature",
     "win_rate",
     "win_rate_ci_low",
@@ -84,16 +75,6 @@ WINRATE_COLUMNS = [
 def setting_text(setting: dict[str, Any]) -> str:
     """``beta=0.1 seed=1``; ``-`` when nothing is swept."""
     return " ".join(f"{k}={v}" for k, v in setting.items()) or "-"
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            rows.append(json.loads(line))
-    return rows
 
 
 def run_rows(experiment: str, run: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -109,7 +90,7 @@ def run_rows(experiment: str, run: Any) -> tuple[list[dict[str, Any]], list[dict
         "seed": run.cfg.train.seed,
     }
     frontier = []
-    for r in _read_jsonl(out / "metrics.jsonl"):
+    for r in read_jsonl(out / "metrics.jsonl"):
         if r.get("split") != "eval" or "sample_kl" not in r:
             continue
         frontier.append(
@@ -336,7 +317,7 @@ def compute_rows(runs: Sequence[Any]) -> list[dict[str, Any]]:
         if not (out / "summary.json").exists():
             continue
         summary = json.loads((out / "summary.json").read_text())
-        train = [r for r in _read_jsonl(out / "metrics.jsonl") if r.get("split") == "train"]
+        train = [r for r in read_jsonl(out / "metrics.jsonl") if r.get("split") == "train"]
         phases = {k: [r[k] for r in train if k in r] for k in ("step_s", "gen_s", "score_s", "update_s")}
         if phases["gen_s"]:
             step = [g + c + u for g, c, u in zip(phases["gen_s"], phases["score_s"], phases["update_s"], strict=False)]

@@ -355,6 +355,8 @@ def _method_data(cfg: RunConfig, method: Method, task: Task, policy: Any, judge:
         if cfg.data.source == "generated":
             path, _ = stages.generated_pairs(task, policy, judge, cfg.data.generate, root, cfg.train.progress)
             rm_train, rm_eval = stages.load_generated(path, task)
+        elif "train" in data:  # an offline method already read the same pairs
+            rm_train, rm_eval = data["train"], data["eval"]
         else:
             rm_train, rm_eval = _pairs(cfg, task, policy, judge, root)
         rm_train = rm_train[: cfg.reward.max_pairs]

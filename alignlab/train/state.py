@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from alignlab.io import atomic_dir, atomic_write_json, atomic_write_jsonl
+from alignlab.io import atomic_dir, atomic_write_json, atomic_write_jsonl, read_jsonl
 
 CHECKPOINTS = "checkpoints"
 METRICS = "metrics.jsonl"
@@ -140,8 +140,7 @@ class MetricsLog:
         self.accelerator = accelerator
         self.rows: list[dict[str, Any]] = []
         if resume_step is not None and self.path.exists():
-            rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
-            self.rows = [r for r in rows if r["step"] <= resume_step]
+            self.rows = [r for r in read_jsonl(self.path) if r["step"] <= resume_step]
 
     def log(self, row: dict[str, Any]) -> None:
         self.rows.append(row)

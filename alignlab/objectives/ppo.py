@@ -34,7 +34,7 @@ class PPOConfig(ObjectiveConfig):
     kl_coef: float = knob(0.05, "β: initial coefficient of the per-token KL penalty r − β·KL.", ge=0)
     target_kl: float | None = knob(
         None,
-        "Target sequence KL for the adaptive controller (Ziegler et al. 2019); None keeps β fixed.",
+        "Target sequence KL for the adaptive controller (Ziegler et al. 2019); null keeps β fixed.",
         gt=0,
     )
     kl_horizon: float = knob(10000.0, "Horizon (in episodes) of the adaptive KL controller.", gt=0)

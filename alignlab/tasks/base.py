@@ -54,7 +54,7 @@ class TaskConfig(Config):
     eval_fraction: float = knob(
         0.1, "Share of prompts held out when the local data has a single split (HH, TL;DR here).", gt=0, lt=1
     )
-    max_rows: int | None = knob(None, "Read at most this many usable rows per split (None: all).", gt=0)
+    max_rows: int | None = knob(None, "Read at most this many usable rows per split (null: all).", gt=0)
     seed: int = knob(0, "Seed of every random choice the task makes (prefix lengths, subsampling).")
 
 

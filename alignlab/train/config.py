@@ -30,7 +30,7 @@ class TrainConfig(Config):
         "constant", "After warm-up: constant (the DPO code), linear decay to 0, or cosine decay to 0."
     )
     grad_clip: float | None = knob(
-        10.0, "Clip the global gradient norm to this (DPO code: 10); None: no clipping.", gt=0
+        10.0, "Clip the global gradient norm to this (DPO code: 10); null: no clipping.", gt=0
     )
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = knob(
         "auto", "auto: bf16 autocast where the device supports it (CUDA with bf16), else full precision."
@@ -46,7 +46,7 @@ class TrainConfig(Config):
         help="accelerate trackers beside metrics.jsonl (tensorboard, wandb, mlflow, ...); [] for none.",
     )
     seed: int = knob(0, "Seed of the batch order, sampling and any fresh initialisation.")
-    max_length: int | None = knob(None, "Truncate prompt + completion to this many tokens (None: the context).", gt=1)
+    max_length: int | None = knob(None, "Truncate prompt + completion to this many tokens (null: the context).", gt=1)
     progress: bool = knob(True, "Show a progress bar.")
 
 

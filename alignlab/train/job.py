@@ -52,7 +52,7 @@ class DataConfig(Config):
         "task: the task's human pairs (hh, tldr, cnndm); reviews: IMDb review continuations, positive "
         "chosen over negative (labels known, no sampling).",
     )
-    pairs: int | None = knob(None, "Use at most this many training pairs (None: all).", gt=0)
+    pairs: int | None = knob(None, "Use at most this many training pairs (null: all).", gt=0)
     eval_pairs: int = knob(128, "Held-out pairs for the evaluation loss and metrics.", gt=0)
     generate: PairGenConfig = knob(default_factory=PairGenConfig, help="Pair generation (source: generated).")
     prompt_words: int = knob(4, "Words of a review opening used as the prompt (source: reviews).", gt=0)
@@ -85,7 +85,7 @@ class WinRateConfig(Config):
         "llm: a causal LM (judge_model) asked which is better, positions randomised.",
     )
     judge_model: str | None = knob(None, "The LLM judge's model (a Hub id, a directory, or 'smollm2-135m').")
-    max_new_tokens: int | None = knob(None, "Length limit of the samples (None: eval.max_new_tokens).", gt=0)
+    max_new_tokens: int | None = knob(None, "Length limit of the samples (null: eval.max_new_tokens).", gt=0)
 
 
 @dataclass(frozen=True)

@@ -23,12 +23,22 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         ConfigError: the YAML is malformed (with line and column) or is not a mapping.
     """
     path = Path(path)
+    if path.is_dir():
+        raise AlignlabError(f"{path}: is a directory, not a YAML file")
     if not path.is_file():
         raise AlignlabError(f"{path}: no such file")
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
+    except OSError as err:
+        raise AlignlabError(f"{path}: cannot be read: {err.strerror or err}") from None
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise AlignlabError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+        line = raw[: err.start].count(b"\n") + 1
+        raise AlignlabError(
+            f"{path}: line {line}: not UTF-8 text (byte {raw[err.start]:#04x} at offset {err.start}: {err.reason}); "
+            "save the file as UTF-8"
+        ) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:

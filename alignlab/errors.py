@@ -38,3 +38,8 @@ class UnknownObjectiveError(AlignlabError, KeyError):
 
 class PluginError(AlignlabError, ImportError):
     """A plugin module could not be found or imported."""
+
+
+def one_line(err: BaseException) -> str:
+    """``Type: message`` of another library's exception, on one line (theirs often span several)."""
+    return f"{type(err).__name__}: {' '.join(str(err).split())}"

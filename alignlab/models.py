@@ -22,7 +22,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from alignlab.errors import AlignlabError, ConfigError
+from alignlab.errors import AlignlabError, ConfigError, one_line
 from alignlab.schema import Config, knob
 
 EOS_TOKEN = "<|endoftext|>"
@@ -175,9 +175,34 @@ def load_pretrained(cfg: ModelConfig) -> tuple[PreTrainedModel, PreTrainedTokeni
     try:
         tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(where, dtype=getattr(torch, cfg.dtype), **kwargs)
-    except OSError as err:
-        raise AlignlabError(f"model.name_or_path: cannot load {where!r}: {err}") from err
+    except (OSError, ValueError) as err:  # missing files, an unknown model type, a malformed config
+        raise AlignlabError(f"model.name_or_path: cannot load {where!r}: {one_line(err)}") from err
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    check_vocabulary(tokenizer, model, where)
     model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+def check_vocabulary(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel, where: str) -> None:
+    """Every token id of ``tokenizer`` must have a row in ``model``'s input embedding.
+
+    A tokenizer from another checkpoint (or one with added tokens the model was never resized
+    for) would otherwise fail deep inside the first forward pass with an index error.
+
+    Raises:
+        AlignlabError: naming the model, both sizes and what to do.
+    """
+    import torch
+
+    weight = getattr(model.get_input_embeddings(), "weight", None)
+    if not isinstance(weight, torch.Tensor):  # an embedding without a weight matrix: nothing to compare
+        return
+    rows = weight.shape[0]
+    if len(tokenizer) > rows:
+        raise AlignlabError(
+            f"model.name_or_path: {where!r}: the tokenizer has {len(tokenizer)} tokens but the model's embedding "
+            f"has {rows} rows, so ids {rows} to {len(tokenizer) - 1} have no embedding: the tokenizer does not "
+            "belong to this model. Save both from one checkpoint, or call model.resize_token_embeddings"
+            "(len(tokenizer)) and save the model again"
+        )

@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from types import ModuleType
 
-from alignlab.errors import PluginError
+from alignlab.errors import PluginError, one_line
 
 
 def _looks_like_path(spec: str) -> bool:
@@ -61,7 +61,7 @@ def load_plugin(spec: str, base_dir: Path | None = None, source: str | None = No
             spec_obj.loader.exec_module(module)
         except Exception as err:
             del sys.modules[name]
-            raise PluginError(f"{where}plugins: importing {path} failed: {type(err).__name__}: {err}") from err
+            raise PluginError(f"{where}plugins: importing {path} failed: {one_line(err)}") from err
         return module
     try:
         return importlib.import_module(spec)
@@ -71,9 +71,9 @@ def load_plugin(spec: str, base_dir: Path | None = None, source: str | None = No
                 f"{where}plugins: no module named {spec!r} (give a path ending in .py for a file, "
                 "or install the package)"
             ) from err
-        raise PluginError(f"{where}plugins: importing {spec!r} failed: {err}") from err
+        raise PluginError(f"{where}plugins: importing {spec!r} failed: {one_line(err)}") from err
     except Exception as err:
-        raise PluginError(f"{where}plugins: importing {spec!r} failed: {type(err).__name__}: {err}") from err
+        raise PluginError(f"{where}plugins: importing {spec!r} failed: {one_line(err)}") from err
 
 
 def load_plugins(specs: Iterable[str], base_dir: Path | None = None, source: str | None = None) -> list[ModuleType]:

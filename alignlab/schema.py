@@ -147,9 +147,12 @@ class Config:
         kwargs = {}
         for name, value in values.items():
             sub = _config_type(hints[name])
-            kwargs[name] = (
-                sub.from_dict(value, source, f"{prefix}{name}.") if sub and isinstance(value, dict) else value
-            )
+            if sub is not None and isinstance(value, dict):
+                value = sub.from_dict(value, source, f"{prefix}{name}.")
+            elif sub is not None and not isinstance(value, sub) and not (value is None and _matches(None, hints[name])):
+                # a section written as a scalar or a list: say what a section looks like
+                raise ConfigError(prefix + name, f"expected a mapping of keys (a section), got {value!r}", source)
+            kwargs[name] = value
         for name, f in fields.items():
             if name not in kwargs and f.default is _MISSING and f.default_factory is _MISSING:
                 raise ConfigError(prefix + name, "required key is missing", source)

@@ -9,10 +9,12 @@ first read.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from alignlab.errors import AlignlabError
+from alignlab.errors import AlignlabError, one_line
 
 DATA_DIR_ENV = "ALIGNLAB_DATA_DIR"
 CACHE_DIR_ENV = "ALIGNLAB_CACHE_DIR"
@@ -21,6 +23,34 @@ LOCAL_SUFFIXES = (".jsonl.gz", ".jsonl", ".parquet")
 
 class DataError(AlignlabError):
     """Data could not be found or read."""
+
+
+class DataDirError(DataError):
+    """The data directory (a setting, or ``$ALIGNLAB_DATA_DIR``) does not exist.
+
+    Args:
+        message: what is wrong, without saying where the directory was named.
+        origin: where it was named (``data_dir``, ``$ALIGNLAB_DATA_DIR``), prefixed to the message.
+    """
+
+    def __init__(self, message: str, origin: str | None = None) -> None:
+        self.message = message
+        super().__init__(f"{origin}: {message}" if origin else message)
+
+
+@contextmanager
+def quiet_datasets() -> Iterator[None]:
+    """No progress bars, and no log lines from ``datasets`` while it reads: what it cannot read
+    becomes alignlab's own one-line :class:`DataError`, which says the same once."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    level = datasets.logging.get_verbosity()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
+    try:
+        yield
+    finally:
+        datasets.logging.set_verbosity(level)
 
 
 def cache_root() -> Path:
@@ -37,7 +67,12 @@ def resolve_data_dir(setting: str | None = None) -> Path | None:
     path = Path(value).expanduser()
     if not path.is_dir():
         origin = "data_dir" if setting else f"${DATA_DIR_ENV}"
-        raise DataError(f"{origin}: data directory {value!r} does not exist (resolved to {path.resolve()})")
+        what = "is a file, not a directory" if path.exists() else "does not exist"
+        raise DataDirError(
+            f"data directory {value!r} {what} (resolved to {path.resolve()}): give a directory holding the "
+            "task's files in the Hub schema (relative paths are to the working directory)",
+            origin,
+        )
     return path
 
 
@@ -61,24 +96,27 @@ def load_records(data_dir: Path | None, stem: str, hub_id: str, split: str) -> A
     """
     import datasets
 
-    datasets.disable_progress_bars()
     if data_dir is not None:
         path = find_local_file(data_dir, stem)
         builder = "parquet" if path.suffix == ".parquet" else "json"
+        if path.stat().st_size == 0:
+            raise DataError(f"{path}: the file is empty; it should hold the rows of {hub_id} ({split} split)")
         try:
-            return datasets.load_dataset(builder, data_files=str(path), split="train")
+            with quiet_datasets():
+                return datasets.load_dataset(builder, data_files=str(path), split="train")
         except Exception as err:
-            raise DataError(f"{path}: cannot be read as {builder}: {type(err).__name__}: {err}") from err
+            raise DataError(f"{path}: cannot be read as {builder}: {one_line(err)}") from err
     if os.environ.get("HF_HUB_OFFLINE") == "1":
         raise DataError(
             f"no data directory is set and the Hub is offline (HF_HUB_OFFLINE=1), so {hub_id!r} cannot be "
             f"downloaded: set data_dir in the YAML or ${DATA_DIR_ENV} to a directory holding {stem}.jsonl.gz"
         )
     try:
-        return datasets.load_dataset(hub_id, split=split)
+        with quiet_datasets():
+            return datasets.load_dataset(hub_id, split=split)
     except Exception as err:
         raise DataError(
-            f"could not load {hub_id!r} (split {split!r}) from the Hugging Face Hub: {type(err).__name__}: "
-            f"{err}. Without the Hub, set data_dir in the YAML or ${DATA_DIR_ENV} to a directory holding "
+            f"could not load {hub_id!r} (split {split!r}) from the Hugging Face Hub: {one_line(err)}. "
+            f"Without the Hub, set data_dir in the YAML or ${DATA_DIR_ENV} to a directory holding "
             f"{stem}.jsonl.gz"
         ) from err

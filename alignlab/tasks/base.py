@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
-from alignlab.data import DATA_DIR_ENV, DataError, resolve_data_dir
+from alignlab.data import DATA_DIR_ENV, DataError, quiet_datasets, resolve_data_dir
+from alignlab.errors import one_line
 from alignlab.schema import Config, knob
 
 Split = Literal["train", "eval"]
@@ -80,10 +81,16 @@ class BadRowError(DataError):
 
 
 class DataReport:
-    """Per-file counts of rows read, kept and skipped (by reason), with the first bad rows named."""
+    """Per-file counts of rows read, kept and skipped (by reason), with the first bad rows named.
 
-    def __init__(self, on_bad_row: Literal["skip", "error"] = "skip") -> None:
+    Args:
+        on_bad_row: ``skip`` counts a bad row; ``error`` raises :class:`BadRowError` at the first.
+        root: the data directory the file names are relative to, named in errors.
+    """
+
+    def __init__(self, on_bad_row: Literal["skip", "error"] = "skip", root: Path | None = None) -> None:
         self.on_bad_row = on_bad_row
+        self.root = root
         self.files: dict[str, FileReport] = {}
 
     def file(self, name: str) -> FileReport:
@@ -92,7 +99,9 @@ class DataReport:
     def bad(self, name: str, row: int, reason: str) -> None:
         """Record that row ``row`` (1-based) of ``name`` is unusable; raise if the policy is ``error``."""
         if self.on_bad_row == "error":
-            raise BadRowError(f"{name}: row {row}: {reason} (on_bad_row: skip would skip and count it)")
+            local = self.root is not None and not name.startswith(("hub:", "("))  # not a Hub split or generated
+            where = f"in data directory {self.root}; " if local else ""
+            raise BadRowError(f"{name}: row {row}: {reason} ({where}on_bad_row: skip would skip and count it)")
         self.set_aside(name, row, reason)
 
     def set_aside(self, name: str, row: int, reason: str) -> None:
@@ -105,6 +114,23 @@ class DataReport:
 
     def skipped(self) -> int:
         return sum(sum(r.skipped.values()) for r in self.files.values())
+
+    def describe(self, name: str) -> str:
+        """One line on one file: rows read and why they were skipped, with the first bad row named."""
+        r = self.file(name)
+        if not r.rows:
+            return f"{name}: no rows"
+        line = f"{name}: {r.rows} rows"
+        if r.skipped:
+            reasons = ", ".join(f"{k}: {v}" for k, v in sorted(r.skipped.items()))
+            line += f", {sum(r.skipped.values())} skipped ({reasons}; first: {r.examples[0]})"
+        return line
+
+    def no_usable_rows(self, what: str, names: list[str]) -> DataError:
+        """The error for a read that left nothing to use: which files, and what happened to their rows."""
+        where = f" in data directory {self.root}" if self.root is not None else ""
+        files = "; ".join(self.describe(name) for name in names) or "no files"
+        return DataError(f"no usable {what}{where}: {files}")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -157,18 +183,19 @@ def iter_jsonl(path: Path, report: DataReport, name: str) -> Iterator[tuple[int,
                     continue
                 yield number, obj
     except (OSError, EOFError) as err:  # a truncated or corrupt gzip file
-        raise DataError(f"{path}: cannot be read: {err}") from err
+        kind = "a gzip-compressed JSON Lines file" if path.suffix == ".gz" else "a JSON Lines file"
+        raise DataError(f"{path}: cannot be read as {kind}: {one_line(err)} (is the file complete?)") from err
 
 
 def iter_parquet(path: Path, report: DataReport, name: str) -> Iterator[tuple[int, dict[str, Any]]]:
     """(row number, row) for each row of a parquet file, read through ``datasets``."""
     import datasets
 
-    datasets.disable_progress_bars()
     try:
-        ds = datasets.load_dataset("parquet", data_files=str(path), split="train")
+        with quiet_datasets():
+            ds = datasets.load_dataset("parquet", data_files=str(path), split="train")
     except Exception as err:
-        raise DataError(f"{path}: cannot be read as parquet: {type(err).__name__}: {err}") from err
+        raise DataError(f"{path}: cannot be read as parquet: {one_line(err)}") from err
     file_report = report.file(name)
     for number, row in enumerate(ds, start=1):
         file_report.rows += 1
@@ -181,7 +208,6 @@ def iter_hub(hub_id: str, split: str, report: DataReport, config: str | None = N
 
     import datasets
 
-    datasets.disable_progress_bars()
     label = f"{hub_id}{':' + config if config else ''}[{split}]"
     if os.environ.get("HF_HUB_OFFLINE") == "1":
         raise DataError(
@@ -189,10 +215,11 @@ def iter_hub(hub_id: str, split: str, report: DataReport, config: str | None = N
             f"downloaded: set data_dir in the YAML or ${DATA_DIR_ENV} to a directory with the task's files"
         )
     try:
-        ds = datasets.load_dataset(hub_id, config, split=split)
+        with quiet_datasets():
+            ds = datasets.load_dataset(hub_id, config, split=split)
     except Exception as err:
         raise DataError(
-            f"could not load {label} from the Hugging Face Hub: {type(err).__name__}: {err}. Without the Hub, "
+            f"could not load {label} from the Hugging Face Hub: {one_line(err)}. Without the Hub, "
             f"set data_dir in the YAML or ${DATA_DIR_ENV} to a directory with the task's files"
         ) from err
     file_report = report.file(f"hub:{label}")
@@ -279,6 +306,8 @@ def fit_to_context(
     A longer prompt is a bad row, reported with the file and row it came from (or skipped and
     counted under ``on_bad_row: skip``). Completions that do not fit are truncated at encoding.
     """
+    if not pairs:
+        return []
     bos = 1 if tokenizer.bos_token_id is not None else 0
     lengths = tokenizer([p.prompt for p in pairs], add_special_tokens=False)["input_ids"]
     kept = []
@@ -289,6 +318,14 @@ def fit_to_context(
             report.file(name).kept -= 1 if pair.origin else 0
             continue
         kept.append(pair)
+    if not kept:
+        first = f"; the first is {pairs[0].origin[0]} row {pairs[0].origin[1]}" if pairs[0].origin else ""
+        shortest = min(len(ids) for ids in lengths) + bos
+        raise DataError(
+            f"none of the {len(pairs)} pairs fits the context of {max_length} tokens: every prompt is too long "
+            f"(the shortest is {shortest} tokens{first}). Raise train.max_length, use a model with a longer "
+            "context, or shorten the prompts"
+        )
     return kept
 
 
@@ -318,7 +355,7 @@ class Task(ABC):
     def __init__(self, cfg: TaskConfig) -> None:
         self.cfg = cfg
         self.data_dir = resolve_data_dir(cfg.data_dir)
-        self.report = DataReport(cfg.on_bad_row)
+        self.report = DataReport(cfg.on_bad_row, self.data_dir)
 
     @property
     def source(self) -> str:
@@ -335,7 +372,14 @@ class Task(ABC):
 
     def sft_eval_texts(self) -> list[str]:
         """Held-out text for the perplexity of SFT: prompt + reference of the eval split by default."""
-        return [prompt + reference for prompt, reference in self.references("eval")]
+        texts = [prompt + reference for prompt, reference in self.references("eval")]
+        if not texts:
+            raise DataError(
+                f"task {self.name!r} ({self.source}) has no held-out prompt with a reference completion, which "
+                "SFT needs for its held-out perplexity: add rows, or raise task.eval_fraction where the data has "
+                "a single split"
+            )
+        return texts
 
     def fit_to_context(self, pairs: list[PreferencePair], tokenizer: Any, max_length: int) -> list[PreferencePair]:
         """``pairs`` without those whose prompt does not fit ``max_length`` tokens (reported per file and row)."""

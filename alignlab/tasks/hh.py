@@ -94,7 +94,10 @@ class HHTask(Task):
 
     def _load(self) -> dict[Split, list[PreferencePair]]:
         if self._pairs is None:  # read once: the report's counts describe this one reading
-            self._pairs = self._read_hub() if self.data_dir is None else self._read_local(self.data_dir)
+            found = self._read_hub() if self.data_dir is None else self._read_local(self.data_dir)
+            if not any(found.values()):
+                raise self.report.no_usable_rows("HH-RLHF pairs", list(self.report.files))
+            self._pairs = found
         return self._pairs
 
     def _read_hub(self) -> dict[Split, list[PreferencePair]]:

@@ -83,9 +83,11 @@ class IMDbTask(Task):
                     f"IMDb {split} split not found: looked for {self.data_dir / stem}.jsonl.gz, .jsonl or .parquet"
                 )
             rows: Any = iter_local(paths, self.data_dir, self.report)
+            names = [str(path.relative_to(self.data_dir)) for path in paths]
         else:
             hub = self.cfg.hub_id or self.hub_id
             rows = hub_rows(hub, hub_split, self.report)
+            names = [f"hub:{hub}[{hub_split}]"]
         out: list[tuple[str, int]] = []
         for name, number, row in rows:
             text = require_text(row, "text", name, number, self.report)
@@ -104,6 +106,8 @@ class IMDbTask(Task):
             out.append((cleaned, int(label)))
             if self.cfg.max_rows is not None and len(out) >= self.cfg.max_rows:
                 break
+        if not out:
+            raise self.report.no_usable_rows(f"reviews in the IMDb {split} split", names)
         self._cache[split] = out
         return out
 
@@ -154,8 +158,9 @@ class IMDbTask(Task):
         }
         if min(len(words[0]), len(words[1])) < n:
             raise DataError(
-                f"imdb train has {len(words[1])} positive and {len(words[0])} negative reviews of at least {need} "
-                f"words; {n} pairs need {n} of each"
+                f"the IMDb train split ({self.source}) has {len(words[1])} positive and {len(words[0])} negative "
+                f"reviews of at least {need} words (a run's data.prompt_words + data.completion_words); {n} pairs "
+                f"(its data.pairs + data.eval_pairs) need {n} of each: lower those settings or add reviews"
             )
         rng = random.Random(seed)
         pos, neg = rng.sample(words[1], n), rng.sample(words[0], n)

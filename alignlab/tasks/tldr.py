@@ -104,7 +104,10 @@ class ComparisonsTask(Task):
 
     def _comparisons(self, split: Split) -> list[Comparison]:
         if self._found is None:  # read once: the report's counts describe this one reading
-            self._found = self._read_hub() if self.data_dir is None else self._read_local(self.data_dir)
+            found = self._read_hub() if self.data_dir is None else self._read_local(self.data_dir)
+            if not any(found.values()):
+                raise self.report.no_usable_rows(f"{self.name} comparisons", list(self.report.files))
+            self._found = found
         return self._found.get(split, [])
 
     def _read_hub(self) -> dict[Split, list[Comparison]]:
@@ -185,6 +188,9 @@ class ComparisonsTask(Task):
         if texts is None:
             return None
         choice = row.get("choice")
+        if choice is None:
+            self.report.bad(name, number, "missing field: 'choice'")
+            return None
         if type(choice) is not int or choice not in (0, 1):  # type(): a bool is not a choice
             self.report.bad(name, number, f"bad choice: expected 0 or 1, got {choice!r}")
             return None

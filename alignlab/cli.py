@@ -74,6 +74,10 @@ def _run(args: argparse.Namespace) -> int:
         from alignlab.errors import AlignlabError
 
         raise AlignlabError(f"--workers: expected a positive number, got {args.workers}")
+    if not args.worker:  # before anything is written: the data is there and no run directory is taken
+        from alignlab.experiment.config import load_experiment, preflight
+
+        preflight(load_experiment(args.file, args.overrides), force=args.force)
     result = run_experiment(args.file, args.overrides, workers=args.workers, force=args.force, worker=args.worker)
     if not args.worker:
         print(json.dumps(result, indent=2))
@@ -139,6 +143,21 @@ def _experiment_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="delete the experiment's runs and run them again")
 
 
+def error_line(err: AlignlabError, overrides: Sequence[str] = ()) -> str:
+    """The one line a user error prints: its message, with the command-line override that set the
+    offending key named (the message names the YAML file the override was applied to)."""
+    from alignlab.errors import ConfigError
+
+    # one line, even when a message carries another library's newlines
+    message = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    if isinstance(err, ConfigError):
+        for item in overrides:
+            key = item.partition("=")[0]
+            if key and (err.key == key or err.key.startswith(key + ".")) and item not in message:
+                return f"{message} (set on the command line: {item})"
+    return message
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alignlab", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
@@ -198,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AlignlabError as err:
         if args.debug:
             raise
-        print(f"alignlab: error: {err}", file=sys.stderr)
+        print(f"alignlab: error: {error_line(err, getattr(args, 'overrides', None) or [])}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("alignlab: interrupted", file=sys.stderr)

@@ -34,6 +34,7 @@ from typing import Any
 from alignlab.config import apply_overrides, load_yaml
 from alignlab.errors import ConfigError
 from alignlab.schema import knob
+from alignlab.tasks import task_config
 from alignlab.train.job import Method, RunConfig, resolve_dict
 
 # the keys of a methods[] entry that are not objective knobs
@@ -190,6 +191,7 @@ def _expand(
             node[last] = value
         run_id = "-".join([label, *(f"{_short(k)}{_value(v)}" for k, v in setting.items())])
         data["out_dir"] = str(runs_dir / run_id)
+        _check_task(data, entry, where, source)
         try:
             cfg, method = resolve_dict(data, source, base_dir, prefix=f"{where}.")
         except ConfigError as err:  # name the key as the user wrote it: methods[i].beta, methods[i].sweep.beta
@@ -202,6 +204,59 @@ def _expand(
             raise ConfigError(key, err.message, source) from err
         runs.append(PlannedRun(run_id, label, setting, cfg, method, data))
     return runs
+
+
+def _check_task(data: dict[str, Any], entry: dict[str, Any], where: str, source: str) -> None:
+    """The run's task settings, checked before anything runs (a run reads its task only when it starts).
+
+    An error names the key where it was written: the method's own ``task`` section, else the shared one.
+    """
+    if "task" not in data:  # the run's default task
+        return
+    try:
+        task_config(data["task"], source)
+    except ConfigError as err:
+        own = entry.get("task")
+        leaf = err.key.removeprefix("task.").split(".")[0]
+        if "task" in entry and (not isinstance(own, dict) or leaf in own):
+            raise ConfigError(f"{where}.{err.key}", err.message, source) from None
+        raise
+
+
+def preflight(exp: Experiment, force: bool = False) -> None:
+    """What ``alignlab run`` checks before it writes anything: every run's data directory exists, and
+    no run directory holds a run with a different config (unless ``force``: then they are replaced).
+
+    A run checks both only when it starts (``build_task``, ``claim_out_dir``); checking every run
+    first means an experiment that cannot go ahead neither rewrites its results directory nor
+    trains the runs before the one that fails.
+
+    Raises:
+        AlignlabError: naming the experiment file and the key (``task.data_dir``, ``runs_dir``).
+    """
+    import json
+
+    import yaml
+
+    from alignlab.tasks import build_task
+    from alignlab.train.job import _resolved
+
+    for run in exp.runs:
+        task = build_task(run.cfg.task, exp.source)
+        config = Path(run.cfg.out_dir) / "config.yaml"
+        if force or not config.is_file():
+            continue
+        try:
+            held = yaml.safe_load(config.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError):
+            held = None
+        if held != json.loads(json.dumps(_resolved(run.cfg, task, run.method))):
+            raise ConfigError(
+                "runs_dir",
+                f"{config.parent} holds a run with a different config than run {run.run_id!r} of this experiment; "
+                "pick another runs_dir (or name), or pass --force to replace the experiment's runs",
+                exp.source,
+            )
 
 
 def _short(key: str) -> str:

@@ -7,7 +7,15 @@ import torch
 from torch.testing import assert_close
 from trl.trainer.utils import selective_log_softmax
 
-from alignlab.core.scoring import EncodedBatch, concat_pairs, score_pairs, sequence_logps, token_logps
+from alignlab.core import scoring
+from alignlab.core.scoring import (
+    EncodedBatch,
+    backbone_and_head,
+    concat_pairs,
+    score_pairs,
+    sequence_logps,
+    token_logps,
+)
 
 PAD = 0
 
@@ -107,8 +115,8 @@ def test_one_forward_for_chosen_and_rejected_equals_two(model):
     chosen, _ = right_padded_batch(seed=5)
     rejected, _ = right_padded_batch(seed=6)
     rejected = EncodedBatch(rejected.input_ids[:, :7], rejected.attention_mask[:, :7], rejected.completion_mask[:, :7])
-    calls = []
-    handle = model.register_forward_hook(lambda *_: calls.append(1))
+    calls = []  # forwards through the transformer body (the LM head may run on completion tokens apart)
+    handle = model.base_model.register_forward_hook(lambda *_: calls.append(1))
     c, cm, r, rm = score_pairs(model, chosen, rejected, PAD)
     handle.remove()
     assert len(calls) == 1
@@ -176,3 +184,81 @@ def test_bfloat16_model_is_scored_in_float32():
     batch, _ = right_padded_batch()
     out = token_logps(model, batch.input_ids, batch.attention_mask, batch.completion_mask)
     assert out.dtype == torch.float32
+
+
+def tiny_llama():
+    """A Llama-architecture model (RMSNorm, rotary positions, untied head: SmolLM2's family), float64."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(3)
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=False,
+    )
+    return LlamaForCausalLM(config).to(torch.float64).eval()
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+@pytest.mark.parametrize("padding", ["right", "left"])
+def test_completion_only_head_equals_the_full_forward(arch, padding, monkeypatch):
+    """The fast path (LM head on completion tokens only) against the model's own full forward:
+    the same log-probs and the same gradients, in float64."""
+    from conftest import tiny_gpt2
+
+    model = tiny_gpt2() if arch == "gpt2" else tiny_llama()
+    assert backbone_and_head(model) is not None
+    batch, _ = right_padded_batch(seed=11)
+    batch = batch if padding == "right" else to_left_padding(batch)
+    results = []
+    for fast in (True, False):
+        monkeypatch.setattr(scoring, "COMPLETION_HEAD", fast)
+        model.zero_grad()
+        out = token_logps(model, batch.input_ids, batch.attention_mask, batch.completion_mask, temperature=0.7)
+        (out * torch.linspace(0.5, 1.5, out.numel(), dtype=out.dtype).view(out.shape)).sum().backward()
+        results.append((out.detach(), [p.grad.clone() for p in model.parameters()]))
+    (fast_out, fast_grads), (full_out, full_grads) = results
+    assert_close(fast_out, full_out, rtol=0, atol=1e-12)
+    assert (fast_out[batch.completion_mask == 0] == 0).all()
+    for a, b in zip(fast_grads, full_grads, strict=True):
+        assert_close(a, b, rtol=0, atol=1e-12)
+
+
+def test_only_plain_linear_heads_are_split(model):
+    """A wrapper (as DDP is) or a model that transforms its logits after the head keeps the full forward."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    assert backbone_and_head(model) == (model.transformer, model.lm_head)
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.module = inner
+
+        def forward(self, **kwargs):
+            return self.module(**kwargs)
+
+    assert backbone_and_head(Wrapper(model)) is None
+    capped = Gemma2ForCausalLM(
+        Gemma2Config(
+            vocab_size=64,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=8,
+            final_logit_softcapping=30.0,
+        )
+    )
+    assert backbone_and_head(capped) is None
+    batch, _ = right_padded_batch(seed=12)
+    wrapped = token_logps(Wrapper(model), batch.input_ids, batch.attention_mask, batch.completion_mask)
+    assert_close(
+        wrapped, token_logps(model, batch.input_ids, batch.attention_mask, batch.completion_mask), rtol=0, atol=1e-12
+    )

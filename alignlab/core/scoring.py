@@ -7,8 +7,11 @@ frontier's KL — gets its log-probs from :func:`token_logps`. Its contract:
 - only completion tokens count: the output is exactly 0 wherever ``completion_mask`` is 0, so
   prompt and padding tokens never enter a sum;
 - position ids come from the attention mask, so left and right padding give the same numbers;
-- the log-softmax runs in float32 (or float64 if the model does) whatever the model's dtype,
-  and only over the columns that hold completion tokens.
+- the log-softmax runs in float32 (or float64 if the model does) whatever the model's dtype;
+- the LM head runs on the hidden states of completion tokens only, when the model's logits are a
+  plain linear head over its backbone (every Hugging Face GPT-2/Llama-style causal LM): prompt and
+  padding positions never reach the (N, V) projection. Otherwise (a wrapped or soft-capped model)
+  the full forward runs and the log-softmax covers the completion columns only.
 """
 
 from __future__ import annotations
@@ -91,6 +94,10 @@ def token_logps(
         raise ValueError("completion_mask marks position 0, which has no preceding token to condition on")
     if (completion & ~attention_mask.bool()).any():
         raise ValueError("completion_mask marks tokens that the attention mask treats as padding")
+    position_ids = (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)
+    split = backbone_and_head(model)
+    if split is not None:
+        return _completion_head_logps(*split, input_ids, attention_mask, position_ids, completion, temperature)
     T = input_ids.shape[1]
     columns = completion.any(dim=0).nonzero()
     if columns.numel() == 0:
@@ -98,19 +105,78 @@ def token_logps(
     # Logits at t−1 predict token t: only columns [first − 1, last) of the output are needed,
     # which skips the log-softmax over long prompts.
     first, last = int(columns[0]), int(columns[-1]) + 1
-    position_ids = (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)
     logits = model(
         input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
     ).logits[:, first - 1 : last - 1]
-    logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
-    if temperature != 1.0:
-        logits = logits / temperature
     targets = input_ids[:, first:last]
-    # log p(y) = −cross-entropy(z, y): the fused kernel, without materialising the (B, T, V) log-softmax
-    picked = -F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view(targets.shape)
+    picked = _picked_logps(logits, targets, temperature)
     # where, not multiply: logits at padded positions may be NaN (fully masked attention rows)
     picked = torch.where(completion[:, first:last], picked, torch.zeros_like(picked))
     return F.pad(picked, (first, T - last))
+
+
+COMPLETION_HEAD = True
+"""Run the LM head on completion tokens only where the model allows it (off: always the full forward,
+for before/after measurements; the numbers are the same either way)."""
+
+# Configs that change the logits after the LM head (soft-capping, scaling): such models keep the full forward.
+_LOGIT_TRANSFORMS = (
+    "final_logit_softcapping",
+    "logit_scale",
+    "logits_scaling",
+    "output_multiplier",
+    "lm_head_multiplier",
+)
+
+
+def backbone_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
+    """(backbone, LM head) of a Hugging Face causal LM whose logits are exactly ``head(backbone(x)[0])``, else None.
+
+    With the two apart, the head runs only on the hidden states of completion tokens: prompt and
+    padding positions (a fifth to a half of a preference batch) never reach the (N, V) projection
+    and its log-softmax. A model wrapped for distributed training (DDP) is not split, since its
+    gradient synchronisation hooks into the wrapper's own forward: it takes the full forward.
+    """
+    if not COMPLETION_HEAD:
+        return None
+    get_head = getattr(model, "get_output_embeddings", None)
+    backbone = getattr(model, "base_model", None)
+    config = getattr(model, "config", None)
+    if get_head is None or backbone is None or backbone is model or config is None:
+        return None
+    head = get_head()
+    transformed = any(getattr(config, k, None) not in (None, 1, 1.0) for k in _LOGIT_TRANSFORMS)
+    if not isinstance(head, nn.Linear) or transformed:
+        return None
+    return backbone, head
+
+
+def _picked_logps(logits: Tensor, targets: Tensor, temperature: float) -> Tensor:
+    """log softmax(logits / temperature)[target], in float32 at least; (..., V), (...) -> (...)."""
+    logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+    if temperature != 1.0:
+        logits = logits / temperature
+    # log p(y) = −cross-entropy(z, y): the fused kernel, without materialising the (…, V) log-softmax
+    return -F.cross_entropy(logits.flatten(0, -2), targets.flatten(), reduction="none").view(targets.shape)
+
+
+def _completion_head_logps(
+    backbone: nn.Module,
+    head: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    position_ids: Tensor,
+    completion: Tensor,
+    temperature: float,
+) -> Tensor:
+    hidden = backbone(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+    ).last_hidden_state
+    # the hidden state at t−1 predicts token t: gather the (N, d) states before completion tokens only
+    predicts = completion[:, 1:]
+    picked = _picked_logps(head(hidden[:, :-1][predicts]), input_ids[:, 1:][predicts], temperature)
+    # row-major order on both sides: completion[:, 0] is all False, so the N values land where they belong
+    return torch.zeros(input_ids.shape, device=picked.device, dtype=picked.dtype).masked_scatter(completion, picked)
 
 
 def sequence_logps(token_logps: Tensor, mask: Tensor, reduction: Literal["sum", "mean"]) -> Tensor:

@@ -130,6 +130,7 @@ def train_offline(
         # 4. metrics, evaluation, checkpoint
         row = {k: float(mean_over_processes(accelerator, v)) for k, v in totals.items()}
         row.update(grad_norm=float(grad_norm), lr=scheduler.get_last_lr()[0], step_s=round(time.time() - t0, 4))
+        row["wall_s"] = round(time.time() - loop.t0, 4)  # since this process started the run
         loop.log.log({"step": step + 1, "split": "train", **order.position(step), **row})
         bar.update()
         shown = {"loss": row["loss"]} | {k: row[k] for k in ("reward_accuracy", "accuracy", "margins") if k in row}

@@ -12,10 +12,13 @@ reward of samples on held-out prompts and their sequence KL to the reference.
 
 from __future__ import annotations
 
+import hashlib
+import random
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import AutoModelForCausalLM
 
@@ -31,39 +34,79 @@ from alignlab.train.offline import evaluate_step, objective_step, train_offline
 from alignlab.train.ppo import PolicyAndValue, critic_from, train_ppo
 from alignlab.train.state import MetricsLog
 
+# Per-process memos: consecutive runs of an experiment share the task, the tokenizer's prompts and
+# the evaluation of π_ref itself (every run's step 0). Each entry keeps the objects its key names
+# by id, and is used only if they are still the same objects.
+_PROMPTS: dict[tuple[Any, ...], tuple[Task, list[str]]] = {}
+_EVALUATIONS: dict[tuple[Any, ...], tuple[Any, dict[str, float]]] = {}
+
+
+def tokenizer_key(tokenizer: Any) -> str:
+    """A fingerprint of what a tokenizer does (its serialised vocabulary, merges and special tokens)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else f"{type(tokenizer).__name__}:{id(tokenizer)}"
+    return hashlib.sha1(text.encode()).hexdigest()
+
+
+def weights_key(model: torch.nn.Module) -> str:
+    """A fingerprint of a model's weights (milliseconds at CPU scale)."""
+    h = hashlib.blake2b(digest_size=16)
+    for name, tensor in model.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
 
 def eval_prompts(
     task: Task, tokenizer: Any, context: int, max_new_tokens: int, n: int, split: str = "eval"
 ) -> list[str]:
-    """The first ``n`` prompts of ``split`` that leave room for ``max_new_tokens`` in the context."""
+    """The first ``n`` prompts of ``split`` that leave room for ``max_new_tokens`` in the context
+    (computed once per process for a task, tokenizer and split)."""
+    key = (id(task), split, tokenizer_key(tokenizer), context, max_new_tokens, n)
+    if key in _PROMPTS and _PROMPTS[key][0] is task:
+        return list(_PROMPTS[key][1])
     bos = 1 if tokenizer.bos_token_id is not None else 0
     prompts = task.prompts(split, tokenizer)  # type: ignore[arg-type]
     lengths = tokenizer(prompts, add_special_tokens=False)["input_ids"]
     fitting = [p for p, ids in zip(prompts, lengths, strict=True) if len(ids) + bos + max_new_tokens <= context]
-    return fitting[:n] if n else fitting
+    _PROMPTS[key] = (task, fitting[:n] if n else fitting)
+    return list(_PROMPTS[key][1])
 
 
 def _sampler(
     cfg: Any, task: Task, policy: Any, reward: Any, reference: torch.nn.Module
 ) -> Callable[[Any], dict[str, float]]:
-    """The sampling evaluation: mean reward and KL of samples on held-out prompts."""
+    """The sampling evaluation: mean reward and KL of samples on held-out prompts.
+
+    It never touches the global RNG that training uses (it samples under a forked RNG), and the
+    evaluation of weights already evaluated in this process with the same prompts, reference,
+    reward and settings — π_ref at every run's step 0 — is reused rather than sampled again.
+    """
     context = model_context(policy.model)
     prompts = eval_prompts(task, policy.tokenizer, context, cfg.eval.max_new_tokens, cfg.eval.prompts)
+    settings = (str(policy.path), tuple(prompts), cfg.eval.to_dict(), cfg.train.eval_batch_size, id(reward))
 
     def evaluate(model: Any) -> dict[str, float]:
-        m = sample_metrics(
-            model,
-            reference,
-            policy.tokenizer,
-            prompts,
-            reward,
-            max_new_tokens=cfg.eval.max_new_tokens,
-            temperature=cfg.eval.temperature,
-            samples_per_prompt=cfg.eval.samples_per_prompt,
-            seed=cfg.eval.seed,
-            batch_size=cfg.train.eval_batch_size,
-        )
-        return _sample_row(m, len(prompts) * cfg.eval.samples_per_prompt) | {"sample_length": m["length"]}
+        key = (weights_key(model), weights_key(reference), *map(repr, settings))
+        if key in _EVALUATIONS and _EVALUATIONS[key][0] is reward:
+            return dict(_EVALUATIONS[key][1])
+        devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+        with torch.random.fork_rng(devices=devices):
+            m = sample_metrics(
+                model,
+                reference,
+                policy.tokenizer,
+                prompts,
+                reward,
+                max_new_tokens=cfg.eval.max_new_tokens,
+                temperature=cfg.eval.temperature,
+                samples_per_prompt=cfg.eval.samples_per_prompt,
+                seed=cfg.eval.seed,
+                batch_size=cfg.train.eval_batch_size,
+            )
+        row = _sample_row(m, len(prompts) * cfg.eval.samples_per_prompt) | {"sample_length": m["length"]}
+        _EVALUATIONS[key] = (reward, row)
+        return dict(row)
 
     return evaluate
 
@@ -91,7 +134,11 @@ def train_method(
 ) -> dict[str, Any]:
     """Train (or, for best-of-N, evaluate) the method; returns the last evaluation row, with
     ``models_held``: the networks it kept in memory (role, parameters, trainable)."""
-    torch.manual_seed(cfg.train.seed)  # fresh heads (critic, value head) start the same in every run
+    # every global RNG from the run's seed: fresh heads (critic, value head) start the same in every
+    # run, and the RNG states a checkpoint saves are the same in every run of this config
+    random.seed(cfg.train.seed)
+    np.random.seed(cfg.train.seed)
+    torch.manual_seed(cfg.train.seed)
     reward = judge if judge is not None else data.get("reward_model")
     needs_sampling_eval = reward is not None and cfg.eval.prompts > 0 and method.objective is not None
     online = method.objective is not None and method.objective.needs.data == "online"

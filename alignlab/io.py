@@ -1,9 +1,19 @@
-"""Atomic file writes: a reader sees the old file or the new one, never half of either."""
+"""Atomic file writes: a reader sees the old file or the new one, never half of either.
+
+A file is written to a temporary sibling (``.<name>.<random>.tmp``), flushed to disk (``fsync``) and
+renamed over its final name; a directory is built in a temporary sibling (``.<name>.tmp-<random>``),
+every file in it flushed, and renamed into place. The rename is atomic and the parent directory is
+flushed after it, so neither a killed process nor a crash of the machine leaves a half-written file
+under a final name. A writer killed mid-write leaves its temporary sibling behind: readers never
+open those names, and :func:`clear_temps` removes them (call it holding the lock of whatever writes
+there).
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -20,9 +30,31 @@ def _umask() -> int:
     return mask
 
 
+def _fsync(path: Path) -> None:
+    """Flush a file's data, or a directory's entries, to disk (directories: POSIX only)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # a directory on Windows cannot be opened: its renames are durable already
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems refuse fsync on directories
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            _fsync(Path(dirpath) / name)
+        _fsync(Path(dirpath))
+
+
 @contextmanager
 def atomic_file(path: str | Path) -> Iterator[Path]:
-    """A temporary path in ``path``'s directory to write to; moved onto ``path`` only if the block succeeds."""
+    """A temporary path in ``path``'s directory to write to; flushed to disk and moved onto ``path``
+    only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -31,18 +63,18 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes owner-only files; give the usual permissions
     try:
         yield tmp
+        _fsync(tmp)  # the data is on disk before the name points at it
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    _fsync(path.parent)  # and the new name itself
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write ``text`` to ``path`` through a temporary file in the same directory and ``os.replace``."""
     with atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
     return Path(path)
 
 
@@ -81,6 +113,7 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-"))
     try:
         yield tmp
+        _fsync_tree(tmp)  # every file is on disk before the directory takes its final name
         try:
             os.rename(tmp, final)
         except OSError:
@@ -90,6 +123,31 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    _fsync(final.parent)
+
+
+def _temp_pattern(name: str | None) -> re.Pattern[str]:
+    stem = re.escape(name) if name is not None else r".+"
+    return re.compile(rf"^\.{stem}\.(?:tmp-[A-Za-z0-9_]+|[A-Za-z0-9_]+\.tmp)$")
+
+
+def clear_temps(directory: str | Path, name: str | None = None) -> list[Path]:
+    """Delete what writers killed mid-write left in ``directory``: the temporaries of ``name`` (of
+    every name if None). Call it only while no other process may be writing them (holding the lock
+    of the stage or run that writes there). Returns the paths removed."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    pattern = _temp_pattern(name)
+    removed = []
+    for entry in directory.iterdir():
+        if pattern.match(entry.name):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
 
 
 @contextmanager

@@ -29,7 +29,7 @@ from alignlab import stages
 from alignlab.config import apply_overrides, load_yaml
 from alignlab.data import cache_root
 from alignlab.errors import AlignlabError, ConfigError
-from alignlab.io import atomic_write_json, atomic_write_yaml
+from alignlab.io import atomic_write_json, atomic_write_yaml, clear_temps
 from alignlab.models import ModelConfig, model_context
 from alignlab.objectives import Objective, ObjectiveConfig, get_objective
 from alignlab.objectives.ppo import PPOConfig
@@ -305,6 +305,8 @@ def execute(
         if accelerator.is_main_process:
             print(f"{out} holds this run, finished; nothing to do (pass --force to run it again)", file=sys.stderr)
         return finished
+    if accelerator.is_main_process:  # what an earlier attempt, killed mid-write, left
+        clear_temps(out)
     # 2. shared stages (built once by the main process; the others load them from the cache)
     root = cache_root()
     with accelerator.main_process_first():

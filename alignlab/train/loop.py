@@ -11,7 +11,13 @@ import torch
 
 from alignlab.errors import AlignlabError
 from alignlab.train.config import TrainConfig, resolve_mixed_precision
-from alignlab.train.state import MetricsLog, latest_checkpoint, load_checkpoint, save_checkpoint
+from alignlab.train.state import (
+    MetricsLog,
+    clear_checkpoint_temps,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 
 class TrainingDiverged(AlignlabError):
@@ -67,10 +73,13 @@ class RunLoop:
         self.accelerator, self.cfg, self.extra = accelerator, cfg, extra or {}
         self.state: dict[str, Any] = {}
         self.start_step = 0
+        if accelerator.is_main_process:  # the one writer of this run's checkpoints
+            clear_checkpoint_temps(out_dir)
         checkpoint = latest_checkpoint(out_dir)
         if checkpoint is not None:
+            # the trainer's state (e.g. PPO's KL coefficient); the step is each checkpoint's own
             self.state = load_checkpoint(checkpoint, modules, optimizer, scheduler)
-            self.start_step = int(self.state["step"])
+            self.start_step = int(self.state.pop("step"))
         self.log = MetricsLog(out_dir, accelerator, self.start_step if checkpoint is not None else None)
         self.resumed = checkpoint is not None
         self.t0 = time.time()

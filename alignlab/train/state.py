@@ -10,6 +10,7 @@ safetensors only.
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 from pathlib import Path
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from alignlab.io import atomic_dir, atomic_write_json, atomic_write_jsonl, read_jsonl
+from alignlab.io import atomic_dir, atomic_write_json, atomic_write_jsonl, clear_temps, read_jsonl
 
 CHECKPOINTS = "checkpoints"
 METRICS = "metrics.jsonl"
@@ -67,6 +68,24 @@ def checkpoint_dir(out_dir: Path, step: int) -> Path:
     return out_dir / CHECKPOINTS / f"step-{step:07d}"
 
 
+def clear_checkpoint_temps(out_dir: Path) -> list[Path]:
+    """Remove what a process killed while writing or pruning a checkpoint left (never a checkpoint)."""
+    return clear_temps(out_dir / CHECKPOINTS)
+
+
+def _remove(path: Path) -> None:
+    """Delete a checkpoint all at once: renamed out of the ``step-*`` names first, so that a kill
+    during the deletion leaves a temporary for :func:`clear_checkpoint_temps`, not a checkpoint
+    missing some of its files."""
+    doomed = path.with_name(f".{path.name}.tmp-deleted")
+    shutil.rmtree(doomed, ignore_errors=True)
+    try:
+        os.rename(path, doomed)
+    except OSError:
+        return
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
 def latest_checkpoint(out_dir: Path) -> Path | None:
     """The newest complete checkpoint (half-written ones never carry the final name)."""
     root = out_dir / CHECKPOINTS
@@ -108,10 +127,10 @@ def save_checkpoint(
             {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
             tmp / "trainer_state.pt",
         )
-        atomic_write_json(tmp / "state.json", {"step": step, **state})
+        atomic_write_json(tmp / "state.json", {**state, "step": step})  # the step of this checkpoint, always
     older = sorted(p for p in (out_dir / CHECKPOINTS).glob("step-*") if p != path and p.name < path.name)
     for stale in older[: max(0, len(older) - (keep - 1))]:
-        shutil.rmtree(stale, ignore_errors=True)
+        _remove(stale)
     return path
 
 

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 import alignlab
 from alignlab.core.scoring import sequence_logps, token_logps
 from alignlab.data import cache_root
-from alignlab.io import atomic_dir, atomic_write_json, file_lock
+from alignlab.io import atomic_dir, atomic_write_json, clear_temps, file_lock
 from alignlab.models import ModelConfig, build_preset, load_pretrained, model_context, train_tokenizer
 from alignlab.schema import Config, knob
 from alignlab.tasks.base import Task
@@ -93,10 +93,12 @@ def _tokenizer(texts: list[str], cfg: ModelConfig, seed: int, root: Path, data_k
     from alignlab import models
 
     path = root / "tokenizer" / fingerprint(data_key, cfg.vocab_size, cfg.tokenizer_texts, seed, code_version(models))
-    if not (path / "tokenizer.json").exists():
-        sample = random.Random(seed).sample(texts, min(cfg.tokenizer_texts, len(texts)))
-        with atomic_dir(path) as tmp:
-            train_tokenizer(sample, cfg.vocab_size).save_pretrained(tmp)
+    with file_lock(path.parent / f".{path.name}.lock"):  # SFT stages with different keys may share it
+        if not (path / "tokenizer.json").exists():
+            clear_temps(path.parent, path.name)  # a build killed half-way
+            sample = random.Random(seed).sample(texts, min(cfg.tokenizer_texts, len(texts)))
+            with atomic_dir(path) as tmp:
+                train_tokenizer(sample, cfg.vocab_size).save_pretrained(tmp)
     return PreTrainedTokenizerFast.from_pretrained(path)
 
 
@@ -178,15 +180,20 @@ def prepare_policy(
     key = fingerprint(data_key, model_cfg.to_dict(), sft_cfg.to_dict(), code_version(models, sft))
     path = root / "sft" / key
     with file_lock(path.parent / f".{key}.lock"):  # another process building it: wait, then load
-        if (path / "sft.json").exists():
-            cached = json.loads((path / "sft.json").read_text())["metrics"]
-            return Policy(
-                AutoModelForCausalLM.from_pretrained(path),
-                AutoTokenizer.from_pretrained(path),
-                path,
-                {**cached, "cached": True},
-            )
-        return _build_policy(task, model_cfg, sft_cfg, texts, data_key, path, root, progress)
+        cached = (path / "sft.json").exists()
+        if not cached:
+            clear_temps(path.parent, key)  # a build killed half-way
+            _build_policy(task, model_cfg, sft_cfg, texts, data_key, path, root, progress)
+        # the policy as saved, whether built just now or before: the trained object would carry SFT's
+        # last gradients and training mode into the next stage, and a run that built the stage must
+        # see exactly what a run that found it cached (or resumed after a kill) sees
+        metrics = json.loads((path / "sft.json").read_text())["metrics"]
+        return Policy(
+            AutoModelForCausalLM.from_pretrained(path),
+            AutoTokenizer.from_pretrained(path),
+            path,
+            {**metrics, "cached": cached},
+        )
 
 
 def _build_policy(
@@ -198,8 +205,8 @@ def _build_policy(
     path: Path,
     root: Path,
     progress: bool,
-) -> Policy:
-    """Steps 1–5 of :func:`prepare_policy`: tokenizer, model, SFT, held-out perplexity, save."""
+) -> None:
+    """Steps 1–5 of :func:`prepare_policy`: tokenizer, model, SFT, held-out perplexity, save to ``path``."""
     from alignlab import models, sft
 
     t0 = time.time()
@@ -246,4 +253,3 @@ def _build_policy(
                 "metrics": metrics,
             },
         )
-    return Policy(model, tokenizer, path, {**metrics, "cached": False})

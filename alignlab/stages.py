@@ -19,7 +19,7 @@ from typing import Any
 
 from alignlab import pairs as pairs_module
 from alignlab.errors import AlignlabError
-from alignlab.io import atomic_dir, atomic_write_json, file_lock
+from alignlab.io import atomic_dir, atomic_write_json, clear_temps, file_lock
 from alignlab.models import model_context
 from alignlab.pairs import PairGenConfig, generate_pairs, load_pairs
 from alignlab.rewards.model import RewardModel, RewardModelConfig, train_reward_model
@@ -37,6 +37,7 @@ def gold_judge(task: Task, seed: int, root: Path) -> Any:
     path = root / "gold" / fingerprint(task.name, task.source, seed, code_version(gold))
     with file_lock(path.parent / f".{path.name}.lock"):
         if not (path / gold.CONFIG_FILE).exists():
+            clear_temps(path.parent, path.name)  # a build killed half-way
             with atomic_dir(path) as tmp:
                 gold.train_gold_sentiment(task.cfg.data_dir, tmp, seed=seed)
     return gold.GoldSentiment.load(path)
@@ -53,6 +54,7 @@ def generated_pairs(
     with file_lock(path.parent / f".{key}.lock"):
         if (path / "pairs.json").exists():
             return path, {**json.loads((path / "pairs.json").read_text()), "cached": True}
+        clear_temps(path.parent, key)  # a generation killed half-way
         info = generate_pairs(
             policy.model,
             policy.tokenizer,
@@ -102,6 +104,7 @@ def reward_model(
         if (path / "metrics.json").exists():
             rm = RewardModel.load(path)
             return rm, {**json.loads((path / "metrics.json").read_text()), "cached": True}
+        clear_temps(path.parent, key)  # a build killed half-way (its .run directory resumes)
         context = cfg.max_length or model_context(policy.model)
         rm = RewardModel.from_policy(str(policy.path), policy.tokenizer, seed=cfg.seed)
         run_dir = root / "reward_model" / f".{key}.run"
@@ -112,4 +115,5 @@ def reward_model(
             rm.tokenizer.save_pretrained(tmp)
             atomic_write_json(tmp / "metrics.json", metrics)
         shutil.rmtree(run_dir, ignore_errors=True)
-        return rm, {**metrics, "cached": False}
+        # the model as saved, as a later run loads it (not the trained object, in training mode)
+        return RewardModel.load(path), {**metrics, "cached": False}

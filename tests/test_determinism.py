@@ -1,0 +1,129 @@
+"""Determinism: one config and seed, trained twice on CPU in fresh run directories, gives the same
+numbers — every value of ``metrics.jsonl`` except the wall-clock ones, the summary, and the final
+checkpoint's weights and optimiser state — for an offline objective (DPO) and for PPO-GT, both
+with the sampling evaluation (gold reward and KL of samples on held-out prompts, with bootstrap
+CIs) at step 0, in the middle and at the end.
+
+A small copy of the IMDb data (every 50th review) keeps the shared stages — tokenizer, SFT, gold
+judge — to seconds; they are built once in this module's cache and shared by both runs, as the
+runs of an experiment share them.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from alignlab.train.job import run_training
+
+TIMING = {"peak_rss_mb", "wall_time_s"}
+
+
+def _is_timing(key: str) -> bool:
+    return key in TIMING or key.endswith("_s")
+
+
+def _without_timing(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _without_timing(v) for k, v in obj.items() if not _is_timing(k)}
+    if isinstance(obj, list):
+        return [_without_timing(v) for v in obj]
+    return obj
+
+
+@pytest.fixture(scope="module")
+def small_imdb(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every 50th review of IMDb train and test (the files are sorted by label: both labels kept)."""
+    out = tmp_path_factory.mktemp("imdb_small")
+    (out / "imdb").mkdir()
+    for split in ("train", "test"):
+        with gzip.open(data_dir / "imdb" / f"{split}.jsonl.gz", "rt", encoding="utf-8") as f:
+            rows = [json.loads(line) for i, line in enumerate(f) if i % 50 == 0]
+        with gzip.open(out / "imdb" / f"{split}.jsonl.gz", "wt", encoding="utf-8") as f:
+            f.writelines(json.dumps({"text": r["text"], "label": r["label"]}) + "\n" for r in rows)
+    return out
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory):
+    path = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ALIGNLAB_CACHE_DIR", str(path))
+        yield path
+
+
+TRAIN = {"batch_size": 8, "optimizer": "adamw", "lr": 1.0e-3, "warmup_steps": 0, "log_with": [], "progress": False}
+METHODS = {
+    "dpo": {
+        "objective": {"name": "dpo", "beta": 0.1},
+        "data": {"source": "reviews", "pairs": 32, "eval_pairs": 8, "prompt_words": 3, "completion_words": 6},
+        "train": {**TRAIN, "steps": 3, "eval_every": 2, "save_every": 2},
+    },
+    "ppo": {
+        "objective": {"name": "ppo", "kl_coef": 0.05, "num_minibatches": 2, "ppo_epochs": 2},
+        "reward": {"kind": "gold"},
+        "rollout": {"max_new_tokens": 6},
+        "train": {**TRAIN, "steps": 3, "eval_every": 2, "save_every": 2, "grad_clip": 1.0},
+    },
+}
+
+
+def _train(small_imdb: Path, out: Path, method: str) -> dict[str, Any]:
+    doc = {
+        "task": {"name": "imdb", "data_dir": str(small_imdb), "use_unsup": False},
+        "model": {"preset": "smoke", "vocab_size": 500, "tokenizer_texts": 300},
+        "sft": {"steps": 4, "batch_size": 8, "seq_len": 32, "lr": 2.0e-3, "warmup_steps": 1, "eval_blocks": 2},
+        "eval": {"prompts": 6, "max_new_tokens": 6},
+        "out_dir": str(out),
+        **METHODS[method],
+    }
+    path = out.with_suffix(".yaml")
+    path.write_text(yaml.safe_dump(doc))
+    return run_training(path)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_the_same_config_and_seed_train_to_the_same_numbers(method, small_imdb, cache, tmp_path):
+    summaries = [_train(small_imdb, tmp_path / name, method) for name in ("first", "second")]
+    first, second = (
+        [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        for name in ("first", "second")
+    )
+    # the runs did what is compared: 3 steps, sampling evaluations at 0, 2 and 3, a policy that moved
+    evals = [r for r in first if r["split"] == "eval"]
+    assert [r["step"] for r in evals] == [0, 2, 3]
+    assert [r["step"] for r in first if r["split"] == "train"] == [1, 2, 3]
+    assert all(r["samples"] == 6 for r in evals) and evals[0]["sample_kl"] == 0 and evals[-1]["sample_kl"] != 0
+    # every metric except the wall-clock ones, exactly
+    assert _without_timing(first) == _without_timing(second)
+    assert _without_timing(summaries[0]) == _without_timing(summaries[1])
+    # the final checkpoint: every weight and the optimiser state, exactly
+    last = [tmp_path / name / "checkpoints" / "step-0000003" for name in ("first", "second")]
+    files = sorted(p.relative_to(last[0]) for p in last[0].rglob("*.safetensors"))
+    assert files == sorted(p.relative_to(last[1]) for p in last[1].rglob("*.safetensors"))
+    assert len(files) == (2 if method == "ppo" else 1)  # PPO: the policy and its critic
+    for rel in files:
+        a, b = load_file(str(last[0] / rel)), load_file(str(last[1] / rel))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), rel
+    states = [torch.load(p / "trainer_state.pt", weights_only=True) for p in last]
+    assert states[0]["optimizer"]["state"]  # AdamW's moments
+    for part in ("optimizer", "scheduler", "rng"):  # the RNGs: torch, Python's and numpy's
+        assert _same(states[0][part], states[1][part]), part
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Exact equality of nested dicts, lists and tuples of tensors and plain values."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)

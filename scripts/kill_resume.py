@@ -123,12 +123,14 @@ def experiment_doc(work: Path, data_dir: str) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------ the processes
 
 HOOK = """\
-# Written by scripts/kill_resume.py: dump every thread's Python stack on SIGUSR1 (the process goes on).
+# Written by scripts/kill_resume.py: dump the Python stack of the thread that gets SIGUSR1 (the main
+# thread: the signal goes to the process) and go on. Only that thread, which the signal interrupted:
+# walking the others' frames while they run can crash the process.
 import faulthandler, os, signal
 _path = os.environ.get("KILL_RESUME_STACKS")
 if _path:
     _file = open(_path, "a")
-    faulthandler.register(signal.SIGUSR1, file=_file, all_threads=True)
+    faulthandler.register(signal.SIGUSR1, file=_file, all_threads=False)
     _file.write("ready\\n")  # the killer signals only after this: before it, SIGUSR1 would end the process
     _file.flush()
 """
@@ -640,9 +642,9 @@ class Kill:
     problems: list[str]
 
 
-def kill_once(ws: Workspace, wanted: Counter[str], rng: random.Random, last: str | None, fill: bool) -> Kill | None:
+def kill_once(ws: Workspace, wanted: Counter[str], rng: random.Random, last: str | None, fill: bool) -> Kill | int:
     """Start the next attempt and kill it when a wanted phase shows (or, when ``fill``, at a random
-    moment); None if it finished first."""
+    moment); its exit status if it ended by itself first."""
     proc, stacks = ws.start()
     t0 = time.time()
     seen: set[str] = set()
@@ -664,14 +666,14 @@ def kill_once(ws: Workspace, wanted: Counter[str], rng: random.Random, last: str
         elif _trigger(ws, seen) is not None or now >= next_sample:
             # a file being written marks a short phase: look at once; else look now and then
             triggered = now < next_sample
-            next_sample = now + rng.uniform(0.04, 0.12)
+            next_sample = now + rng.uniform(0.05, 0.15)
             sampled = sample_stack(proc, stacks)
             if sampled is not None and want(classify(sampled)[0]) and (triggered or rng.random() < 0.35):
                 dump = sampled
                 break
         time.sleep(0.003)
     if proc.poll() is not None:
-        return None
+        return proc.returncode
     kill_group(proc)
     seconds = time.time() - t0
     if dump:
@@ -703,6 +705,7 @@ def kill_and_resume(
     rng = random.Random(seed)
     wanted = Counter(REQUIRED)
     done: list[Kill] = []
+    deaths: list[str] = []
     last: str | None = None
     finished = False
     while not finished and got.attempts < 4 * kills:
@@ -710,9 +713,16 @@ def kill_and_resume(
         if fill and len(done) >= kills:
             break
         k = kill_once(got, wanted, rng, last, fill)
-        if k is None:
+        if k == 0:
             finished = True
             break
+        if isinstance(k, int):  # it died by itself: say so, check the files, and resume like after a kill
+            found = inspect([got.results, got.runs, got.cache], got.root)
+            deaths.append(f"attempt {got.attempts} ended with status {k}; problems: {found.problems or 'none'}")
+            say(f"attempt {got.attempts} ended by itself with status {k} (see its log); {disk_state(got, 0)}")
+            if len(deaths) > 3:
+                break
+            continue
         k.number = len(done) + 1
         done.append(k)
         last = k.phase
@@ -745,6 +755,7 @@ def kill_and_resume(
     )
     return {
         "kills": [k.__dict__ for k in done],
+        "deaths": deaths,
         "survived": survived,
         "phases": dict(hit),
         "missing_phases": missing,

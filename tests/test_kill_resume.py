@@ -114,6 +114,7 @@ def test_an_experiment_killed_at_every_phase_resumes_to_the_uninterrupted_result
     assert len(kills) >= 12
     assert [k["problems"] for k in kills if k["problems"]] == []  # no half-written file after any kill
     assert report["survived"] == len(kills)
+    assert [d for d in report["deaths"] if not d.endswith("problems: none")] == []  # any other abrupt end
     assert report["missing_phases"] == []  # SFT, pairs, reference, training, eval, checkpoint, results
     assert report["differences"] == [], report["compared"]
     assert len(report["compared"]) == 2 + 4 + 2  # the CSVs, the four runs, the cached stages

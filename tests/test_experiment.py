@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -371,10 +372,23 @@ def test_two_processes_on_one_experiment_split_the_runs(tmp_path, data_dir, cach
     assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
     started = [line for _, err in outs for line in err.splitlines() if ": dpo (" in line]
     assert len(started) == 4  # each run trained once, by one of the two
+    assert all(": dpo (" in err for _, err in outs)  # and each process trained some: they split the runs
     for run in load_experiment(path).runs:
-        steps = [r["step"] for r in _metrics(Path(run.cfg.out_dir)) if r["split"] == "train"]
+        rows = _metrics(Path(run.cfg.out_dir))
+        steps = [r["step"] for r in rows if r["split"] == "train"]
         assert steps == [1, 2, 3, 4], run.run_id
+        summary = json.loads((Path(run.cfg.out_dir) / "summary.json").read_text())
+        assert summary["final"] == [r for r in rows if r["split"] == "eval"][-1], run.run_id
     assert len(pd.read_csv(tmp_path / "results" / "frontier.csv")) == 4 * 3
+    # nothing half-written: every file of the results, runs and shared cache reads whole, every
+    # checkpoint is complete and names its own step, no writer's temporary is left behind
+    spec = importlib.util.spec_from_file_location("kill_resume", REPO / "scripts" / "kill_resume.py")
+    assert spec is not None and spec.loader is not None
+    checks = importlib.util.module_from_spec(spec)
+    sys.modules["kill_resume"] = checks
+    spec.loader.exec_module(checks)
+    found = checks.inspect([tmp_path / "results", tmp_path / "runs", cache], Path(tmp_path.anchor))
+    assert found.files > 4 * 10 and found.problems == [] and found.temps == []
 
 
 def test_plot_and_table_commands_redraw_from_the_csv(tmp_path, capsys):

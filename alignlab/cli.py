@@ -74,10 +74,6 @@ def _run(args: argparse.Namespace) -> int:
         from alignlab.errors import AlignlabError
 
         raise AlignlabError(f"--workers: expected a positive number, got {args.workers}")
-    if not args.worker:  # before anything is written: the data is there and no run directory is taken
-        from alignlab.experiment.config import load_experiment, preflight
-
-        preflight(load_experiment(args.file, args.overrides), force=args.force)
     result = run_experiment(args.file, args.overrides, workers=args.workers, force=args.force, worker=args.worker)
     if not args.worker:
         print(json.dumps(result, indent=2))

@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from alignlab.experiment.config import Experiment, PlannedRun, load_experiment
+from alignlab.experiment.config import Experiment, PlannedRun, load_experiment, preflight
 from alignlab.experiment.report import (
     COMPUTE_COLUMNS,
     FRONTIER_COLUMNS,
@@ -83,8 +83,10 @@ def run_experiment(
 ) -> dict[str, Any]:
     """Run (or resume) the experiment at ``path``; returns what was done and where the results are."""
     t0 = time.time()
-    # 1. every run validated before any work
+    # 1. every run validated before any work; the data is there and no run directory is taken
     exp = load_experiment(path, overrides)
+    if not worker:
+        preflight(exp, force=force)
     # 2. the resolved configs, beside the results
     if not worker:
         atomic_write_yaml(exp.out_dir / "experiment.yaml", {**exp.data, "runs": [r.run_id for r in exp.runs]})

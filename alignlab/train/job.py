@@ -38,7 +38,7 @@ from alignlab.plugins import load_plugins
 from alignlab.rewards.model import RewardModelConfig
 from alignlab.schema import Config, knob
 from alignlab.sft import SFTConfig, code_version, prepare_policy
-from alignlab.tasks import Task, build_task
+from alignlab.tasks import Task, build_task, task_config
 from alignlab.tasks.base import PreferencePair
 from alignlab.train.config import TrainConfig, check_batch
 from alignlab.train.ppo import RolloutConfig, check_ppo_batch
@@ -171,6 +171,7 @@ def resolve_dict(data: dict[str, Any], source: str, base_dir: Path, prefix: str 
         check_split(cfg, method, 1, source)
     except ConfigError as err:
         raise ConfigError(prefix + err.key, err.message, source) from None
+    task_config(cfg.task, source, prefix + "task.")  # an unknown or malformed task first: it explains the rest
     task_name = cfg.task.get("name") if isinstance(cfg.task, dict) else None
     if cfg.data.source == "reviews" and task_name != "imdb":
         raise ConfigError(

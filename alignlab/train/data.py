@@ -28,7 +28,7 @@ from torch import Tensor
 from alignlab.core.scoring import EncodedBatch, score_pairs, sequence_logps, token_logps
 from alignlab.data import cache_root
 from alignlab.encoding import encode_completions
-from alignlab.io import atomic_file, file_lock
+from alignlab.io import atomic_file, clear_temps, file_lock
 from alignlab.objectives.base import Needs, PairedLogps, UnpairedLogps
 from alignlab.sft import fingerprint, texts_fingerprint
 from alignlab.tasks.base import PreferencePair
@@ -75,6 +75,7 @@ def cached_reference(
     with file_lock(path.with_suffix(".lock")):
         if path.exists():
             return load_file(str(path))
+        clear_temps(path.parent, path.name)  # what a killed pass left half-written
         tensors = compute()
         with atomic_file(path) as tmp:
             save_file({k: v.contiguous().float() for k, v in tensors.items()}, str(tmp))

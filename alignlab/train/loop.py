@@ -80,6 +80,8 @@ class RunLoop:
             # the trainer's state (e.g. PPO's KL coefficient); the step is each checkpoint's own
             self.state = load_checkpoint(checkpoint, modules, optimizer, scheduler)
             self.start_step = int(self.state.pop("step"))
+        if cfg.log_with and not accelerator.trackers:  # TensorBoard events under out_dir/alignlab/, etc.
+            accelerator.init_trackers("alignlab")
         self.log = MetricsLog(out_dir, accelerator, self.start_step if checkpoint is not None else None)
         self.resumed = checkpoint is not None
         self.t0 = time.time()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import nbformat
@@ -48,7 +49,10 @@ def executed(data_dir, tmp_path_factory):
     runs = tmp_path_factory.mktemp("notebook_runs")
     nb = nbformat.read(NOTEBOOK, as_version=4)
     with pytest.MonkeyPatch.context() as mp:  # the kernel inherits this environment
-        mp.setenv("ALIGNLAB_DATA_DIR", str(data_dir))
+        # the kernel runs in notebooks/: a relative directory (the README's ../shared/data) must be made absolute
+        mp.setenv("ALIGNLAB_DATA_DIR", str(Path(data_dir).resolve()))
+        if os.environ.get("ALIGNLAB_CACHE_DIR"):
+            mp.setenv("ALIGNLAB_CACHE_DIR", str(Path(os.environ["ALIGNLAB_CACHE_DIR"]).resolve()))
         mp.setenv("ALIGNLAB_NOTEBOOK_RUNS", str(runs))
         mp.setenv("HF_HUB_OFFLINE", "1")
         client = NotebookClient(

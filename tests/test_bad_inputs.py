@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import yaml
 
 from alignlab.cli import main
@@ -59,9 +60,27 @@ def digest(root: Path) -> dict[str, str]:
     }
 
 
+def mismatched_model_weights() -> None:
+    """Write the weights of models/vocab_mismatch (a 1-layer, 8-wide GPT-2 from its config.json, whose
+    embedding is smaller than its tokenizer) once: weights are not kept in git, even tiny ones."""
+    target = CORPUS / "models" / "vocab_mismatch" / "model.safetensors"
+    if target.exists():
+        return
+    import tempfile
+
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config.from_pretrained(target.parent))
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        (Path(tmp) / "model.safetensors").replace(target)
+
+
 @pytest.fixture(scope="module")
 def corpus_digest() -> dict[str, str]:
     """The corpus as it was before any case ran (checked again by the last test)."""
+    mismatched_model_weights()
     return digest(CORPUS)
 
 

@@ -142,10 +142,9 @@ def _experiment_options(p: argparse.ArgumentParser) -> None:
 def error_line(err: AlignlabError, overrides: Sequence[str] = ()) -> str:
     """The one line a user error prints: its message, with the command-line override that set the
     offending key named (the message names the YAML file the override was applied to)."""
-    from alignlab.errors import ConfigError
+    from alignlab.errors import ConfigError, flatten
 
-    # one line, even when a message carries another library's newlines
-    message = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    message = flatten(str(err))  # one line, even when a message carries another library's newlines
     if isinstance(err, ConfigError):
         for item in overrides:
             key = item.partition("=")[0]

@@ -40,6 +40,11 @@ class PluginError(AlignlabError, ImportError):
     """A plugin module could not be found or imported."""
 
 
+def flatten(text: str) -> str:
+    """``text`` on one line: its lines (and runs of spaces) joined by single spaces."""
+    return " ".join(text.split())
+
+
 def one_line(err: BaseException) -> str:
     """``Type: message`` of another library's exception, on one line (theirs often span several)."""
-    return f"{type(err).__name__}: {' '.join(str(err).split())}"
+    return f"{type(err).__name__}: {flatten(str(err))}"

@@ -170,9 +170,9 @@ def main() -> None:
 
     # padding left in the training batches
     real = padded = completion = 0
-    for s in range(len(pairs) // B):
-        both = [data.chosen.select(BatchOrder(len(pairs), B, 0).rows(s)).trim()]
-        both.append(data.rejected.select(BatchOrder(len(pairs), B, 0).rows(s)).trim())
+    order = BatchOrder(len(pairs), B, 0)
+    for s in range(order.steps_per_epoch):
+        both = [data.chosen.select(order.rows(s)).trim(), data.rejected.select(order.rows(s)).trim()]
         width = max(b.input_ids.shape[1] for b in both)
         padded += 2 * B * width
         real += sum(int(b.attention_mask.sum()) for b in both)

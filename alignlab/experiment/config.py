@@ -234,26 +234,16 @@ def preflight(exp: Experiment, force: bool = False) -> None:
     Raises:
         AlignlabError: naming the experiment file and the key (``task.data_dir``, ``runs_dir``).
     """
-    import json
-
-    import yaml
-
     from alignlab.tasks import build_task
-    from alignlab.train.job import _resolved
+    from alignlab.train.job import _resolved, holds_other_run
 
     for run in exp.runs:
-        task = build_task(run.cfg.task, exp.source)
-        config = Path(run.cfg.out_dir) / "config.yaml"
-        if force or not config.is_file():
-            continue
-        try:
-            held = yaml.safe_load(config.read_text(encoding="utf-8"))
-        except (yaml.YAMLError, UnicodeDecodeError):
-            held = None
-        if held != json.loads(json.dumps(_resolved(run.cfg, task, run.method))):
+        task = build_task(run.cfg.task, exp.source)  # its data directory exists
+        out = Path(run.cfg.out_dir)
+        if not force and holds_other_run(out, _resolved(run.cfg, task, run.method)):
             raise ConfigError(
                 "runs_dir",
-                f"{config.parent} holds a run with a different config than run {run.run_id!r} of this experiment; "
+                f"{out} holds a run with a different config than run {run.run_id!r} of this experiment; "
                 "pick another runs_dir (or name), or pass --force to replace the experiment's runs",
                 exp.source,
             )

@@ -192,26 +192,36 @@ def _resolved(cfg: RunConfig, task: Task, method: Method) -> dict[str, Any]:
     return {**cfg.to_dict(), "task": task.cfg.to_dict(), "objective": {"name": method.name, **method.cfg.to_dict()}}
 
 
+def holds_other_run(out: Path, resolved: dict[str, Any]) -> bool:
+    """Whether ``out`` holds a run whose resolved config is not ``resolved`` (an unreadable one counts)."""
+    config = out / "config.yaml"
+    if not config.is_file():
+        return False
+    import yaml
+
+    try:
+        held = yaml.safe_load(config.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError):
+        return True
+    return bool(held != json.loads(json.dumps(resolved)))
+
+
 def claim_out_dir(out: Path, resolved: dict[str, Any], force: bool, source: str) -> dict[str, Any] | None:
     """The finished run's summary if ``out`` holds this run finished; else claim ``out`` for this run.
 
     A directory holding a *different* run is refused (``--force`` starts it over).
     """
-    config = out / "config.yaml"
     if force and out.exists():
         shutil.rmtree(out)
-    if config.exists():
-        import yaml
-
-        if yaml.safe_load(config.read_text()) != json.loads(json.dumps(resolved)):
-            raise ConfigError(
-                "out_dir",
-                f"{out} holds a run with a different config; pick another out_dir, or pass --force to replace it",
-                source,
-            )
-        if (out / "summary.json").exists():
-            return json.loads((out / "summary.json").read_text())
-    atomic_write_yaml(config, resolved)
+    if holds_other_run(out, resolved):
+        raise ConfigError(
+            "out_dir",
+            f"{out} holds a run with a different config; pick another out_dir, or pass --force to replace it",
+            source,
+        )
+    if (out / "config.yaml").exists() and (out / "summary.json").exists():
+        return json.loads((out / "summary.json").read_text())
+    atomic_write_yaml(out / "config.yaml", resolved)
     return None
 
 

@@ -84,10 +84,10 @@ def _sampler(
     """
     context = model_context(policy.model)
     prompts = eval_prompts(task, policy.tokenizer, context, cfg.eval.max_new_tokens, cfg.eval.prompts)
-    settings = (str(policy.path), tuple(prompts), cfg.eval.to_dict(), cfg.train.eval_batch_size, id(reward))
+    settings = (weights_key(reference), tuple(prompts), cfg.eval.to_dict(), cfg.train.eval_batch_size, id(reward))
 
     def evaluate(model: Any) -> dict[str, float]:
-        key = (weights_key(model), weights_key(reference), *map(repr, settings))
+        key = (weights_key(model), *map(repr, settings))
         if key in _EVALUATIONS and _EVALUATIONS[key][0] is reward:
             return dict(_EVALUATIONS[key][1])
         devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import yaml
 
-from alignlab.schema import Config, type_name
+from alignlab.schema import Config, field_bounds, type_name
 
 DEFAULT_OUTPUT = Path("docs/yaml_reference.md")
 HEADER = "| key | type | default | allowed | description |\n|---|---|---|---|---|\n"
@@ -125,7 +125,7 @@ def field_rows(cls: type[Config], prefix: str = "", only: Sequence[str] | None =
         tp = hints[name]
         doc = f.metadata.get("help", "")
         rows.append(
-            _row(prefix + f.name, _type_cell(tp), _default_cell(f, tp), _allowed_cell(tp, f.metadata["bounds"]), doc)
+            _row(prefix + f.name, _type_cell(tp), _default_cell(f, tp), _allowed_cell(tp, field_bounds(f)), doc)
         )
     return "".join(rows)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -44,6 +45,27 @@ def knob(
     if default_factory is not _MISSING:
         return field(default_factory=default_factory, metadata=metadata)
     return field(default=default, metadata=metadata)
+
+
+INT_LIMIT = 2**63
+"""Every integer setting lies in [−2⁶³, 2⁶³): what torch and numpy can hold."""
+SEED_BOUNDS = {"ge": 0, "lt": 2**32}
+"""The range of every ``seed`` / ``*_seed`` setting, declared or not: numpy's seeds are 32-bit."""
+
+
+def field_bounds(f: dataclasses.Field[Any]) -> dict[str, float]:
+    """The bounds of a field: those its :func:`knob` declares, and :data:`SEED_BOUNDS` for seeds."""
+    bounds = dict(f.metadata.get("bounds", {}))
+    if f.name == "seed" or f.name.endswith("_seed"):
+        for kind, bound in SEED_BOUNDS.items():
+            bounds.setdefault(kind, bound)
+    return bounds
+
+
+def _numbers(value: Any) -> list[Any]:
+    """The numbers a value holds: itself, or the items of a list (bools are not numbers here)."""
+    items = value if isinstance(value, list) else [value]
+    return [v for v in items if isinstance(v, int | float) and not isinstance(v, bool)]
 
 
 _BOUND_CHECKS = {
@@ -99,6 +121,14 @@ def _config_type(tp: Any) -> type[Config] | None:
     return None
 
 
+def _short_repr(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters: an error line quotes what was given, not all of it."""
+    if isinstance(value, int) and abs(value) >= 10**limit:
+        return f"an integer of {value.bit_length()} bits"
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 @dataclass(frozen=True)
 class Config:
     """Base of every settings dataclass: checks types and ranges of all fields on creation."""
@@ -113,13 +143,19 @@ class Config:
                 value = float(value)
                 object.__setattr__(self, f.name, value)
             if not _matches(value, tp):
-                raise ConfigError(f.name, f"expected {type_name(tp)}, got {value!r}")
+                raise ConfigError(f.name, f"expected {type_name(tp)}, got {_short_repr(value)}")
+            for number in _numbers(value):
+                if isinstance(number, float) and not math.isfinite(number):
+                    hint = " (null means no limit here)" if _matches(None, tp) else ""
+                    raise ConfigError(f.name, f"must be a finite number, got {number!r}{hint}")
+                if isinstance(number, int) and not -INT_LIMIT <= number < INT_LIMIT:
+                    raise ConfigError(f.name, f"must lie in [-2**63, 2**63), got {_short_repr(number)}")
+                for kind, bound in field_bounds(f).items():
+                    check, symbol = _BOUND_CHECKS[kind]
+                    if not check(number, bound):
+                        raise ConfigError(f.name, f"must be {symbol} {bound}, got {number!r}")
             if tp is float and isinstance(value, int):
                 object.__setattr__(self, f.name, float(value))
-            for kind, bound in f.metadata.get("bounds", {}).items():
-                check, symbol = _BOUND_CHECKS[kind]
-                if value is not None and not check(value, bound):
-                    raise ConfigError(f.name, f"must be {symbol} {bound}, got {value!r}")
 
     @classmethod
     def from_dict(cls, values: Any, source: str | None = None, prefix: str = "") -> Any:
@@ -136,7 +172,7 @@ class Config:
         """
         if not isinstance(values, dict):
             where = prefix.rstrip(".") or "(top level)"
-            raise ConfigError(where, f"expected a mapping of keys, got {values!r}", source)
+            raise ConfigError(where, f"expected a mapping of keys, got {_short_repr(values)}", source)
         fields = {f.name: f for f in dataclasses.fields(cls)}
         hints = typing.get_type_hints(cls)
         for key in values:
@@ -151,7 +187,9 @@ class Config:
                 value = sub.from_dict(value, source, f"{prefix}{name}.")
             elif sub is not None and not isinstance(value, sub) and not (value is None and _matches(None, hints[name])):
                 # a section written as a scalar or a list: say what a section looks like
-                raise ConfigError(prefix + name, f"expected a mapping of keys (a section), got {value!r}", source)
+                raise ConfigError(
+                    prefix + name, f"expected a mapping of keys (a section), got {_short_repr(value)}", source
+                )
             kwargs[name] = value
         for name, f in fields.items():
             if name not in kwargs and f.default is _MISSING and f.default_factory is _MISSING:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import difflib
 from pathlib import Path
 
-import yaml
-
+from alignlab.config import parse_yaml
 from alignlab.errors import AlignlabError
 
 # ``alignlab reproduce NAME``: short names for the paper reproductions
@@ -45,7 +44,7 @@ def find(name: str) -> Path:
 
 def description(path: Path) -> str:
     """The experiment's ``description:``, or the first comment line of its file."""
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    data = parse_yaml(path.read_text(encoding="utf-8")) or {}
     if isinstance(data, dict) and data.get("description"):
         return str(data["description"])
     for line in path.read_text(encoding="utf-8").splitlines():

@@ -207,15 +207,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.debug:  # Hugging Face's weight-loading bars and load reports, once per model, drown the log
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    from alignlab.interrupts import Interrupted, install
+
+    install()  # SIGTERM and Ctrl-C: a training loop finishes its step and checkpoints, then stops
     try:
         return int(args.func(args))
+    except Interrupted as err:
+        print(f"alignlab: {err}", file=sys.stderr)
+        return err.exit_status
     except AlignlabError as err:
         if args.debug:
             raise
         print(f"alignlab: error: {error_line(err, getattr(args, 'overrides', None) or [])}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("alignlab: interrupted", file=sys.stderr)
+        print("alignlab: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
     except BrokenPipeError:  # e.g. `alignlab list | head`: the reader left; not an error of ours
         sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - Python flushes stderr at exit

@@ -59,6 +59,21 @@ def cache_root() -> Path:
     return Path(os.environ.get(CACHE_DIR_ENV) or Path.home() / ".cache" / "alignlab").expanduser()
 
 
+def check_cache_writable() -> Path:
+    """The cache root, checked before any work: a directory alignlab can write in (one line naming
+    ``$ALIGNLAB_CACHE_DIR`` otherwise)."""
+    from alignlab.ownership import check_writable
+
+    root = cache_root()
+    key = (
+        f"${CACHE_DIR_ENV}"
+        if os.environ.get(CACHE_DIR_ENV)
+        else f"the cache directory (set ${CACHE_DIR_ENV} to move it)"
+    )
+    check_writable(root, key)
+    return root
+
+
 def resolve_data_dir(setting: str | None = None) -> Path | None:
     """The data directory: the explicit setting, else ``$ALIGNLAB_DATA_DIR``, else None (use the Hub)."""
     value = setting or os.environ.get(DATA_DIR_ENV)

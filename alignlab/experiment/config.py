@@ -224,8 +224,10 @@ def _check_task(data: dict[str, Any], entry: dict[str, Any], where: str, source:
 
 
 def preflight(exp: Experiment, force: bool = False) -> None:
-    """What ``alignlab run`` checks before it writes anything: every run's data directory exists, and
-    no run directory holds a run with a different config (unless ``force``: then they are replaced).
+    """What ``alignlab run`` checks before it writes anything: the results, runs and cache directories
+    are writable and the results directory is alignlab's (:mod:`alignlab.ownership`); every run's
+    data directory exists, and no run directory holds files alignlab did not write, or a run with a
+    different config (unless ``force``: then they are replaced).
 
     A run checks both only when it starts (``build_task``, ``claim_out_dir``); checking every run
     first means an experiment that cannot go ahead neither rewrites its results directory nor
@@ -234,12 +236,18 @@ def preflight(exp: Experiment, force: bool = False) -> None:
     Raises:
         AlignlabError: naming the experiment file and the key (``task.data_dir``, ``runs_dir``).
     """
+    from alignlab.data import check_cache_writable
+    from alignlab.ownership import check_claimable, check_writable
     from alignlab.tasks import build_task
     from alignlab.train.job import _resolved, holds_other_run
 
+    check_claimable(exp.out_dir, "results", "out_dir", exp.source)
+    check_writable(exp.runs_dir, "runs_dir", exp.source)
+    check_cache_writable()
     for run in exp.runs:
         task = build_task(run.cfg.task, exp.source)  # its data directory exists
         out = Path(run.cfg.out_dir)
+        check_claimable(out, "run", f"runs_dir ({run.run_id})", exp.source)
         if not force and holds_other_run(out, _resolved(run.cfg, task, run.method)):
             raise ConfigError(
                 "runs_dir",

@@ -16,7 +16,7 @@ In numbered steps:
 from __future__ import annotations
 
 import os
-import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -83,21 +83,26 @@ def run_experiment(
 ) -> dict[str, Any]:
     """Run (or resume) the experiment at ``path``; returns what was done and where the results are."""
     t0 = time.time()
+    if worker:
+        _watch_parent()
     # 1. every run validated before any work; the data is there and no run directory is taken
     exp = load_experiment(path, overrides)
     if not worker:
         preflight(exp, force=force)
     # 2. the resolved configs, beside the results
     if not worker:
+        if force:  # only what alignlab wrote, and never under a run another process is training
+            for run in exp.runs:
+                out = Path(run.cfg.out_dir)
+                with file_lock(_lock(exp, run)), training_lock(out, f"runs_dir ({run.run_id})", exp.source):
+                    remove_owned(out)
+        mark(exp.out_dir, "results")
         atomic_write_yaml(exp.out_dir / "experiment.yaml", {**exp.data, "runs": [r.run_id for r in exp.runs]})
         for run in exp.runs:
             atomic_write_yaml(exp.out_dir / "configs" / f"{run.run_id}.yaml", run.data)
-        if force:
-            for run in exp.runs:
-                with file_lock(_lock(exp, run)):
-                    shutil.rmtree(run.cfg.out_dir, ignore_errors=True)
     # 3. the runs
     before = {r.run_id: status(r) for r in exp.runs}
+    workers = min(workers, sum(v not in ("finished", "diverged") for v in before.values()))  # no idle workers
     if workers > 1 and not worker:
         _spawn_workers(path, overrides or [], workers)
     else:
@@ -181,17 +186,51 @@ def _describe(run: PlannedRun) -> str:
     return f"{run.method.name} ({kind}), {run.cfg.out_dir}"
 
 
+def _watch_parent(interval_s: float = 1.0) -> None:
+    """In a worker: SIGTERM itself (checkpoint, stop) once the process that spawned it is gone."""
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval_s)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="alignlab-parent-watch", daemon=True).start()
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM every worker still running and wait while each checkpoints its step; asked again, kill."""
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    try:
+        for p in procs:
+            p.wait()
+    except BaseException:
+        for p in procs:
+            p.kill()
+        raise
+
+
 def _spawn_workers(path: str | Path, overrides: list[str], workers: int) -> None:
-    """``workers`` processes of ``alignlab run --worker``, the CPU threads split between them."""
+    """``workers`` processes of ``alignlab run --worker``, the CPU threads split between them.
+
+    The workers live in a session of their own, so a Ctrl-C in the terminal reaches this process
+    only: it stops them with one SIGTERM each (they checkpoint their step and exit) and waits. A
+    worker whose parent dies is sent SIGTERM too: no worker outlives ``alignlab run``.
+    """
     threads = max(1, (os.cpu_count() or 1) // workers)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     command = [sys.executable, "-m", "alignlab.cli", "run", str(path), *overrides, "--worker"]
-    procs = [subprocess.Popen(command, env=env) for _ in range(workers)]
+    procs: list[subprocess.Popen[bytes]] = []
     try:
+        for _ in range(workers):
+            procs.append(subprocess.Popen(command, env=env, start_new_session=True))
         codes = [p.wait() for p in procs]
-    except KeyboardInterrupt:
-        for p in procs:
-            p.terminate()
+    except BaseException:
+        _stop(procs)
         raise
     failed = [c for c in codes if c != 0]
     if failed:

@@ -26,13 +26,20 @@ from alignlab.objectives.base import (
     knob,
     pairwise_metrics,
 )
-from alignlab.objectives.registry import Objective, get_objective, list_objectives, register_objective
+from alignlab.objectives.registry import (
+    Objective,
+    ObjectiveError,
+    get_objective,
+    list_objectives,
+    register_objective,
+)
 
 __all__ = [
     "LossOutput",
     "Needs",
     "Objective",
     "ObjectiveConfig",
+    "ObjectiveError",
     "PPOBatch",
     "PairedLogps",
     "UnpairedLogps",

@@ -17,12 +17,15 @@ import difflib
 import importlib.metadata
 import inspect
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from alignlab.errors import UnknownObjectiveError
-from alignlab.objectives.base import LossOutput, Needs, ObjectiveConfig
+import torch
+
+from alignlab.errors import AlignlabError, UnknownObjectiveError, one_line
+from alignlab.objectives.base import LossOutput, Needs, ObjectiveConfig, PairedLogps, PPOBatch, UnpairedLogps
 
 ENTRY_POINT_GROUP = "alignlab.objectives"
 _NAME = re.compile(r"^[a-z][a-z0-9_\-]*$")
@@ -49,12 +52,107 @@ class Objective:
         """Where the loss is defined: ``module.function``."""
         return f"{self.loss_fn.__module__}.{self.loss_fn.__qualname__}"
 
+    @property
+    def builtin(self) -> bool:
+        """Whether alignlab defines the loss (else a plugin or another package does)."""
+        return self.loss_fn.__module__.startswith("alignlab.")
+
+    @property
+    def defined_in(self) -> str:
+        """The file that defines the loss (its module's name where it has no file)."""
+        module = sys.modules.get(self.loss_fn.__module__)
+        return str(getattr(module, "__file__", None) or self.loss_fn.__module__)
+
     def config(self, **knobs: Any) -> Any:
         """The objective's config with ``knobs`` set (validated) and defaults elsewhere."""
         return self.config_cls.from_dict(knobs)
 
     def __call__(self, batch: Any, cfg: ObjectiveConfig | None = None) -> LossOutput:
-        return self.loss_fn(batch, cfg if cfg is not None else self.config_cls())
+        """The loss of ``batch``, its output checked against the contract (:func:`check_output`).
+
+        Raises:
+            ObjectiveError: the output breaks the contract, or a plugin's loss raised.
+        """
+        cfg = cfg if cfg is not None else self.config_cls()
+        if self.builtin:
+            out = self.loss_fn(batch, cfg)
+        else:
+            try:
+                out = self.loss_fn(batch, cfg)
+            except Exception as err:
+                raise ObjectiveError(self, f"the loss raised {one_line(err)}") from err
+        check_output(self, out, batch)
+        return out
+
+
+class ObjectiveError(AlignlabError):
+    """An objective broke its contract (or a plugin's loss raised): names the objective and its file.
+
+    :meth:`at` adds where in training it happened (``step 3``).
+    """
+
+    def __init__(self, objective: Objective, problem: str, where: str | None = None) -> None:
+        self.objective, self.problem, self.where = objective, problem, where
+        at = f" at {where}" if where else ""
+        super().__init__(f"{objective.defined_in}: objective {objective.name!r}{at}: {problem}")
+
+    def at(self, where: str) -> ObjectiveError:
+        """The same error, saying where it happened (kept if already said)."""
+        return self if self.where else ObjectiveError(self.objective, self.problem, where)
+
+
+def _batch_size(batch: Any) -> tuple[int, bool] | None:
+    """(B, whether the policy's log-probs carry a graph) of a trainer's batch; None for another type."""
+    if isinstance(batch, PairedLogps):
+        first = batch.policy_chosen_logps
+    elif isinstance(batch, UnpairedLogps):
+        first = batch.policy_logps
+    elif isinstance(batch, PPOBatch):
+        first = batch.logprobs
+    else:
+        return None
+    return int(first.shape[0]), bool(first.requires_grad)
+
+
+def _shape(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {tuple(value.shape)}"
+    return f"a {type(value).__name__}"
+
+
+def check_output(objective: Objective, out: Any, batch: Any) -> None:
+    """The contract of every objective: a :class:`LossOutput` whose ``losses`` hold one floating
+    loss per example, shape (B,), differentiable whenever the batch is (training), and whose
+    ``metrics`` are tensors of shape (B,) or (). A trainer minimises ``losses.mean()``, so a
+    scalar or a (B, B) tensor would train on something else without a word: refused instead.
+
+    Raises:
+        ObjectiveError: naming the objective, its file and what it returned.
+    """
+    expected = "a LossOutput(losses=<one loss per example, shape (B,)>, metrics={...})"
+    if not isinstance(out, LossOutput):
+        raise ObjectiveError(objective, f"returned {_shape(out)}, not {expected}")
+    losses, size = out.losses, _batch_size(batch)
+    if not isinstance(losses, torch.Tensor) or not losses.is_floating_point():
+        raise ObjectiveError(objective, f"LossOutput.losses is {_shape(losses)} of {getattr(losses, 'dtype', '?')}")
+    if size is None:
+        return
+    n, needs_graph = size
+    if tuple(losses.shape) != (n,):
+        raise ObjectiveError(
+            objective, f"LossOutput.losses is {_shape(losses)}; it must hold one loss per example, shape ({n},)"
+        )
+    if needs_graph and torch.is_grad_enabled() and not losses.requires_grad:
+        raise ObjectiveError(
+            objective,
+            "LossOutput.losses has no graph back to the policy's log-probs (detached, or built from "
+            ".item()/numpy?): training would not change the model",
+        )
+    for name, value in out.metrics.items():
+        if not isinstance(value, torch.Tensor) or value.numel() not in (1, n):
+            raise ObjectiveError(
+                objective, f"metric {name!r} is {_shape(value)}; metrics are tensors of shape ({n},) or ()"
+            )
 
 
 _REGISTRY: dict[str, Objective] = {}

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import json
 import resource
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -26,13 +25,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from alignlab import stages
-from alignlab.config import apply_overrides, load_yaml
-from alignlab.data import cache_root
+from alignlab.config import apply_overrides, load_yaml, parse_yaml
+from alignlab.data import cache_root, check_cache_writable
 from alignlab.errors import AlignlabError, ConfigError
 from alignlab.io import atomic_write_json, atomic_write_yaml, clear_temps
 from alignlab.models import ModelConfig, model_context
 from alignlab.objectives import Objective, ObjectiveConfig, get_objective
 from alignlab.objectives.ppo import PPOConfig
+from alignlab.ownership import check_claimable, mark, remove_owned, training_lock
 from alignlab.pairs import PairGenConfig
 from alignlab.plugins import load_plugins
 from alignlab.rewards.model import RewardModelConfig
@@ -139,7 +139,13 @@ def check_split(cfg: RunConfig, method: Method, num_processes: int, source: str 
     if method.objective is None:
         return
     if method.objective.needs.data == "online":
-        assert isinstance(method.cfg, PPOConfig)
+        if not isinstance(method.cfg, PPOConfig):
+            raise ConfigError(
+                "objective.name",
+                f"{method.name!r} needs online data, but alignlab's online trainer runs PPO (its config is "
+                f"PPOConfig) and {method.name!r}'s config is {type(method.cfg).__name__}",
+                source,
+            )
         check_ppo_batch(cfg.train, method.cfg, num_processes, source)
     else:
         check_batch(cfg.train, num_processes, source)
@@ -154,6 +160,8 @@ def resolve(path: str | Path, overrides: list[str]) -> tuple[RunConfig, Method]:
 def resolve_dict(data: dict[str, Any], source: str, base_dir: Path, prefix: str = "") -> tuple[RunConfig, Method]:
     """:func:`resolve` for a run already read as a dict; ``prefix`` is its dotted place in ``source``."""
     cfg: RunConfig = RunConfig.from_dict(data, source, prefix)
+    if not cfg.out_dir.strip():
+        raise ConfigError(f"{prefix}out_dir", "is empty: name the run directory, e.g. runs/my_run", source)
     load_plugins(cfg.plugins, base_dir, source)
     spec = cfg.objective if isinstance(cfg.objective, dict) else {"name": cfg.objective}
     if "name" not in spec:
@@ -200,7 +208,7 @@ def holds_other_run(out: Path, resolved: dict[str, Any]) -> bool:
     import yaml
 
     try:
-        held = yaml.safe_load(config.read_text(encoding="utf-8"))
+        held = parse_yaml(config.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError):
         return True
     return bool(held != json.loads(json.dumps(resolved)))
@@ -304,57 +312,63 @@ def execute(
     t_start = time.time()
     reset_peak_rss()
     shared = shared or Shared()
-    # 1. pre-flight (the accelerator first: the batch split depends on the number of processes)
+    # 1. pre-flight: out_dir is alignlab's (or new) and the cache writable, before any work; then the
+    #    accelerator (the batch split depends on the number of processes)
     out = Path(cfg.out_dir)
+    check_claimable(out, "run", "out_dir", source)
+    check_cache_writable()
     accelerator = make_accelerator(cfg.train, out)
     check_split(cfg, method, accelerator.num_processes, source)
     task = shared.task(cfg.task, source)
     resolved = _resolved(cfg, task, method)
-    with accelerator.main_process_first():
-        finished = claim_out_dir(out, resolved, force and accelerator.is_main_process, source)
-    if finished is not None:
-        if accelerator.is_main_process:
-            print(f"{out} holds this run, finished; nothing to do (pass --force to run it again)", file=sys.stderr)
-        return finished
-    if accelerator.is_main_process:  # what an earlier attempt, killed mid-write, left
-        clear_temps(out)
-    # 2. shared stages (built once by the main process; the others load them from the cache)
-    root = cache_root()
-    with accelerator.main_process_first():
-        policy = prepare_policy(task, cfg.model, cfg.sft, cache=root, progress=cfg.train.progress)
-        judge = shared.judge(task, cfg.sft.seed, root) if task.name == "imdb" else None
-        data = _method_data(cfg, method, task, policy, judge, root)
-    # 3-4. train
-    from alignlab.train.methods import train_method, win_rate_rows
+    # one training process per run directory: a second one on the same out_dir is refused
+    lock = training_lock(out, "out_dir", source) if accelerator.is_main_process else contextlib.nullcontext()
+    with lock:
+        with accelerator.main_process_first():
+            finished = claim_out_dir(out, resolved, force and accelerator.is_main_process, source)
+        if finished is not None:
+            if accelerator.is_main_process:
+                print(f"{out} holds this run, finished; nothing to do (pass --force to run it again)", file=sys.stderr)
+            return finished
+        if accelerator.is_main_process:  # what an earlier attempt, killed mid-write, left
+            clear_temps(out)
+        # 2. shared stages (built once by the main process; the others load them from the cache)
+        root = cache_root()
+        with accelerator.main_process_first():
+            policy = prepare_policy(task, cfg.model, cfg.sft, cache=root, progress=cfg.train.progress)
+            judge = shared.judge(task, cfg.sft.seed, root) if task.name == "imdb" else None
+            data = _method_data(cfg, method, task, policy, judge, root)
+        # 3-4. train
+        from alignlab.train.methods import train_method, win_rate_rows
 
-    final = train_method(cfg, method, task, policy, judge, data, accelerator, out)
-    models_held = final.pop("models_held", [])
-    winrate = None
-    if cfg.eval.winrate.temperatures:
-        winrate = win_rate_rows(cfg, task, policy, judge, data, out, accelerator)
-    # 5. summary, last
-    summary = {
-        "method": method.name,
-        "knobs": method.cfg.to_dict(),
-        "citation": method.objective.citation if method.objective else "Stiennon et al. 2020 (best-of-N)",
-        "task": task.name,
-        "policy": str(policy.path),
-        "sft": {k: policy.metrics.get(k) for k in ("held_out_ppl_before", "held_out_ppl", "parameters")},
-        "final": final,
-        "models_held": models_held,
-        "winrate": winrate,
-        "reward_model": data.get("reward_model_metrics"),
-        "wall_time_s": round(time.time() - t_start, 2),
-        "peak_rss_mb": round(peak_rss_mb(), 1),
-        "processes": accelerator.num_processes,
-        "code": code_version(sys.modules[__name__]),
-    }
-    if accelerator.is_main_process:
-        text = json.dumps(summary, indent=2).replace(str(root), "$ALIGNLAB_CACHE_DIR")
-        summary = json.loads(text)
-        atomic_write_json(out / "summary.json", summary)
-    accelerator.end_training()
-    return summary
+        final = train_method(cfg, method, task, policy, judge, data, accelerator, out)
+        models_held = final.pop("models_held", [])
+        winrate = None
+        if cfg.eval.winrate.temperatures:
+            winrate = win_rate_rows(cfg, task, policy, judge, data, out, accelerator)
+        # 5. summary, last
+        summary = {
+            "method": method.name,
+            "knobs": method.cfg.to_dict(),
+            "citation": method.objective.citation if method.objective else "Stiennon et al. 2020 (best-of-N)",
+            "task": task.name,
+            "policy": str(policy.path),
+            "sft": {k: policy.metrics.get(k) for k in ("held_out_ppl_before", "held_out_ppl", "parameters")},
+            "final": final,
+            "models_held": models_held,
+            "winrate": winrate,
+            "reward_model": data.get("reward_model_metrics"),
+            "wall_time_s": round(time.time() - t_start, 2),
+            "peak_rss_mb": round(peak_rss_mb(), 1),
+            "processes": accelerator.num_processes,
+            "code": code_version(sys.modules[__name__]),
+        }
+        if accelerator.is_main_process:
+            text = json.dumps(summary, indent=2).replace(str(root), "$ALIGNLAB_CACHE_DIR")
+            summary = json.loads(text)
+            atomic_write_json(out / "summary.json", summary)
+        accelerator.end_training()
+        return summary
 
 
 def _method_data(cfg: RunConfig, method: Method, task: Task, policy: Any, judge: Any, root: Path) -> dict[str, Any]:

@@ -9,7 +9,10 @@ from typing import Any
 
 import torch
 
+from alignlab import interrupts
 from alignlab.errors import AlignlabError
+from alignlab.interrupts import Interrupted
+from alignlab.objectives import ObjectiveError
 from alignlab.train.config import TrainConfig, resolve_mixed_precision
 from alignlab.train.state import (
     MetricsLog,
@@ -122,8 +125,27 @@ class RunLoop:
         """After ``step`` completed steps: evaluate, flush and checkpoint when they are due."""
         last = step == self.cfg.steps
         if evaluate is not None and (step % self.cfg.eval_every == 0 or last):
-            self.log.log({"step": step, "split": "eval", **evaluate(), "wall_s": round(time.time() - self.t0, 2)})
+            try:
+                row = evaluate()
+            except ObjectiveError as err:
+                raise err.at(f"the evaluation after step {step}") from err.__cause__
+            self.log.log({"step": step, "split": "eval", **row, "wall_s": round(time.time() - self.t0, 2)})
         if step % self.cfg.log_every == 0 or last:
             self.log.flush()
-        if step % self.cfg.save_every == 0 or last:
+        stop = self._stop_requested()
+        if step % self.cfg.save_every == 0 or last or stop:
             self.save(step, state)
+        if stop:
+            raise Interrupted(
+                stop,
+                f"stopped by {stop} after step {step} of {self.cfg.steps}; its checkpoint is in "
+                f"{self.out_dir / 'checkpoints'}: run the same command again to resume",
+            )
+
+    def _stop_requested(self) -> str | None:
+        """The signal asking this run to stop (on any process: they stop at the same step), if any."""
+        name = interrupts.pending()
+        if self.accelerator.num_processes == 1:
+            return name
+        flag = torch.tensor(0.0 if name is None else 1.0, device=self.accelerator.device)
+        return (name or "SIGTERM") if self.accelerator.reduce(flag, reduction="sum").item() > 0 else None

@@ -28,7 +28,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from alignlab.objectives import Objective, ObjectiveConfig
+from alignlab import interrupts
+from alignlab.objectives import Objective, ObjectiveConfig, ObjectiveError
 from alignlab.objectives.base import LossOutput
 from alignlab.train.config import TrainConfig, build_optimizer, build_scheduler, check_batch, disable_dropout
 from alignlab.train.data import BatchOrder, PairData, UnpairedData, shard
@@ -106,35 +107,39 @@ def train_offline(
     bar = tqdm(
         total=cfg.steps, initial=loop.start_step, desc=name, disable=not (cfg.progress and accelerator.is_main_process)
     )
-    for step in range(loop.start_step, cfg.steps):
-        t0 = time.time()
-        # 1. the rows of this step on this process, in micro-batches
-        micro = _micro_batches(cfg, order, step, accelerator)
-        totals: dict[str, torch.Tensor] = {}
-        for i, rows in enumerate(micro):
-            # 2. loss and backward; gradients are all-reduced on the last micro-batch only
-            sync = contextlib.nullcontext() if i == len(micro) - 1 else accelerator.no_sync(wrapped)
-            with sync, accelerator.autocast():
-                out = step_fn(wrapped, rows)
-                loss = out.losses.mean()
-                accelerator.backward(loss / len(micro))
-            for key, value in {"loss": loss, **out.metrics}.items():
-                totals[key] = totals.get(key, 0) + value.detach().float().mean() / len(micro)
-        # 3. guard (one check per step: the weights are still the last good ones), clip, step
-        loop.guard(step, f"{name} loss", totals["loss"])
-        grad_norm = accelerator.clip_grad_norm_(wrapped.parameters(), cfg.grad_clip or float("inf"))
-        loop.guard(step, "gradient norm", torch.as_tensor(grad_norm).detach())
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        # 4. metrics, evaluation, checkpoint
-        row = {k: float(mean_over_processes(accelerator, v)) for k, v in totals.items()}
-        row.update(grad_norm=float(grad_norm), lr=scheduler.get_last_lr()[0], step_s=round(time.time() - t0, 4))
-        row["wall_s"] = round(time.time() - loop.t0, 4)  # since this process started the run
-        loop.log.log({"step": step + 1, "split": "train", **order.position(step), **row})
-        bar.update()
-        shown = {"loss": row["loss"]} | {k: row[k] for k in ("reward_accuracy", "accuracy", "margins") if k in row}
-        bar.set_postfix({k: f"{v:.3f}" for k, v in shown.items()})
-        loop.periodic(step + 1, run_eval)
+    with interrupts.at_step_boundaries():  # SIGTERM / Ctrl-C: finish the step, checkpoint, stop
+        for step in range(loop.start_step, cfg.steps):
+            t0 = time.time()
+            # 1. the rows of this step on this process, in micro-batches
+            micro = _micro_batches(cfg, order, step, accelerator)
+            totals: dict[str, torch.Tensor] = {}
+            for i, rows in enumerate(micro):
+                # 2. loss and backward; gradients are all-reduced on the last micro-batch only
+                sync = contextlib.nullcontext() if i == len(micro) - 1 else accelerator.no_sync(wrapped)
+                with sync, accelerator.autocast():
+                    try:
+                        out = step_fn(wrapped, rows)
+                    except ObjectiveError as err:  # a plugin's loss: say at which step
+                        raise err.at(f"step {step + 1}") from err.__cause__
+                    loss = out.losses.mean()
+                    accelerator.backward(loss / len(micro))
+                for key, value in {"loss": loss, **out.metrics}.items():
+                    totals[key] = totals.get(key, 0) + value.detach().float().mean() / len(micro)
+            # 3. guard (one check per step: the weights are still the last good ones), clip, step
+            loop.guard(step, f"{name} loss", totals["loss"])
+            grad_norm = accelerator.clip_grad_norm_(wrapped.parameters(), cfg.grad_clip or float("inf"))
+            loop.guard(step, "gradient norm", torch.as_tensor(grad_norm).detach())
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            # 4. metrics, evaluation, checkpoint
+            row = {k: float(mean_over_processes(accelerator, v)) for k, v in totals.items()}
+            row.update(grad_norm=float(grad_norm), lr=scheduler.get_last_lr()[0], step_s=round(time.time() - t0, 4))
+            row["wall_s"] = round(time.time() - loop.t0, 4)  # since this process started the run
+            loop.log.log({"step": step + 1, "split": "train", **order.position(step), **row})
+            bar.update()
+            shown = {"loss": row["loss"]} | {k: row[k] for k in ("reward_accuracy", "accuracy", "margins") if k in row}
+            bar.set_postfix({k: f"{v:.3f}" for k, v in shown.items()})
+            loop.periodic(step + 1, run_eval)
     bar.close()
     return loop.log.rows

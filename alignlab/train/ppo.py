@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from alignlab import interrupts
 from alignlab.core.kl import per_token_kl
 from alignlab.core.rollout import rollout
 from alignlab.core.scoring import EncodedBatch, token_logps
@@ -323,23 +324,24 @@ def train_ppo(
         total=cfg.steps, initial=loop.start_step, desc=name, disable=not (cfg.progress and accelerator.is_main_process)
     )
     rank, world = accelerator.process_index, accelerator.num_processes
-    for it in range(loop.start_step, cfg.steps):
-        mine = [prompts[i] for i in shard(order.rows(it), rank, world)]
-        seed = cfg.seed * 1_000_003 + it * world + rank
-        exp = collect(model, core, reference, tokenizer, mine, reward, controller.value, ppo, rc, seed * 1000)
-        t0 = time.time()
-        losses = update(model, core, exp, optimizer, accelerator, ppo, cfg, rc, loop, it, seed)
-        scheduler.step()
-        row = {**exp.stats, **losses, "update_s": time.time() - t0, "kl_coef": controller.value}
-        row = {
-            k: float(mean_over_processes(accelerator, torch.tensor(v, device=accelerator.device)))
-            for k, v in row.items()
-        }
-        # 7. the adaptive KL controller sees the global mean KL of this iteration's rollouts
-        controller.update(row["kl"], cfg.batch_size)
-        loop.log.log({"step": it + 1, "split": "train", **order.position(it), **row})
-        bar.update()
-        bar.set_postfix(reward=f"{row['reward']:.3f}", kl=f"{row['kl']:.2f}", loss=f"{row['loss']:.3f}")
-        loop.periodic(it + 1, run_eval, {"kl_coef": controller.value})
+    with interrupts.at_step_boundaries():  # SIGTERM / Ctrl-C: finish the step, checkpoint, stop
+        for it in range(loop.start_step, cfg.steps):
+            mine = [prompts[i] for i in shard(order.rows(it), rank, world)]
+            seed = cfg.seed * 1_000_003 + it * world + rank
+            exp = collect(model, core, reference, tokenizer, mine, reward, controller.value, ppo, rc, seed * 1000)
+            t0 = time.time()
+            losses = update(model, core, exp, optimizer, accelerator, ppo, cfg, rc, loop, it, seed)
+            scheduler.step()
+            row = {**exp.stats, **losses, "update_s": time.time() - t0, "kl_coef": controller.value}
+            row = {
+                k: float(mean_over_processes(accelerator, torch.tensor(v, device=accelerator.device)))
+                for k, v in row.items()
+            }
+            # 7. the adaptive KL controller sees the global mean KL of this iteration's rollouts
+            controller.update(row["kl"], cfg.batch_size)
+            loop.log.log({"step": it + 1, "split": "train", **order.position(it), **row})
+            bar.update()
+            bar.set_postfix(reward=f"{row['reward']:.3f}", kl=f"{row['kl']:.2f}", loss=f"{row['loss']:.3f}")
+            loop.periodic(it + 1, run_eval, {"kl_coef": controller.value})
     bar.close()
     return loop.log.rows

@@ -1,0 +1,80 @@
+"""Stopping cleanly on SIGTERM and SIGINT (Ctrl-C): a checkpoint, then one line on how to resume.
+
+The command line installs :func:`install` once. From then on either signal raises
+:class:`Interrupted` where the process is, except inside a training loop
+(:func:`at_step_boundaries`): there the signal is remembered, the step in progress finishes, the
+loop saves a checkpoint of it (:meth:`alignlab.train.loop.RunLoop.periodic`) and then stops. A
+second signal while the first waits for the end of its step stops at once. Every file alignlab
+writes is written atomically, so stopping anywhere else loses only the work since the last
+checkpoint or cached stage; the same command resumes.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+
+from alignlab.errors import AlignlabError
+
+EXIT_STATUS = {"SIGINT": 130, "SIGTERM": 143}
+"""The exit status of a process stopped by each signal (128 + its number, as a shell reports it)."""
+
+
+class Interrupted(AlignlabError):
+    """The process was asked to stop (SIGTERM, SIGINT); the message says what was saved.
+
+    Args:
+        signame: ``SIGTERM`` or ``SIGINT``.
+        message: what happened and how to resume.
+    """
+
+    def __init__(self, signame: str, message: str | None = None) -> None:
+        self.signame = signame
+        super().__init__(
+            message or f"stopped by {signame}; what was finished is kept: run the same command again to resume"
+        )
+
+    @property
+    def exit_status(self) -> int:
+        return EXIT_STATUS.get(self.signame, 130)
+
+
+_deferring = 0
+_pending: str | None = None
+
+
+def _handler(signum: int, frame: FrameType | None) -> None:
+    global _pending
+    name = signal.Signals(signum).name
+    if _deferring and _pending is None:
+        _pending = name  # the training loop stops at the end of this step, after its checkpoint
+        return
+    raise Interrupted(name)
+
+
+def install() -> None:
+    """Turn SIGTERM and SIGINT into :class:`Interrupted` (call from the main thread)."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _handler)
+
+
+@contextmanager
+def at_step_boundaries() -> Iterator[None]:
+    """Inside the block a first signal waits for the end of the step (:func:`pending`); one that
+    arrived after the last step stops the process when the block ends."""
+    global _deferring, _pending
+    _deferring += 1
+    try:
+        yield
+    finally:
+        _deferring -= 1
+        name, _pending = _pending, (_pending if _deferring else None)
+    if name is not None and not _deferring:
+        raise Interrupted(name)
+
+
+def pending() -> str | None:
+    """The signal waiting for the end of the step in progress, if any."""
+    return _pending

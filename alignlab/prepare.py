@@ -26,6 +26,7 @@ from alignlab import stages as shared
 from alignlab.config import apply_overrides, load_yaml
 from alignlab.core.rollout import rollout
 from alignlab.data import cache_root
+from alignlab.encoding import encode_text
 from alignlab.errors import AlignlabError, ConfigError
 from alignlab.io import atomic_write_text, atomic_write_yaml
 from alignlab.models import ModelConfig, model_context
@@ -59,7 +60,7 @@ class PrepareConfig(Config):
 
 def fits(tokenizer: Any, prompt: str, limit: int) -> bool:
     """Whether ``prompt`` (with BOS) is at most ``limit`` tokens."""
-    return len(tokenizer(prompt, add_special_tokens=False)["input_ids"]) + 1 <= limit
+    return len(encode_text(tokenizer, [prompt])[0]) + 1 <= limit
 
 
 def run_prepare(path: str | Path, overrides: list[str] | None = None, progress: bool = True) -> dict[str, Any]:

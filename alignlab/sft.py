@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 import alignlab
 from alignlab.core.scoring import sequence_logps, token_logps
 from alignlab.data import cache_root
+from alignlab.encoding import encode_text
 from alignlab.io import atomic_dir, atomic_write_json, clear_temps, file_lock
 from alignlab.models import ModelConfig, build_preset, load_pretrained, model_context, train_tokenizer
 from alignlab.schema import Config, knob
@@ -103,11 +104,15 @@ def _tokenizer(texts: list[str], cfg: ModelConfig, seed: int, root: Path, data_k
 
 
 def pack(tokenizer: Any, texts: list[str], n_tokens: int, seq_len: int) -> torch.Tensor:
-    """Blocks (N, seq_len) of ``texts`` joined by EOS, tokenising only as many texts as needed."""
+    """Blocks (N, seq_len) of ``texts`` joined by EOS, tokenising only as many texts as needed.
+
+    An EOS string inside a text is text (:func:`alignlab.encoding.encode_text`): the only EOS ids
+    are the separators added here.
+    """
     eos = tokenizer.eos_token_id
     ids: list[int] = []
     for start in range(0, len(texts), 256):
-        for row in tokenizer(texts[start : start + 256], add_special_tokens=False)["input_ids"]:
+        for row in encode_text(tokenizer, texts[start : start + 256]):
             ids.extend([*row, eos])
         if len(ids) >= n_tokens:
             break

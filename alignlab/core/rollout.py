@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from alignlab.core.scoring import EncodedBatch, token_logps
+from alignlab.encoding import encode_text
 
 
 @dataclass(frozen=True)
@@ -43,9 +44,12 @@ class Rollout:
 
 
 def encode_prompts(tokenizer: Any, prompts: Sequence[str], max_prompt_tokens: int | None = None) -> EncodedBatch:
-    """Left-padded prompt ids (generation continues from the right edge), with BOS if the tokenizer has one."""
+    """Left-padded prompt ids (generation continues from the right edge), with BOS if the tokenizer has one.
+
+    Special-token strings in a prompt are text (:func:`alignlab.encoding.encode_text`).
+    """
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    rows = [bos + ids for ids in tokenizer(list(prompts), add_special_tokens=False)["input_ids"]]
+    rows = [bos + ids for ids in encode_text(tokenizer, prompts)]
     if max_prompt_tokens is not None:
         for i, row in enumerate(rows):
             if len(row) > max_prompt_tokens:

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from alignlab.encoding import encode_with_template
 from alignlab.errors import AlignlabError
 from alignlab.objectives.base import log1mexp
 
@@ -64,18 +65,19 @@ class HFClassifierReward:
                 return index
         raise AlignlabError(f"{self.name}: no label {label!r}; labels are {sorted(labels.values())}")
 
+    def encode(self, texts: Sequence[str]) -> Any:
+        """(B, T) right-padded ``input_ids`` and ``attention_mask`` of ``texts``: their special-token
+        strings are text, framed by the classifier's own template (e.g. ``<s>`` … ``</s>``) within
+        ``max_length``."""
+        rows = encode_with_template(self.tokenizer, texts, self.max_length)
+        return self.tokenizer.pad({"input_ids": rows}, return_tensors="pt")
+
     @torch.no_grad()
     def __call__(self, prompts: Sequence[str], completions: Sequence[str]) -> Tensor:
         texts = [p + c for p, c in zip(prompts, completions, strict=True)]
         out = []
         for start in range(0, len(texts), self.batch_size):
-            enc: Any = self.tokenizer(
-                texts[start : start + self.batch_size],
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                return_tensors="pt",
-            ).to(self.device)
+            enc = self.encode(texts[start : start + self.batch_size]).to(self.device)
             logp = torch.log_softmax(self.model(**enc).logits.float(), dim=-1)[:, self.label_index]
             out.append((logp - log1mexp(logp)).cpu())
         return torch.cat(out)

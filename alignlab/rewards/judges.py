@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
+from alignlab.encoding import encode_text, encode_with_template
 from alignlab.rewards.base import Reward
 
 
@@ -105,8 +106,14 @@ class CausalLMJudge(LLMJudge):
         self.name = f"llm:{getattr(model.config, '_name_or_path', '') or type(model).__name__}"
 
     def _token(self, text: str) -> int:
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        return int(ids[-1])
+        return int(encode_text(self.tokenizer, [text])[0][-1])
+
+    def encode(self, texts: Sequence[str]) -> dict[str, Tensor]:
+        """(B, T) ``input_ids`` and ``attention_mask`` of judge prompts, left-padded (the next token
+        follows the last column); the texts' special-token strings are text, framed by the
+        tokenizer's own template (e.g. a BOS)."""
+        rows = encode_with_template(self.tokenizer, texts)
+        return dict(self.tokenizer.pad({"input_ids": rows}, padding_side="left", return_tensors="pt"))
 
     @torch.no_grad()
     def prefer_first(self, prompts: Sequence[str], first: Sequence[str], second: Sequence[str]) -> Tensor:
@@ -114,15 +121,9 @@ class CausalLMJudge(LLMJudge):
             self.template.format(prompt=p.strip(), first=f.strip(), second=s.strip())
             for p, f, s in zip(prompts, first, second, strict=True)
         ]
-        side = self.tokenizer.padding_side
-        self.tokenizer.padding_side = "left"  # the next token follows the last column
-        try:
-            out = []
-            for start in range(0, len(texts), self.batch_size):
-                enc = self.tokenizer(texts[start : start + self.batch_size], return_tensors="pt", padding=True)
-                enc = {k: v.to(self.model.device) for k, v in enc.items()}
-                logits = self.model(**enc).logits[:, -1, self.choices].float()
-                out.append(torch.softmax(logits, dim=-1)[:, 0].cpu())
-        finally:
-            self.tokenizer.padding_side = side
+        out = []
+        for start in range(0, len(texts), self.batch_size):
+            enc = {k: v.to(self.model.device) for k, v in self.encode(texts[start : start + self.batch_size]).items()}
+            logits = self.model(**enc).logits[:, -1, self.choices].float()
+            out.append(torch.softmax(logits, dim=-1)[:, 0].cpu())
         return torch.cat(out)

@@ -306,10 +306,12 @@ def fit_to_context(
     A longer prompt is a bad row, reported with the file and row it came from (or skipped and
     counted under ``on_bad_row: skip``). Completions that do not fit are truncated at encoding.
     """
+    from alignlab.encoding import encode_text  # here: reading a task's data needs no torch
+
     if not pairs:
         return []
     bos = 1 if tokenizer.bos_token_id is not None else 0
-    lengths = tokenizer([p.prompt for p in pairs], add_special_tokens=False)["input_ids"]
+    lengths = encode_text(tokenizer, [p.prompt for p in pairs])
     kept = []
     for pair, ids in zip(pairs, lengths, strict=True):
         if len(ids) + bos + min_completion > max_length:

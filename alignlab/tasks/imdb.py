@@ -130,13 +130,15 @@ class IMDbTask(Task):
         The prefix length of review i is drawn from ``Random(seed)``, so the prompts are the same
         on every run with the same seed and tokenizer.
         """
+        from alignlab.encoding import encode_text  # here: reading a task's data needs no torch
+
         if tokenizer is None:
             raise DataError("IMDb prompts are prefixes measured in policy tokens: pass the policy's tokenizer")
         texts = [t for t, _ in self.labelled(split)]
         rng = random.Random(f"{self.cfg.seed}:{split}")
         lengths = [rng.randint(self.cfg.prompt_tokens_min, self.cfg.prompt_tokens_max) for _ in texts]
         # only the opening of a review matters; 8 tokens never need more than a few hundred characters
-        ids = tokenizer([t[:400] for t in texts], add_special_tokens=False)["input_ids"]
+        ids = encode_text(tokenizer, [t[:400] for t in texts])
         prompts = []
         for row_ids, k in zip(ids, lengths, strict=True):
             prefix = tokenizer.decode(row_ids[:k])

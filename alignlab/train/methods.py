@@ -23,6 +23,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from alignlab.core import scoring
+from alignlab.encoding import encode_text
 from alignlab.models import model_context
 from alignlab.objectives.ppo import PPOConfig
 from alignlab.sft import code_version
@@ -67,7 +68,7 @@ def eval_prompts(
         return list(_PROMPTS[key][1])
     bos = 1 if tokenizer.bos_token_id is not None else 0
     prompts = task.prompts(split, tokenizer)  # type: ignore[arg-type]
-    lengths = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    lengths = encode_text(tokenizer, prompts)
     fitting = [p for p, ids in zip(prompts, lengths, strict=True) if len(ids) + bos + max_new_tokens <= context]
     _PROMPTS[key] = (task, fitting[:n] if n else fitting)
     return list(_PROMPTS[key][1])

@@ -7,21 +7,47 @@ flushed after it, so neither a killed process nor a crash of the machine leaves 
 under a final name. A writer killed mid-write leaves its temporary sibling behind: readers never
 open those names, and :func:`clear_temps` removes them (call it holding the lock of whatever writes
 there).
+
+What is stored is verified when it is read back. :func:`atomic_dir` writes ``MANIFEST.json`` (the
+size and sha256 of every file) as its last act, and :func:`verify_dir` checks a directory against
+it; a single file written with ``atomic_file(path, checksum=True)`` gets a ``<name>.sha256`` sidecar
+(``sha256sum`` format), checked by :func:`verify_file`. Something written before alignlab wrote
+these carries neither and is verified by loading it (:func:`load_intact`). A damaged file or
+directory is never deleted: :func:`quarantine` moves it aside to ``damaged-<name>``, a name no
+reader opens, and the warning line (:func:`warn`) says where.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import shutil
+import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
+
+from alignlab.errors import AlignlabError, flatten, one_line
+
+MANIFEST = "MANIFEST.json"
+"""Written last into every directory :func:`atomic_dir` publishes: ``{"format", "files": {path: {size, sha256}}}``."""
+MANIFEST_FORMAT = "alignlab.manifest/1"
+CHECKSUM_SUFFIX = ".sha256"
+"""The sidecar of a single file written with a checksum: ``<sha256>  <name>`` (``sha256sum -c`` reads it)."""
+DAMAGED_PREFIX = "damaged-"
+"""What a damaged file or directory is renamed to (``damaged-<name>``): kept, never read."""
+
+T = TypeVar("T")
+
+
+class Damaged(AlignlabError):
+    """A stored file or directory does not match the checksums written with it (or cannot be read)."""
 
 
 def _umask() -> int:
@@ -52,9 +78,13 @@ def _fsync_tree(root: Path) -> None:
 
 
 @contextmanager
-def atomic_file(path: str | Path) -> Iterator[Path]:
+def atomic_file(path: str | Path, checksum: bool = False) -> Iterator[Path]:
     """A temporary path in ``path``'s directory to write to; flushed to disk and moved onto ``path``
-    only if the block succeeds."""
+    only if the block succeeds.
+
+    With ``checksum``, the file's ``<name>.sha256`` sidecar is written after it (an older sidecar is
+    removed first, so a kill in between leaves a file without one, never one with a wrong one).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -64,11 +94,16 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         _fsync(tmp)  # the data is on disk before the name points at it
+        digest = sha256_file(tmp) if checksum else None
+        if digest is not None:
+            checksum_path(path).unlink(missing_ok=True)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     _fsync(path.parent)  # and the new name itself
+    if digest is not None:
+        atomic_write_text(checksum_path(path), f"{digest}  {path.name}\n")
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
@@ -105,14 +140,16 @@ def atomic_write_jsonl(path: str | Path, rows: list[dict[str, Any]]) -> Path:
 def atomic_dir(final: str | Path) -> Iterator[Path]:
     """Build a directory in a temporary sibling and rename it into place only when complete.
 
-    A reader sees no directory or the whole one. If another process published ``final`` first,
-    this one's copy is discarded (both built the same content from the same key).
+    A reader sees no directory or the whole one, with its :data:`MANIFEST` (written last, inside the
+    temporary sibling). If another process published ``final`` first, this one's copy is discarded
+    (both built the same content from the same key).
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-"))
     try:
         yield tmp
+        write_manifest(tmp)  # last: the checksums of everything above
         _fsync_tree(tmp)  # every file is on disk before the directory takes its final name
         try:
             os.rename(tmp, final)
@@ -124,6 +161,189 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     _fsync(final.parent)
+
+
+def sha256_file(path: Path) -> str:
+    """The hex sha256 of a file's bytes, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_manifest(directory: Path) -> Path:
+    """Write ``directory/MANIFEST.json``: the size and sha256 of every file under it (paths POSIX-style)."""
+    files = {}
+    for path in sorted(directory.rglob("*")):
+        rel = path.relative_to(directory).as_posix()
+        if path.is_file() and rel != MANIFEST:
+            files[rel] = {"size": path.stat().st_size, "sha256": sha256_file(path)}
+    return atomic_write_json(directory / MANIFEST, {"format": MANIFEST_FORMAT, "files": files})
+
+
+def _check_file(path: Path, name: str, sha256: str, size: int | None = None) -> None:
+    try:
+        actual = path.stat().st_size
+    except FileNotFoundError:
+        raise Damaged(f"{name} is missing") from None
+    if size is not None and actual != size:
+        raise Damaged(f"{name} has {actual} bytes, {size} were written")
+    if sha256_file(path) != sha256:
+        raise Damaged(f"{name} ({actual} bytes) differs from the checksum written with it")
+
+
+def verify_dir(directory: str | Path) -> bool:
+    """Check every file :data:`MANIFEST` lists (extra files are allowed).
+
+    Returns:
+        True when every file matches; False when there is no manifest (a directory written before
+        alignlab wrote them: only loading it can tell).
+
+    Raises:
+        Damaged: naming the first file that is missing, of another size or of other content, or an
+            unreadable manifest.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise Damaged(f"{directory.name} is not a directory")
+    try:
+        manifest = json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError) as err:
+        raise Damaged(f"{MANIFEST} is unreadable ({one_line(err)})") from None
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        raise Damaged(f"{MANIFEST} is not an alignlab manifest")
+    for name, entry in files.items():
+        try:
+            sha256, size = str(entry["sha256"]), int(entry["size"])
+        except (TypeError, KeyError, ValueError):
+            raise Damaged(f"{MANIFEST}: the entry of {name} is unreadable") from None
+        _check_file(directory / name, name, sha256, size)
+    return True
+
+
+def checksum_path(path: str | Path) -> Path:
+    """The ``<name>.sha256`` sidecar of a single file."""
+    path = Path(path)
+    return path.with_name(path.name + CHECKSUM_SUFFIX)
+
+
+def verify_file(path: str | Path) -> bool:
+    """Check a single file against its ``.sha256`` sidecar: True if it matches, False without one.
+
+    Raises:
+        Damaged: the file is missing or differs, or the sidecar is unreadable.
+    """
+    path = Path(path)
+    try:
+        text = checksum_path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        if not path.exists():
+            raise Damaged(f"{path.name} is missing") from None
+        return False
+    except (OSError, ValueError) as err:
+        raise Damaged(f"{checksum_path(path).name} is unreadable ({one_line(err)})") from None
+    sha256 = text.split()[0] if text.split() else ""
+    if not re.fullmatch(r"[0-9a-f]{64}", sha256):
+        raise Damaged(f"{checksum_path(path).name} holds no sha256")
+    _check_file(path, path.name, sha256)
+    return True
+
+
+def verify(path: str | Path) -> bool:
+    """:func:`verify_dir` for a directory, else :func:`verify_file`."""
+    return verify_dir(path) if Path(path).is_dir() else verify_file(path)
+
+
+def quarantine(path: str | Path) -> Path:
+    """Move a damaged file or directory aside to ``damaged-<name>`` beside it (``damaged-2-<name>``, ...
+    when taken), with its checksum sidecar; nothing is deleted. Returns the new path.
+
+    Raises:
+        OSError: the rename failed (``FileNotFoundError``: another process moved it first).
+    """
+    path = Path(path)
+    target = path.with_name(DAMAGED_PREFIX + path.name)
+    n = 1
+    while target.exists() or target.is_symlink():
+        n += 1
+        target = path.with_name(f"{DAMAGED_PREFIX}{n}-{path.name}")
+    os.rename(path, target)
+    if checksum_path(path).exists():
+        os.replace(checksum_path(path), checksum_path(target))
+    return target
+
+
+def warn(message: str) -> None:
+    """One warning line on stderr: ``alignlab: warning: <message>``."""
+    print(f"alignlab: warning: {flatten(message)}", file=sys.stderr, flush=True)
+
+
+def load_intact(path: str | Path, load: Callable[[Path], T], what: str, then: str = "rebuilding it") -> T | None:
+    """``load(path)`` of a stored file or directory when it is intact; None when it is missing or damaged.
+
+    Something with a manifest or checksum is verified against it and then loaded (a load error is
+    then a real error, and raised). Something without (written before alignlab wrote them) is
+    verified by loading it: any error counts as damage. A damaged one is moved aside
+    (:func:`quarantine`) with one warning line naming it, what is wrong and ``then``. Call it
+    holding the lock of whatever writes ``path``.
+
+    Args:
+        path: the file or directory.
+        load: reads it.
+        what: what it is, for the warning (e.g. ``"the cached SFT policy"``).
+        then: what the caller does next, for the warning.
+    """
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        verified = verify(path)
+    except Damaged as err:
+        problem = str(err)
+    else:
+        if verified:
+            return load(path)
+        try:
+            return load(path)
+        except Exception as err:  # unverifiable and unreadable: damaged, whatever the reader raised
+            problem = f"it does not load: {one_line(err)}"
+    try:
+        where = f"moved aside to {quarantine(path).name}"
+    except FileNotFoundError:
+        where = "moved aside by another process"
+    warn(f"{what} {path} is damaged ({problem}); {where}; {then}")
+    return None
+
+
+def scan_jsonl(path: str | Path) -> tuple[list[dict[str, Any]], str | None]:
+    """The rows of a JSON Lines file up to its first damaged line, and what is wrong there (None if nothing).
+
+    A missing file has no rows and nothing wrong; blank lines are skipped; every other line must be
+    a JSON object.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return [], None
+    except (OSError, UnicodeDecodeError) as err:
+        return [], f"it is unreadable ({one_line(err)})"
+    rows: list[dict[str, Any]] = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            return rows, f"line {n} is not JSON"
+        if not isinstance(row, dict):
+            return rows, f"line {n} is not a JSON object"
+        rows.append(row)
+    return rows, None
 
 
 def _temp_pattern(name: str | None) -> re.Pattern[str]:

@@ -34,7 +34,7 @@ import alignlab
 from alignlab.core.scoring import sequence_logps, token_logps
 from alignlab.data import cache_root
 from alignlab.encoding import encode_text
-from alignlab.io import atomic_dir, atomic_write_json, clear_temps, file_lock
+from alignlab.io import atomic_dir, atomic_write_json, clear_temps, file_lock, load_intact
 from alignlab.models import ModelConfig, build_preset, load_pretrained, model_context, train_tokenizer
 from alignlab.schema import Config, knob
 from alignlab.tasks.base import Task
@@ -95,12 +95,14 @@ def _tokenizer(texts: list[str], cfg: ModelConfig, seed: int, root: Path, data_k
 
     path = root / "tokenizer" / fingerprint(data_key, cfg.vocab_size, cfg.tokenizer_texts, seed, code_version(models))
     with file_lock(path.parent / f".{path.name}.lock"):  # SFT stages with different keys may share it
-        if not (path / "tokenizer.json").exists():
+        tokenizer = load_intact(path, PreTrainedTokenizerFast.from_pretrained, "the cached tokenizer")
+        if tokenizer is None:  # not built yet, or damaged (moved aside)
             clear_temps(path.parent, path.name)  # a build killed half-way
             sample = random.Random(seed).sample(texts, min(cfg.tokenizer_texts, len(texts)))
             with atomic_dir(path) as tmp:
                 train_tokenizer(sample, cfg.vocab_size).save_pretrained(tmp)
-    return PreTrainedTokenizerFast.from_pretrained(path)
+            tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
+    return tokenizer
 
 
 def pack(tokenizer: Any, texts: list[str], n_tokens: int, seq_len: int) -> torch.Tensor:
@@ -184,21 +186,22 @@ def prepare_policy(
     data_key = f"{task.name}:{texts_fingerprint(texts)}"
     key = fingerprint(data_key, model_cfg.to_dict(), sft_cfg.to_dict(), code_version(models, sft))
     path = root / "sft" / key
+
+    def load(at: Path, cached: bool = True) -> Policy:
+        metrics = json.loads((at / "sft.json").read_text())["metrics"]
+        model, tokenizer = AutoModelForCausalLM.from_pretrained(at), AutoTokenizer.from_pretrained(at)
+        return Policy(model, tokenizer, at, {**metrics, "cached": cached})
+
     with file_lock(path.parent / f".{key}.lock"):  # another process building it: wait, then load
-        cached = (path / "sft.json").exists()
-        if not cached:
+        policy = load_intact(path, load, "the cached SFT policy")
+        if policy is None:  # not built yet, or damaged (moved aside)
             clear_temps(path.parent, key)  # a build killed half-way
             _build_policy(task, model_cfg, sft_cfg, texts, data_key, path, root, progress)
-        # the policy as saved, whether built just now or before: the trained object would carry SFT's
-        # last gradients and training mode into the next stage, and a run that built the stage must
-        # see exactly what a run that found it cached (or resumed after a kill) sees
-        metrics = json.loads((path / "sft.json").read_text())["metrics"]
-        return Policy(
-            AutoModelForCausalLM.from_pretrained(path),
-            AutoTokenizer.from_pretrained(path),
-            path,
-            {**metrics, "cached": cached},
-        )
+            # the policy as saved: the trained object would carry SFT's last gradients and training
+            # mode into the next stage, and a run that built the stage must see exactly what a run
+            # that found it cached (or resumed after a kill) sees
+            policy = load(path, cached=False)
+        return policy
 
 
 def _build_policy(

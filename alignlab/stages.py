@@ -2,7 +2,8 @@
 
 Every stage is keyed by a fingerprint of everything that determines it (inputs, settings, code
 version) and published atomically, so a second run — or a second process — with the same key
-loads it instead of building it:
+loads it instead of building it. What it loads is verified first (:func:`alignlab.io.load_intact`):
+a damaged entry is moved aside and built again under the stage's lock, with one warning line.
 
 - :func:`gold_judge`: the task's gold reward (IMDb: the hashed n-gram sentiment classifier);
 - :func:`generated_pairs`: preference pairs by the DPO protocol from the SFT policy and a judge;
@@ -19,7 +20,7 @@ from typing import Any
 
 from alignlab import pairs as pairs_module
 from alignlab.errors import AlignlabError
-from alignlab.io import atomic_dir, atomic_write_json, clear_temps, file_lock
+from alignlab.io import atomic_dir, atomic_write_json, clear_temps, file_lock, load_intact
 from alignlab.models import model_context
 from alignlab.pairs import PairGenConfig, generate_pairs, load_pairs
 from alignlab.rewards.model import RewardModel, RewardModelConfig, train_reward_model
@@ -36,11 +37,13 @@ def gold_judge(task: Task, seed: int, root: Path) -> Any:
         raise AlignlabError(f"task {task.name!r} has no gold judge (only imdb has labelled text to train one)")
     path = root / "gold" / fingerprint(task.name, task.source, seed, code_version(gold))
     with file_lock(path.parent / f".{path.name}.lock"):
-        if not (path / gold.CONFIG_FILE).exists():
+        judge = load_intact(path, gold.GoldSentiment.load, "the cached gold judge")
+        if judge is None:  # not built yet, or damaged (moved aside)
             clear_temps(path.parent, path.name)  # a build killed half-way
             with atomic_dir(path) as tmp:
                 gold.train_gold_sentiment(task.cfg.data_dir, tmp, seed=seed)
-    return gold.GoldSentiment.load(path)
+            judge = gold.GoldSentiment.load(path)
+    return judge
 
 
 def generated_pairs(
@@ -52,8 +55,9 @@ def generated_pairs(
     key = fingerprint(str(policy.path), used, judge.name, cfg.to_dict(), code_version(pairs_module))
     path = root / "pairs" / key
     with file_lock(path.parent / f".{key}.lock"):
-        if (path / "pairs.json").exists():
-            return path, {**json.loads((path / "pairs.json").read_text()), "cached": True}
+        cached = load_intact(path, _pairs_info, "the cached preference pairs")
+        if cached is not None:
+            return path, {**cached, "cached": True}
         clear_temps(path.parent, key)  # a generation killed half-way
         info = generate_pairs(
             policy.model,
@@ -66,6 +70,12 @@ def generated_pairs(
             progress=progress,
         )
     return path, info
+
+
+def _pairs_info(path: Path) -> dict[str, Any]:
+    """``pairs.json`` of a generated dataset, once its pairs have been read whole."""
+    load_pairs(path)
+    return dict(json.loads((path / "pairs.json").read_text()))
 
 
 def split_by_prompt(
@@ -101,9 +111,9 @@ def reward_model(
     key = fingerprint(str(policy.path), texts_fingerprint(texts), cfg.to_dict(), code_version(rm_module, offline))
     path = root / "reward_model" / key
     with file_lock(path.parent / f".{key}.lock"):  # one builder; the others wait, then load
-        if (path / "metrics.json").exists():
-            rm = RewardModel.load(path)
-            return rm, {**json.loads((path / "metrics.json").read_text()), "cached": True}
+        cached = load_intact(path, _reward_model_and_metrics, "the cached reward model")
+        if cached is not None:
+            return cached[0], {**cached[1], "cached": True}
         clear_temps(path.parent, key)  # a build killed half-way (its .run directory resumes)
         context = cfg.max_length or model_context(policy.model)
         rm = RewardModel.from_policy(str(policy.path), policy.tokenizer, seed=cfg.seed)
@@ -117,3 +127,7 @@ def reward_model(
         shutil.rmtree(run_dir, ignore_errors=True)
         # the model as saved, as a later run loads it (not the trained object, in training mode)
         return RewardModel.load(path), {**metrics, "cached": False}
+
+
+def _reward_model_and_metrics(path: Path) -> tuple[RewardModel, dict[str, Any]]:
+    return RewardModel.load(path), dict(json.loads((path / "metrics.json").read_text()))

@@ -11,6 +11,10 @@ alone, and every output is written atomically.
 - ``frontier.md``: the last evaluation of every run, and each method's Pareto front.
 - ``winrate.csv`` / ``winrate.md`` / ``winrate.png``: win rate against the references by sampling
   temperature, one column per method (DPO paper, Figs. 2 right and 3 left).
+
+A run whose results are damaged counts as unfinished (:func:`alignlab.train.state.read_summary`)
+and gives the rows before the damage; a CSV edited into something else is one
+:class:`~alignlab.errors.AlignlabError` naming the file and what is wrong (:func:`read_csv`).
 """
 
 from __future__ import annotations
@@ -19,14 +23,15 @@ import io
 import json
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from alignlab.errors import AlignlabError
-from alignlab.io import atomic_file, atomic_write_text, read_jsonl
+from alignlab.errors import AlignlabError, one_line
+from alignlab.io import atomic_file, atomic_write_text, scan_jsonl
 
 RUN_COLUMNS = ["experiment", "method", "objective", "run", "setting", "seed"]  # identify a run in every CSV
 FRONTIER_COLUMNS = [
@@ -79,8 +84,10 @@ def setting_text(setting: dict[str, Any]) -> str:
 
 def run_rows(experiment: str, run: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(frontier rows, win-rate rows) of one planned run, from its directory (empty if not run yet)."""
+    from alignlab.train.state import read_summary
+
     out = Path(run.cfg.out_dir)
-    finished = (out / "summary.json").exists()
+    finished = read_summary(out) is not None
     common = {
         "experiment": experiment,
         "method": run.label,
@@ -90,7 +97,7 @@ def run_rows(experiment: str, run: Any) -> tuple[list[dict[str, Any]], list[dict
         "seed": run.cfg.train.seed,
     }
     frontier = []
-    for r in read_jsonl(out / "metrics.jsonl"):
+    for r in scan_jsonl(out / "metrics.jsonl")[0]:  # a damaged log: the rows before the damage
         if r.get("split") != "eval" or "sample_kl" not in r:
             continue
         frontier.append(
@@ -110,11 +117,18 @@ def run_rows(experiment: str, run: Any) -> tuple[list[dict[str, Any]], list[dict
             }
         )
     winrate = []
-    path = out / "winrate.json"
-    if path.exists():
-        for r in json.loads(path.read_text()):
-            winrate.append({**common, **{k: r.get(k) for k in WINRATE_COLUMNS if k in r}})
+    for r in _winrate_json(out / "winrate.json"):
+        winrate.append({**common, **{k: r.get(k) for k in WINRATE_COLUMNS if k in r}})
     return frontier, winrate
+
+
+def _winrate_json(path: Path) -> list[dict[str, Any]]:
+    """The rows of a run's ``winrate.json``; none when it is missing or damaged (the run redoes it)."""
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    return [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> Path:
@@ -124,10 +138,79 @@ def write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> Pat
     return path
 
 
+@dataclass(frozen=True)
+class CsvColumns:
+    """What the plots and tables read from one of the CSVs (other columns may be there too)."""
+
+    text: tuple[str, ...]
+    """Columns read as text."""
+    numbers: tuple[str, ...]
+    """Columns that must hold numbers (or nothing)."""
+    filled: tuple[str, ...]
+    """Columns of either kind that no row may leave empty."""
+
+
+READ_COLUMNS = {
+    "frontier.csv": CsvColumns(
+        ("method", "objective", "run", "setting"),
+        ("seed", "step", "kl", "kl_ci_low", "kl_ci_high", "reward", "reward_ci_low", "reward_ci_high"),
+        ("method", "run", "step", "kl", "reward"),
+    ),
+    "winrate.csv": CsvColumns(
+        ("method", "run", "setting", "judge"),
+        ("temperature", "win_rate", "win_rate_ci_low", "win_rate_ci_high", "n"),
+        ("method", "run", "temperature", "win_rate"),
+    ),
+    "compute.csv": CsvColumns(
+        ("method", "roles"),
+        (
+            "batch_size",
+            *("s_per_step", "gen_s", "score_s", "update_s", "peak_rss_mb"),
+            *("models_held", "trainable", "frozen", "parameters_held"),
+        ),
+        ("method",),
+    ),
+}
+
+
 def read_csv(path: Path) -> pd.DataFrame:
+    """One of the CSVs, its columns checked against :data:`READ_COLUMNS` (by file name).
+
+    Raises:
+        AlignlabError: one line naming the file and what is wrong: missing, not CSV, a column
+            missing, a value that is not a number or an empty cell where one is needed (with its row).
+    """
     if not path.exists():
         raise AlignlabError(f"{path}: no such file (run the experiment first: alignlab run <experiment.yaml>)")
-    return pd.read_csv(path, keep_default_na=False, na_values=[""])
+    try:
+        frame = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    except (ValueError, UnicodeDecodeError) as err:  # pandas' ParserError and EmptyDataError are ValueErrors
+        raise AlignlabError(f"{path}: not a CSV table ({one_line(err)})") from None
+    columns = READ_COLUMNS.get(path.name)
+    return frame if columns is None else _checked(path, frame, columns)
+
+
+def _checked(path: Path, frame: pd.DataFrame, columns: CsvColumns) -> pd.DataFrame:
+    """``frame`` with its number columns as numbers and its text columns as text, or the first problem."""
+    missing = [c for c in (*columns.text, *columns.numbers) if c not in frame.columns]
+    if missing:
+        raise AlignlabError(f"{path}: no column {', '.join(missing)} (alignlab run writes it again)")
+
+    def row(bad: pd.Series) -> int:
+        return int(np.argmax(bad.to_numpy())) + 1
+
+    for c in columns.numbers:
+        values = pd.to_numeric(frame[c], errors="coerce")
+        bad = values.isna() & frame[c].notna()
+        if bad.any():
+            raise AlignlabError(f"{path}: row {row(bad)}: {c} is {frame[c][bad].iloc[0]!r}, not a number")
+        frame[c] = values
+    for c in columns.text:
+        frame[c] = frame[c].map(lambda v: v if pd.isna(v) else str(v))
+    for c in columns.filled:
+        if frame[c].isna().any():
+            raise AlignlabError(f"{path}: row {row(frame[c].isna())}: {c} is empty")
+    return frame
 
 
 # ----------------------------------------------------------------------------------------- frontier
@@ -311,13 +394,15 @@ def plot_winrate(frame: pd.DataFrame, out_dir: Path, title: str = "") -> list[Pa
 
 def compute_rows(runs: Sequence[Any]) -> list[dict[str, Any]]:
     """Per finished run: seconds per step (PPO: per iteration, split into phases), peak RSS, models held."""
+    from alignlab.train.state import read_summary
+
     rows = []
     for run in runs:
         out = Path(run.cfg.out_dir)
-        if not (out / "summary.json").exists():
+        summary = read_summary(out)
+        if summary is None:  # not finished, or its results are damaged (it will be resumed)
             continue
-        summary = json.loads((out / "summary.json").read_text())
-        train = [r for r in read_jsonl(out / "metrics.jsonl") if r.get("split") == "train"]
+        train = [r for r in scan_jsonl(out / "metrics.jsonl")[0] if r.get("split") == "train"]
         phases = {k: [r[k] for r in train if k in r] for k in ("step_s", "gen_s", "score_s", "update_s")}
         if phases["gen_s"]:
             step = [g + c + u for g, c, u in zip(phases["gen_s"], phases["score_s"], phases["update_s"], strict=False)]

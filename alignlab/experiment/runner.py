@@ -40,9 +40,11 @@ from alignlab.io import atomic_write_text, atomic_write_yaml, file_lock
 
 
 def status(run: PlannedRun) -> str:
-    """finished | diverged | started | pending."""
+    """finished | diverged | started | pending (a run whose results are damaged is only started)."""
+    from alignlab.train.state import read_summary
+
     out = Path(run.cfg.out_dir)
-    if (out / "summary.json").exists():
+    if read_summary(out) is not None:
         return "finished"
     if (out / "diverged.txt").exists():
         return "diverged"

@@ -28,7 +28,7 @@ from torch import Tensor
 from alignlab.core.scoring import EncodedBatch, score_pairs, sequence_logps, token_logps
 from alignlab.data import cache_root
 from alignlab.encoding import encode_completions
-from alignlab.io import atomic_file, clear_temps, file_lock
+from alignlab.io import atomic_file, checksum_path, clear_temps, file_lock, load_intact
 from alignlab.objectives.base import Needs, PairedLogps, UnpairedLogps
 from alignlab.sft import fingerprint, texts_fingerprint
 from alignlab.tasks.base import PreferencePair
@@ -70,14 +70,20 @@ def shard(rows: list[int], index: int, parts: int) -> list[int]:
 def cached_reference(
     key_parts: Sequence[Any], compute: Callable[[], dict[str, Tensor]], cache: Path | None = None
 ) -> dict[str, Tensor]:
-    """Reference log-probs from the disk cache, or computed once and written there atomically."""
+    """Reference log-probs from the disk cache, or computed once and written there atomically.
+
+    The file's ``.sha256`` sidecar is checked on every load; a damaged file is moved aside and
+    computed again (:func:`alignlab.io.load_intact`).
+    """
     path = (cache or cache_root()) / "reference" / f"{fingerprint(*key_parts)}.safetensors"
     with file_lock(path.with_suffix(".lock")):
-        if path.exists():
-            return load_file(str(path))
-        clear_temps(path.parent, path.name)  # what a killed pass left half-written
+        cached = load_intact(path, lambda p: load_file(str(p)), "the cached reference log-probs", "recomputing them")
+        if cached is not None:
+            return cached
+        for name in (path.name, checksum_path(path).name):
+            clear_temps(path.parent, name)  # what a killed pass left half-written
         tensors = compute()
-        with atomic_file(path) as tmp:
+        with atomic_file(path, checksum=True) as tmp:
             save_file({k: v.contiguous().float() for k, v in tensors.items()}, str(tmp))
     return tensors
 

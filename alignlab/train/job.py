@@ -42,6 +42,7 @@ from alignlab.tasks import Task, build_task, task_config
 from alignlab.tasks.base import PreferencePair
 from alignlab.train.config import TrainConfig, check_batch
 from alignlab.train.ppo import RolloutConfig, check_ppo_batch
+from alignlab.train.state import read_summary
 
 
 @dataclass(frozen=True)
@@ -227,8 +228,8 @@ def claim_out_dir(out: Path, resolved: dict[str, Any], force: bool, source: str)
             f"{out} holds a run with a different config; pick another out_dir, or pass --force to replace it",
             source,
         )
-    if (out / "config.yaml").exists() and (out / "summary.json").exists():
-        return json.loads((out / "summary.json").read_text())
+    if (out / "config.yaml").exists() and (summary := read_summary(out, repair=True)) is not None:
+        return summary  # finished, and its results whole (damaged ones are moved aside: it resumes)
     atomic_write_yaml(out / "config.yaml", resolved)
     return None
 

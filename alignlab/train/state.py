@@ -3,8 +3,14 @@
 A checkpoint is a directory ``out_dir/checkpoints/step-NNNNNNN/`` published atomically (it
 exists whole or not at all) holding every trained model (``save_pretrained``, safetensors), the
 optimiser and scheduler state, the RNG states and ``state.json`` (the step, the data position,
-any trainer state such as PPO's KL coefficient). Loading uses ``weights_only=True`` and
+any trainer state such as PPO's KL coefficient), a copy of ``metrics.jsonl`` as it stood, and
+``MANIFEST.json`` (:func:`alignlab.io.atomic_dir`). Loading uses ``weights_only=True`` and
 safetensors only.
+
+Damage is detected, not trusted: a checkpoint that fails its manifest is moved aside to
+``checkpoints/damaged-step-NNNNNNN`` and the run resumes from the newest intact one (or from step
+0), with one warning line; a damaged ``metrics.jsonl`` is restored from the checkpoint's copy; a
+finished run whose results are damaged is not finished (:func:`read_summary`), so it is resumed.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -20,10 +27,24 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from alignlab.io import atomic_dir, atomic_write_json, atomic_write_jsonl, clear_temps, read_jsonl
+from alignlab.errors import one_line
+from alignlab.io import (
+    Damaged,
+    atomic_dir,
+    atomic_write_json,
+    atomic_write_jsonl,
+    clear_temps,
+    quarantine,
+    scan_jsonl,
+    verify_dir,
+    warn,
+)
 
 CHECKPOINTS = "checkpoints"
 METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+WINRATE = "winrate.json"
+_STEP = re.compile(r"^step-(\d+)$")
 
 
 def rng_state() -> dict[str, Any]:
@@ -86,11 +107,75 @@ def _remove(path: Path) -> None:
     shutil.rmtree(doomed, ignore_errors=True)
 
 
-def latest_checkpoint(out_dir: Path) -> Path | None:
-    """The newest complete checkpoint (half-written ones never carry the final name)."""
+def _checkpoints(out_dir: Path) -> list[Path]:
+    """Every ``step-N`` directory under ``out_dir/checkpoints``, oldest first (not checked)."""
     root = out_dir / CHECKPOINTS
-    found = sorted(p for p in root.glob("step-*") if (p / "state.json").exists()) if root.is_dir() else []
-    return found[-1] if found else None
+    found = [p for p in root.iterdir() if _STEP.match(p.name)] if root.is_dir() else []
+    return sorted(found, key=lambda p: int(p.name[5:]))
+
+
+def _read_whole(path: Path) -> None:
+    """Read every JSON, safetensors and torch file of a checkpoint without a manifest (an older alignlab's)."""
+    for file in sorted(path.rglob("*")):
+        if file.suffix == ".json":
+            json.loads(file.read_text(encoding="utf-8"))
+        elif file.suffix == ".safetensors":
+            load_file(str(file))
+        elif file.suffix == ".pt":
+            torch.load(file, weights_only=True)
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """What is wrong with the checkpoint directory ``path``; None when it is intact.
+
+    Checked against its manifest (size and sha256 of every file); one written before manifests is
+    read whole instead. Either way ``state.json`` must name the checkpoint's own step.
+    """
+    try:
+        if not verify_dir(path):
+            _read_whole(path)
+        state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    except Damaged as err:
+        return str(err)
+    except Exception as err:  # an older checkpoint that does not read back, whatever the reader raised
+        return f"it does not load: {one_line(err)}"
+    step = state.get("step") if isinstance(state, dict) else None
+    if step != int(path.name[5:]):
+        return f"its state.json names step {step!r}"
+    if not (path / "trainer_state.pt").is_file():
+        return "trainer_state.pt is missing"
+    return None
+
+
+def _set_aside(path: Path, problem: str) -> str:
+    """Quarantine a damaged checkpoint; what happened, for the warning line."""
+    try:
+        where = f"moved aside to {quarantine(path).name}"
+    except FileNotFoundError:
+        where = "moved aside by another process"
+    except OSError as err:
+        where = f"left in place ({one_line(err)})"
+    return f"{path.name} ({problem}), {where}"
+
+
+def latest_checkpoint(out_dir: Path) -> Path | None:
+    """The newest intact checkpoint (half-written ones never carry the final name); None if none is.
+
+    Newer damaged ones (:func:`checkpoint_problem`) are moved aside to ``damaged-step-NNNNNNN``,
+    never deleted, and one warning line names them and the checkpoint resumed from instead, or says
+    that the run starts over from step 0.
+    """
+    damaged, found = [], None
+    for path in reversed(_checkpoints(out_dir)):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            found = path
+            break
+        damaged.append(_set_aside(path, problem))
+    if damaged:
+        then = f"resuming from {found.name}" if found else "no intact checkpoint is left: starting over from step 0"
+        warn(f"{out_dir / CHECKPOINTS}: damaged checkpoint {'; '.join(damaged)}; {then}")
+    return found
 
 
 def save_checkpoint(
@@ -128,7 +213,9 @@ def save_checkpoint(
             tmp / "trainer_state.pt",
         )
         atomic_write_json(tmp / "state.json", {**state, "step": step})  # the step of this checkpoint, always
-    older = sorted(p for p in (out_dir / CHECKPOINTS).glob("step-*") if p != path and p.name < path.name)
+        if (out_dir / METRICS).is_file():  # the log as flushed before this checkpoint: restores a damaged one
+            shutil.copyfile(out_dir / METRICS, tmp / METRICS)
+    older = [p for p in _checkpoints(out_dir) if int(p.name[5:]) < step]
     for stale in older[: max(0, len(older) - (keep - 1))]:
         _remove(stale)
     return path
@@ -147,19 +234,44 @@ def load_checkpoint(
     return json.loads((path / "state.json").read_text())
 
 
+def _up_to(rows: list[dict[str, Any]], step: int) -> list[dict[str, Any]]:
+    return [r for r in rows if isinstance(r.get("step"), int) and r["step"] <= step]
+
+
 class MetricsLog:
     """Rows of metrics: ``metrics.jsonl`` (rewritten atomically on flush) and accelerate's trackers.
 
     On resume the file keeps only the rows up to the checkpoint's step, so a resumed run's log
-    is the one an uninterrupted run would have written.
+    is the one an uninterrupted run would have written. Those rows come from the checkpoint's copy
+    of the log when it has one (verified with it); a damaged or shortened ``metrics.jsonl`` is
+    rewritten from it at once, with one warning line.
     """
 
     def __init__(self, out_dir: Path, accelerator: Any, resume_step: int | None) -> None:
         self.path = out_dir / METRICS
         self.accelerator = accelerator
         self.rows: list[dict[str, Any]] = []
-        if resume_step is not None and self.path.exists():
-            self.rows = [r for r in read_jsonl(self.path) if r["step"] <= resume_step]
+        if resume_step is not None:
+            self.rows = self._resumed(checkpoint_dir(out_dir, resume_step) / METRICS, resume_step)
+
+    def _resumed(self, saved_path: Path, step: int) -> list[dict[str, Any]]:
+        """The rows up to ``step``; the log repaired (and a warning) when it lacks any of them."""
+        rows, problem = scan_jsonl(self.path)
+        kept = _up_to(rows, step)
+        if saved_path.is_file():  # a checkpoint of this alignlab: the log as it stood then
+            saved = _up_to(scan_jsonl(saved_path)[0], step)
+            if saved == kept:
+                return kept
+            what = f"is damaged ({problem})" if problem else f"lacks rows: {len(kept)} of {len(saved)} to step {step}"
+            warn(f"{self.path} {what}; rewritten from the copy in {saved_path.parent.name}")
+            kept = saved
+        elif problem:
+            warn(f"{self.path} is damaged ({problem}); kept the {len(kept)} rows up to step {step} before it")
+        else:
+            return kept
+        self.rows = kept
+        self.flush()
+        return kept
 
     def log(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
@@ -169,3 +281,56 @@ class MetricsLog:
     def flush(self) -> None:
         if self.accelerator.is_main_process:
             atomic_write_jsonl(self.path, self.rows)
+
+
+def _json_problem(path: Path, kind: type) -> str | None:
+    """What is wrong with a JSON file that must hold a ``kind`` (dict or list); None when it does."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        return f"not JSON: {one_line(err)}"
+    return None if isinstance(value, kind) else f"not a JSON {'object' if kind is dict else 'list'}"
+
+
+def _metrics_problem(out_dir: Path) -> str | None:
+    """What is wrong with a finished run's log: a damaged line, no rows, fewer rows than its last checkpoint saved."""
+    rows, problem = scan_jsonl(out_dir / METRICS)
+    checkpoints = _checkpoints(out_dir)
+    saved = len(scan_jsonl(checkpoints[-1] / METRICS)[0]) if checkpoints else 0
+    if problem or not rows:
+        return problem or "missing or empty"
+    return f"{len(rows)} rows, fewer than the {saved} its last checkpoint saved" if len(rows) < saved else None
+
+
+def result_problems(out_dir: Path) -> dict[str, str]:
+    """What is wrong with each result file of a run directory that holds ``summary.json`` (name -> problem).
+
+    ``summary.json`` must be a JSON object, ``metrics.jsonl`` whole (:func:`_metrics_problem`) and
+    ``winrate.json``, if there is one, a JSON list.
+    """
+    found = {SUMMARY: _json_problem(out_dir / SUMMARY, dict), METRICS: _metrics_problem(out_dir)}
+    if (out_dir / WINRATE).exists():
+        found[WINRATE] = _json_problem(out_dir / WINRATE, list)
+    return {name: problem for name, problem in found.items() if problem is not None}
+
+
+def read_summary(out_dir: Path, repair: bool = False) -> dict[str, Any] | None:
+    """The summary of a finished run; None when it has none, or when a result file is damaged
+    (:func:`result_problems`): such a run is not finished, and resuming it writes them again.
+
+    Args:
+        out_dir: the run directory.
+        repair: the caller holds the run and is about to resume it: move a damaged ``summary.json``
+            and ``winrate.json`` aside (``damaged-<name>``; :class:`MetricsLog` restores
+            ``metrics.jsonl`` from the checkpoint), with one warning line.
+    """
+    if not (out_dir / SUMMARY).exists():
+        return None
+    problems = result_problems(out_dir)
+    if not problems:
+        return dict(json.loads((out_dir / SUMMARY).read_text(encoding="utf-8")))
+    if repair:
+        found = "; ".join(f"{name}: {problem}" for name, problem in problems.items())
+        moved = [f"{n} moved aside to {quarantine(out_dir / n).name}" for n in (SUMMARY, WINRATE) if n in problems]
+        warn(f"{out_dir}: damaged results of a finished run ({found}); {', '.join(moved) or 'nothing moved'}; resuming")
+    return None

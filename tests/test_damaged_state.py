@@ -410,7 +410,7 @@ FRONTIER = (
     [
         (b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe binary", "frontier.csv: not a CSV table"),
         (b"", "frontier.csv: not a CSV table"),
-        (b"hello, world\nthis is not the frontier\n", "frontier.csv: no column method, objective"),
+        (b"hello, world\nthis is not the frontier\n", "frontier.csv: not a CSV table of alignlab's (none"),
         (FRONTIER.replace(",0.5,0.4,", ",lots,0.4,").encode(), "frontier.csv: row 2: kl is 'lots', not a number"),
         (FRONTIER.replace("x,dpo,dpo,dpo-a,-,0,2,", "x,dpo,dpo,dpo-a,-,0,,").encode(), "row 2: step is empty"),
         (FRONTIER.replace(",kl_ci_high,", ",kl_hi,").encode(), "frontier.csv: no column kl_ci_high"),

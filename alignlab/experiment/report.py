@@ -192,7 +192,10 @@ def read_csv(path: Path) -> pd.DataFrame:
 
 def _checked(path: Path, frame: pd.DataFrame, columns: CsvColumns) -> pd.DataFrame:
     """``frame`` with its number columns as numbers and its text columns as text, or the first problem."""
-    missing = [c for c in (*columns.text, *columns.numbers) if c not in frame.columns]
+    needed = [*columns.text, *columns.numbers]
+    missing = [c for c in needed if c not in frame.columns]
+    if missing == needed:
+        raise AlignlabError(f"{path}: not a CSV table of alignlab's (none of the columns {', '.join(needed)})")
     if missing:
         raise AlignlabError(f"{path}: no column {', '.join(missing)} (alignlab run writes it again)")
 

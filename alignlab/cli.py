@@ -73,7 +73,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.workers < 1:
         from alignlab.errors import AlignlabError
 
-        raise AlignlabError(f"--workers: expected a positive number, got {args.workers}")
+        raise AlignlabError(f"command line: --workers: expected a positive number, got {args.workers}")
     result = run_experiment(args.file, args.overrides, workers=args.workers, force=args.force, worker=args.worker)
     if not args.worker:
         print(json.dumps(result, indent=2))
@@ -207,11 +207,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.debug:  # Hugging Face's weight-loading bars and load reports, once per model, drown the log
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    from alignlab.interrupts import Interrupted, install
+    from alignlab.interrupts import Interrupted, installed
 
-    install()  # SIGTERM and Ctrl-C: a training loop finishes its step and checkpoints, then stops
     try:
-        return int(args.func(args))
+        with installed():  # SIGTERM and Ctrl-C: a training loop finishes its step and checkpoints, then stops
+            return int(args.func(args))
     except Interrupted as err:
         print(f"alignlab: {err}", file=sys.stderr)
         return err.exit_status

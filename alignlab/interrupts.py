@@ -1,6 +1,6 @@
 """Stopping cleanly on SIGTERM and SIGINT (Ctrl-C): a checkpoint, then one line on how to resume.
 
-The command line installs :func:`install` once. From then on either signal raises
+The command line runs inside :func:`installed`. From then on either signal raises
 :class:`Interrupted` where the process is, except inside a training loop
 (:func:`at_step_boundaries`): there the signal is remembered, the step in progress finishes, the
 loop saves a checkpoint of it (:meth:`alignlab.train.loop.RunLoop.periodic`) and then stops. A
@@ -54,10 +54,21 @@ def _handler(signum: int, frame: FrameType | None) -> None:
     raise Interrupted(name)
 
 
-def install() -> None:
-    """Turn SIGTERM and SIGINT into :class:`Interrupted` (call from the main thread)."""
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, _handler)
+@contextmanager
+def installed() -> Iterator[None]:
+    """Within the block SIGTERM and SIGINT raise :class:`Interrupted` (see the module doc); the
+    previous handlers come back after it. From the main thread only (elsewhere: nothing changes)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, _handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @contextmanager

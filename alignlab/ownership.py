@@ -39,10 +39,11 @@ MARKER = ".alignlab.json"
 """The marker of a directory alignlab owns: ``{"written_by": "alignlab", "kind": "run" | "results"}``."""
 RUN_ENTRIES = re.compile(
     r"^(?:config\.yaml|summary\.json|metrics\.jsonl|diverged\.txt|winrate\.json|checkpoints|alignlab"
-    r"|\.alignlab\.json|\..+\.(?:tmp-[A-Za-z0-9_-]+|[A-Za-z0-9_]+\.tmp))$"
+    r"|\.alignlab\.json|[^/]+\.sha256|damaged-.+|\..+\.(?:tmp-[A-Za-z0-9_-]+|[A-Za-z0-9_]+\.tmp))$"
 )
 """The names a run of alignlab writes in its directory (``alignlab/`` holds the tracker's events;
-the dotted ``.tmp`` names are what a writer killed mid-write leaves)."""
+``damaged-*`` are its results moved aside as damaged, ``*.sha256`` their checksums; the dotted
+``.tmp`` names are what a writer killed mid-write leaves)."""
 
 
 class OwnershipError(ConfigError):

@@ -138,9 +138,12 @@ class Config:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             tp = hints[f.name]
+            # YAML 1.1 (PyYAML) reads 1e-3 as a string: it needs a dot (1.0e-3) to be a float
             if isinstance(value, str) and _SCIENTIFIC.match(value) and _matches(1.5, tp):
-                # YAML 1.1 (PyYAML) reads 1e-3 as a string: it needs a dot (1.0e-3) to be a float
                 value = float(value)
+                object.__setattr__(self, f.name, value)
+            elif isinstance(value, list) and _matches([1.5], tp):
+                value = [float(v) if isinstance(v, str) and _SCIENTIFIC.match(v) else v for v in value]
                 object.__setattr__(self, f.name, value)
             if not _matches(value, tp):
                 raise ConfigError(f.name, f"expected {type_name(tp)}, got {_short_repr(value)}")

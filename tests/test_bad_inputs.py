@@ -11,6 +11,7 @@ to check the exit status itself.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -27,6 +28,7 @@ import yaml
 from alignlab.cli import main
 from alignlab.experiment.config import load_experiment
 from alignlab.io import atomic_write_json, atomic_write_jsonl, atomic_write_yaml
+from alignlab.ownership import training_lock
 from alignlab.tasks import build_task
 from alignlab.tasks.base import BadRowError
 from alignlab.train.job import Method, RunConfig, _resolved, claim_out_dir, resolve
@@ -47,7 +49,15 @@ CATEGORIES = {
     "prompt-too-long": "prompts longer than the context",
     "model": "tokenizer/model mismatch",
     "owned-out-dir": "a results directory owned by another run",
+    # issue 19's classes (each case also names its class)
+    "not-ours": "a directory alignlab did not write: never written into, never deleted",
+    "damaged-state": "result files damaged by hand",
+    "invalid-value": "valid YAML that is not a valid setting",
+    "plugin-contract": "a plugin loss that breaks the objective contract",
+    "processes": "a second process on a run, the worker count",
+    "paths": "unwritable or odd paths",
 }
+CLASSES = {"1-not-ours", "3-damaged-state", "4-invalid-value", "5-plugin-contract", "6-processes", "7-paths"}
 ANNOUNCEMENT = re.compile(r"^\[\d+/\d+\] \S+: ")  # `alignlab run` naming the run it starts
 
 
@@ -104,6 +114,16 @@ def in_corpus(
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("ALIGNLAB_CACHE_DIR", str(cache))
     monkeypatch.setattr(sys, "dont_write_bytecode", True)  # importing the plugins leaves no __pycache__ here
+    # the cases' plugins register objectives in this process: forget them afterwards, as a fresh
+    # `alignlab` process would (other tests count the registered objectives)
+    from alignlab.objectives import registry
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(registry, "_ALIASES", dict(registry._ALIASES))
+    imported = set(sys.modules)
+    request.addfinalizer(
+        lambda: [sys.modules.pop(m) for m in set(sys.modules) - imported if m.startswith("alignlab_plugin_")]
+    )
     # `alignlab` turns the Hugging Face progress bars off before it imports transformers; in this
     # process conftest imported it first, so turn them off as a fresh `alignlab` process has them
     from transformers.utils import logging as hf_logging
@@ -114,9 +134,14 @@ def in_corpus(
     return tmp_path
 
 
+def fill(text: str, tmp: Path) -> str:
+    """``text`` with {tmp} replaced by the test's temporary directory (other braces are YAML)."""
+    return text.replace("{tmp}", str(tmp))
+
+
 def command(case: dict[str, Any], tmp: Path) -> list[str]:
     """The case's argv with {tmp} filled in, its outputs sent under ``tmp`` unless it names them."""
-    argv = [item.format(tmp=tmp) for item in case["argv"]]
+    argv = [fill(item, tmp) for item in case["argv"]]
     named = {item.partition("=")[0] for item in argv[2:] if "=" in item}
     if argv[0] == "train" and "out_dir" not in named:
         argv.append(f"out_dir={tmp / 'out'}")
@@ -171,9 +196,18 @@ def test_the_corpus_covers_every_kind_of_mistake_on_both_commands() -> None:
     assert {c["argv"][0] for c in with_overrides} >= {"train", "run"}
     for case in CASES:
         said = " ".join(case["expect"])
-        assert re.search(r"\.yaml|\.jsonl|\.parquet|\.py|models/|data/|command line", said), case["id"]  # a file
+        assert re.search(r"\.yaml|\.jsonl|\.parquet|\.py|\.csv|models/|data/|command line|\$ALIGNLAB_", said), case[
+            "id"
+        ]  # a file, a setting
         if case["category"] == "unknown-objective":
             assert "did you mean" in said, case["id"]  # with a suggestion
+
+
+def test_every_class_of_issue_19_has_three_cases() -> None:
+    """Each class of faults outside the first corpus has at least three cases, each naming its class."""
+    counts = {c: sum(case.get("class") == c for case in CASES) for c in CLASSES}
+    assert min(counts.values()) >= 3, counts
+    assert {case["class"] for case in CASES if "class" in case} == CLASSES
 
 
 def test_every_fixture_is_used_by_a_case() -> None:
@@ -186,26 +220,41 @@ def test_every_fixture_is_used_by_a_case() -> None:
     named_by_yaml = {"run/malformed.yaml"}  # the parent of run/extends_malformed.yaml
     assert yamls - argv - named_by_yaml == set()
     said = "\n".join([*argv, *((CORPUS / y).read_text(encoding="latin-1") for y in yamls)])
-    entries = [*(CORPUS / "data").iterdir(), *(CORPUS / "models").iterdir(), *(CORPUS / "plugins").glob("*.py")]
+    entries = [
+        *(CORPUS / "data").iterdir(),
+        *(CORPUS / "models").iterdir(),
+        *(CORPUS / "plugins").glob("*.py"),
+        *(CORPUS / "frontiers").iterdir(),
+    ]
     for entry in entries:
         assert str(entry.relative_to(CORPUS)) in said, entry
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case["id"] for case in CASES])
 def test_bad_input_is_one_line_naming_the_file_and_key_with_status_2(
-    case: dict[str, Any], in_corpus: Path, capsys: pytest.CaptureFixture[str]
+    case: dict[str, Any], in_corpus: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     tmp = in_corpus
-    setup = case.get("setup") or {}
+    setup = {key: fill(value, tmp) for key, value in (case.get("setup") or {}).items()}
     owned = tmp / "owned"
     if "finished_run" in setup:
         finished_run(setup["finished_run"], owned)
     if "finished_experiment" in setup:
         finished_experiment(setup["finished_experiment"], owned / "results", owned / "runs")
-    before = digest(owned) if setup else None
-    assert before is None or len(before) >= 3
+    if "notes_dir" in setup:  # a user's directory
+        Path(setup["notes_dir"]).mkdir(parents=True)
+        (Path(setup["notes_dir"]) / "notes.txt").write_text("my notes\n")
+    if "file" in setup:
+        Path(setup["file"]).write_text("a file, not a directory\n")
+    for key, value in (case.get("env") or {}).items():
+        monkeypatch.setenv(key, fill(value, tmp))
+    before = digest(tmp)
+    assert not ({"finished_run", "finished_experiment", "notes_dir"} & set(setup)) or len(before) >= 1
 
-    code = main(command(case, tmp))
+    with contextlib.ExitStack() as held:
+        if "locked" in setup:  # as another process training that run holds it
+            held.enter_context(training_lock(Path(setup["locked"]), "(test)"))
+        code = main(command(case, tmp))
 
     err = capsys.readouterr().err
     lines = err.splitlines()
@@ -216,9 +265,11 @@ def test_bad_input_is_one_line_naming_the_file_and_key_with_status_2(
     assert all(ANNOUNCEMENT.match(line) for line in announced)
     assert message.startswith("alignlab: error: ")
     for text in case["expect"]:
-        assert text.format(tmp=tmp) in message, f"{text!r} not in {message!r}"
-    if setup:
-        assert digest(owned) == before  # every byte of the other run as it was
+        assert fill(text, tmp) in message, f"{text!r} not in {message!r}"
+    after = digest(tmp)
+    assert {k: v for k, v in after.items() if k in before} == before  # every byte there before, as it was
+    if "notes_dir" in setup or "file" in setup or "locked" in setup:
+        assert after == before  # and nothing written beside them
 
 
 # ------------------------------------------------------------------------------------------ beside the cases

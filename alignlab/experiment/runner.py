@@ -15,6 +15,7 @@ In numbered steps:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -37,6 +38,7 @@ from alignlab.experiment.report import (
     write_csv,
 )
 from alignlab.io import atomic_write_text, atomic_write_yaml, file_lock
+from alignlab.ownership import mark, remove_owned, training_lock
 
 
 def status(run: PlannedRun) -> str:
@@ -93,11 +95,13 @@ def run_experiment(
         preflight(exp, force=force)
     # 2. the resolved configs, beside the results
     if not worker:
-        if force:  # only what alignlab wrote, and never under a run another process is training
-            for run in exp.runs:
-                out = Path(run.cfg.out_dir)
-                with file_lock(_lock(exp, run)), training_lock(out, f"runs_dir ({run.run_id})", exp.source):
-                    remove_owned(out)
+        if force:  # only what alignlab wrote, and none of it while another process trains one of the runs
+            with contextlib.ExitStack() as held:
+                existing = [r for r in exp.runs if Path(r.cfg.out_dir).is_dir()]
+                for run in existing:
+                    held.enter_context(training_lock(Path(run.cfg.out_dir), f"runs_dir ({run.run_id})", exp.source))
+                for run in existing:
+                    remove_owned(Path(run.cfg.out_dir))
         mark(exp.out_dir, "results")
         atomic_write_yaml(exp.out_dir / "experiment.yaml", {**exp.data, "runs": [r.run_id for r in exp.runs]})
         for run in exp.runs:

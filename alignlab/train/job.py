@@ -218,10 +218,12 @@ def holds_other_run(out: Path, resolved: dict[str, Any]) -> bool:
 def claim_out_dir(out: Path, resolved: dict[str, Any], force: bool, source: str) -> dict[str, Any] | None:
     """The finished run's summary if ``out`` holds this run finished; else claim ``out`` for this run.
 
-    A directory holding a *different* run is refused (``--force`` starts it over).
+    A directory holding a *different* run is refused; ``--force`` starts it over, deleting only what
+    a run of alignlab wrote there (:func:`alignlab.ownership.remove_owned`; call
+    :func:`alignlab.ownership.check_claimable` first).
     """
-    if force and out.exists():
-        shutil.rmtree(out)
+    if force:
+        remove_owned(out)
     if holds_other_run(out, resolved):
         raise ConfigError(
             "out_dir",
@@ -230,6 +232,7 @@ def claim_out_dir(out: Path, resolved: dict[str, Any], force: bool, source: str)
         )
     if (out / "config.yaml").exists() and (summary := read_summary(out, repair=True)) is not None:
         return summary  # finished, and its results whole (damaged ones are moved aside: it resumes)
+    mark(out, "run")
     atomic_write_yaml(out / "config.yaml", resolved)
     return None
 

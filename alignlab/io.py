@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -113,9 +114,21 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return Path(path)
 
 
+def finite(obj: Any) -> Any:
+    """``obj`` with every NaN or infinite float replaced by None, so that it is JSON (``json.dumps``
+    writes them as ``NaN``/``Infinity``, which no strict reader accepts)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [finite(v) for v in obj]
+    return obj
+
+
 def atomic_write_json(path: str | Path, obj: Any) -> Path:
     """JSON, indented, atomically."""
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    return atomic_write_text(path, json.dumps(finite(obj), indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
 def atomic_write_yaml(path: str | Path, obj: Any) -> Path:
@@ -133,7 +146,7 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
 
 def atomic_write_jsonl(path: str | Path, rows: list[dict[str, Any]]) -> Path:
     """JSON Lines, atomically (the whole file is rewritten)."""
-    return atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+    return atomic_write_text(path, "".join(json.dumps(finite(r), allow_nan=False) + "\n" for r in rows))
 
 
 @contextmanager

@@ -457,3 +457,51 @@ def test_built_in_objectives_keep_the_contract_and_a_broken_output_is_named() ->
             check_output(dpo, bad, _pairs(True))
         assert said in str(info.value) and "objective 'dpo'" in str(info.value)
     check_output(dpo, LossOutput(out.losses.detach()), _pairs(False))  # no graph needed without one
+
+
+# ------------------------------------------------------------------------------------------ divergence
+
+
+def _strict_json(text: str) -> Any:
+    def refuse(constant: str) -> Any:
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_a_learning_rate_that_overflows_the_weights_saves_no_broken_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """lr = 1e39 is finite, so a valid setting, but one AdamW step puts the float32 weights at ±inf.
+    The run stops with one line; every checkpoint left holds finite weights; metrics.jsonl is JSON."""
+    from safetensors.torch import load_file
+
+    monkeypatch.chdir(CORPUS)
+    monkeypatch.setenv("ALIGNLAB_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    argv = ["train", OK, "train.lr=1e39", "train.steps=6", "train.save_every=1", f"out_dir={out}"]
+    assert main(argv) == 2
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("alignlab:")]
+    assert line.startswith("alignlab: error: after step 1: the weights are no longer finite"), line
+    weights = sorted(out.glob("checkpoints/step-*/model/*.safetensors"))
+    assert weights and all(torch.isfinite(t).all() for w in weights for t in load_file(str(w)).values())
+    for row in (out / "metrics.jsonl").read_text().splitlines():
+        _strict_json(row)
+
+
+def test_json_results_are_strict_json() -> None:
+    """NaN and ±inf (an evaluation of a diverged model) are written as null, not as NaN/Infinity."""
+    from alignlab.io import atomic_write_json, atomic_write_jsonl, finite
+
+    assert finite({"a": [1.0, float("nan"), (float("inf"), 2)], "b": "x", "c": 3}) == {
+        "a": [1.0, None, [None, 2]],
+        "b": "x",
+        "c": 3,
+    }
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        atomic_write_jsonl(Path(tmp) / "m.jsonl", [{"loss": float("nan"), "step": 1}])
+        atomic_write_json(Path(tmp) / "s.json", {"final": {"kl": float("-inf")}})
+        assert _strict_json((Path(tmp) / "m.jsonl").read_text()) == {"loss": None, "step": 1}
+        assert _strict_json((Path(tmp) / "s.json").read_text()) == {"final": {"kl": None}}

@@ -90,7 +90,17 @@ class RunLoop:
         self.t0 = time.time()
 
     def save(self, step: int, state: dict[str, Any] | None = None) -> None:
-        """Checkpoint after ``step`` completed steps (main process writes; everyone waits)."""
+        """Checkpoint after ``step`` completed steps (main process writes; everyone waits).
+
+        Raises:
+            TrainingDiverged: the weights are no longer finite: nothing is saved over the last good state.
+        """
+        if not self._weights_finite():
+            self.log.flush()
+            raise TrainingDiverged(
+                f"after step {step}: the weights are no longer finite (is the learning rate too high?); not "
+                f"saved, so the newest checkpoint in {self.out_dir / 'checkpoints'} is the last good state"
+            )
         self.log.flush()
         self.state = {**self.state, **(state or {})}
         if self.accelerator.is_main_process:
@@ -112,12 +122,28 @@ class RunLoop:
         if self.accelerator.num_processes > 1:
             bad = self.accelerator.reduce(bad, reduction="sum")
         if bad.item() > 0:
+            said = f"step {step + 1}: the {what} is {value.item() if value.numel() == 1 else 'not finite'}; stopped"
+            if not self._weights_finite():  # an earlier step already broke them: they are not a good state
+                raise TrainingDiverged(
+                    f"{said}; the weights are no longer finite (is the learning rate too high?), so nothing is "
+                    f"saved after the newest checkpoint in {self.out_dir / 'checkpoints'}"
+                )
             self.save(step, state)
             raise TrainingDiverged(
-                f"step {step + 1}: the {what} is {value.item() if value.numel() == 1 else 'not finite'}; "
-                f"stopped, and the last good state (after step {step}) is saved in "
-                f"{self.out_dir / 'checkpoints'}"
+                f"{said}, and the last good state (after step {step}) is saved in {self.out_dir / 'checkpoints'}"
             )
+
+    def _weights_finite(self) -> bool:
+        """Whether every parameter of every module is finite (checked only once a run diverged)."""
+        bad = torch.tensor(0.0)
+        for module in self.modules.values():
+            for p in module.parameters():
+                if not torch.isfinite(p).all():
+                    bad = torch.tensor(1.0)
+                    break
+        if self.accelerator.num_processes > 1:
+            bad = self.accelerator.reduce(bad.to(self.accelerator.device), reduction="sum")
+        return bool(bad.item() == 0)
 
     def periodic(
         self, step: int, evaluate: Callable[[], dict[str, float]] | None, state: dict[str, Any] | None = None

@@ -51,13 +51,22 @@ CATEGORIES = {
     "owned-out-dir": "a results directory owned by another run",
     # issue 19's classes (each case also names its class)
     "not-ours": "a directory alignlab did not write: never written into, never deleted",
+    "text-is-text": "text spelling special tokens: trained on as text",
     "damaged-state": "result files damaged by hand",
     "invalid-value": "valid YAML that is not a valid setting",
     "plugin-contract": "a plugin loss that breaks the objective contract",
     "processes": "a second process on a run, the worker count",
     "paths": "unwritable or odd paths",
 }
-CLASSES = {"1-not-ours", "3-damaged-state", "4-invalid-value", "5-plugin-contract", "6-processes", "7-paths"}
+CLASSES = {
+    "1-not-ours",
+    "2-text-is-text",
+    "3-damaged-state",
+    "4-invalid-value",
+    "5-plugin-contract",
+    "6-processes",
+    "7-paths",
+}
 ANNOUNCEMENT = re.compile(r"^\[\d+/\d+\] \S+: ")  # `alignlab run` naming the run it starts
 
 
@@ -230,7 +239,11 @@ def test_every_fixture_is_used_by_a_case() -> None:
         assert str(entry.relative_to(CORPUS)) in said, entry
 
 
-@pytest.mark.parametrize("case", CASES, ids=[case["id"] for case in CASES])
+ERRORS = [case for case in CASES if case.get("status", 2) == 2]
+RUNS = [case for case in CASES if case.get("status", 2) == 0]
+
+
+@pytest.mark.parametrize("case", ERRORS, ids=[case["id"] for case in ERRORS])
 def test_bad_input_is_one_line_naming_the_file_and_key_with_status_2(
     case: dict[str, Any], in_corpus: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -270,6 +283,76 @@ def test_bad_input_is_one_line_naming_the_file_and_key_with_status_2(
     assert {k: v for k, v in after.items() if k in before} == before  # every byte there before, as it was
     if "notes_dir" in setup or "file" in setup or "locked" in setup:
         assert after == before  # and nothing written beside them
+
+
+def record_encodings(monkeypatch: pytest.MonkeyPatch) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """Every batch of token ids the run scores (the scoring core's inputs, as the offline trainer
+    and the reference cache hand them over) and every SFT packing, as (texts, blocks)."""
+    from alignlab import sft
+    from alignlab.train import data as train_data
+
+    batches: list[tuple[Any, ...]] = []
+    packs: list[tuple[Any, ...]] = []
+    token_logps, score_pairs, pack = train_data.token_logps, train_data.score_pairs, sft.pack
+
+    def recorded_token_logps(model: Any, input_ids: Any, attention_mask: Any, completion_mask: Any, **kw: Any) -> Any:
+        batches.append((input_ids, attention_mask, completion_mask))
+        return token_logps(model, input_ids, attention_mask, completion_mask, **kw)
+
+    def recorded_score_pairs(model: Any, chosen: Any, rejected: Any, *args: Any, **kw: Any) -> Any:
+        batches.extend((b.input_ids, b.attention_mask, b.completion_mask) for b in (chosen, rejected))
+        return score_pairs(model, chosen, rejected, *args, **kw)
+
+    def recorded_pack(tokenizer: Any, texts: list[str], n_tokens: int, seq_len: int) -> Any:
+        blocks = pack(tokenizer, texts, n_tokens, seq_len)
+        packs.append((texts, blocks))
+        return blocks
+
+    monkeypatch.setattr(train_data, "token_logps", recorded_token_logps)
+    monkeypatch.setattr(train_data, "score_pairs", recorded_score_pairs)
+    monkeypatch.setattr(sft, "pack", recorded_pack)
+    return batches, packs
+
+
+def special_ids_only_where_alignlab_puts_them(out: Path, batches: list[Any], packs: list[Any]) -> None:
+    """In every scored row a special id is only alignlab's: BOS first, EOS last of the completion,
+    padding where the attention mask is 0. In SFT packing the only special ids are the EOS that
+    separate texts (at most one per text). The data of these cases spells every special token."""
+    from transformers import AutoTokenizer
+
+    from alignlab.encoding import special_ids
+
+    (tokenizer_dir,) = sorted(out.glob("checkpoints/step-*/tokenizer"))[-1:]
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    special = special_ids(tokenizer)
+    assert batches and packs
+    for input_ids, attention, completion in batches:
+        for ids, att, comp in zip(input_ids.tolist(), attention.tolist(), completion.tolist(), strict=True):
+            last = max(i for i, c in enumerate(comp) if c)
+            for i, (token, a) in enumerate(zip(ids, att, strict=True)):
+                allowed = (
+                    not a
+                    or (i == 0 and token == tokenizer.bos_token_id)
+                    or (i == last and token == tokenizer.eos_token_id)
+                )
+                assert token not in special or allowed, f"special id {token} at position {i} of {ids}"
+    for texts, blocks in packs:
+        found = [t for t in blocks.flatten().tolist() if t in special]
+        assert set(found) <= {tokenizer.eos_token_id} and len(found) <= len(texts), found
+
+
+CHECKS = {"special_ids_only_where_alignlab_puts_them": special_ids_only_where_alignlab_puts_them}
+
+
+@pytest.mark.parametrize("case", RUNS, ids=[case["id"] for case in RUNS])
+def test_faulty_input_that_is_not_an_error_runs_as_it_should(
+    case: dict[str, Any], in_corpus: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The corpus's cases with status 0: the command succeeds, and its check holds."""
+    batches, packs = record_encodings(monkeypatch)
+    assert main(command(case, in_corpus)) == 0, capsys.readouterr().err
+    assert "Traceback" not in capsys.readouterr().err
+    CHECKS[case["check"]](in_corpus / "out", batches, packs)
 
 
 # ------------------------------------------------------------------------------------------ beside the cases

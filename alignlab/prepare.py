@@ -25,7 +25,7 @@ from typing import Any
 from alignlab import stages as shared
 from alignlab.config import apply_overrides, load_yaml
 from alignlab.core.rollout import rollout
-from alignlab.data import cache_root
+from alignlab.data import check_cache_writable
 from alignlab.encoding import encode_text
 from alignlab.errors import AlignlabError, ConfigError
 from alignlab.io import atomic_write_text, atomic_write_yaml
@@ -72,7 +72,7 @@ def run_prepare(path: str | Path, overrides: list[str] | None = None, progress: 
         raise ConfigError(
             "pairs", "pair generation needs a gold judge: only the imdb task has one (gold: true)", source
         )
-    root = cache_root()
+    root = check_cache_writable()  # before any work
     out = Path(cfg.out_dir)
     report: dict[str, Any] = {"task": task.name, "source": task.source, "stages": {}}
     stages = report["stages"]

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 import alignlab
 from alignlab.core.scoring import sequence_logps, token_logps
-from alignlab.data import cache_root
+from alignlab.data import DataError, cache_root
 from alignlab.encoding import encode_text
 from alignlab.io import atomic_dir, atomic_write_json, clear_temps, file_lock, load_intact
 from alignlab.models import ModelConfig, build_preset, load_pretrained, model_context, train_tokenizer
@@ -120,7 +120,10 @@ def pack(tokenizer: Any, texts: list[str], n_tokens: int, seq_len: int) -> torch
             break
     n_blocks = len(ids) // seq_len
     if n_blocks == 0:
-        raise ValueError(f"the texts hold {len(ids)} tokens, fewer than one block of {seq_len}")
+        raise DataError(
+            f"the task's SFT texts hold {len(ids)} tokens, fewer than one block of {seq_len} (the smaller of "
+            "sft.seq_len and the model's context): lower sft.seq_len, or add text"
+        )
     return torch.tensor(ids[: n_blocks * seq_len]).view(n_blocks, seq_len)
 
 
@@ -230,12 +233,19 @@ def _build_policy(
     tokenizer_seconds = time.time() - t0
     context = min(sft_cfg.seq_len, model_context(model))
     shuffled = random.Random(sft_cfg.seed).sample(texts, len(texts))
-    held_out = pack(tokenizer, task.sft_eval_texts(), sft_cfg.eval_blocks * context, context)[: sft_cfg.eval_blocks]
+    try:
+        held_out = pack(tokenizer, task.sft_eval_texts(), sft_cfg.eval_blocks * context, context)
+    except DataError as err:
+        raise DataError(f"task {task.name!r} ({task.source}), held-out split: {err}") from None
+    held_out = held_out[: sft_cfg.eval_blocks]
     metrics: dict[str, Any] = {"held_out_ppl_before": perplexity(model, held_out, sft_cfg.batch_size)}
     # 3. SFT
     if sft_cfg.steps > 0:
         need = int(sft_cfg.steps * sft_cfg.batch_size * context * 1.05)
-        train = pack(tokenizer, shuffled, need, context)
+        try:
+            train = pack(tokenizer, shuffled, need, context)
+        except DataError as err:
+            raise DataError(f"task {task.name!r} ({task.source}), train split: {err}") from None
         metrics.update(train_sft(model, train, sft_cfg, progress), train_blocks=len(train))
     # 4. held-out perplexity
     metrics.update(

@@ -505,3 +505,26 @@ def test_json_results_are_strict_json() -> None:
         atomic_write_json(Path(tmp) / "s.json", {"final": {"kl": float("-inf")}})
         assert _strict_json((Path(tmp) / "m.jsonl").read_text()) == {"loss": None, "step": 1}
         assert _strict_json((Path(tmp) / "s.json").read_text()) == {"final": {"kl": None}}
+
+
+def test_a_damaged_winrate_file_of_an_unfinished_run_is_judged_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """winrate.json is read back by a resumed run; a damaged one is moved aside (kept) and judged anew."""
+    from alignlab.train import methods
+    from alignlab.train.job import resolve
+
+    class JudgedAgain(Exception):
+        pass
+
+    def judge_again(*args: Any, **kwargs: Any) -> Any:
+        raise JudgedAgain
+
+    monkeypatch.setattr(methods, "model_context", lambda model: 64)
+    monkeypatch.setattr(methods, "eval_prompts", judge_again)
+    cfg, _ = resolve(CORPUS / OK, ["eval.winrate.temperatures=[0.0]"])
+    (tmp_path / "winrate.json").write_text('[{"temperature": 0.0, "win_ra')
+    with pytest.raises(JudgedAgain):
+        methods.win_rate_rows(
+            cfg, None, type("Policy", (), {"model": None, "tokenizer": None})(), None, {}, tmp_path, None
+        )
+    assert (tmp_path / "damaged-winrate.json").read_text() == '[{"temperature": 0.0, "win_ra'
+    assert not (tmp_path / "winrate.json").exists()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -330,7 +331,14 @@ def win_rate_rows(
 
     path = out / "winrate.json"
     if path.exists():
-        return list(json.loads(path.read_text()))
+        try:
+            done = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            done = None
+        if isinstance(done, list):
+            return done
+        path.replace(path.with_name(f"damaged-{path.name}"))  # kept, never deleted: judged again below
+        print(f"alignlab: warning: {path} is damaged; moved to damaged-{path.name}, judging again", file=sys.stderr)
     w = cfg.eval.winrate
     max_new_tokens = w.max_new_tokens or cfg.eval.max_new_tokens
     context = model_context(policy.model)

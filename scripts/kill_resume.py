@@ -1,6 +1,6 @@
 """Kill and resume: an experiment killed with SIGKILL at many moments ends exactly where an uninterrupted one ends.
 
-    python scripts/kill_resume.py --work /tmp/kill_resume [--kills 12] [--seed 0]
+    python scripts/kill_resume.py --work /tmp/kill_resume [--seed 0] [--kills 12] [--max-rounds 4]
 
 1. A small sweep (smoke preset, IMDb, DPO and PPO-GT at two settings each, generated pairs, a few
    steps, evaluations and checkpoints) runs uninterrupted with ``alignlab run`` in a fresh cache:
@@ -8,23 +8,31 @@
    log-probs) are built inside the run.
 2. The same experiment runs again in another fresh cache and results directory, and is killed with
    SIGKILL (the whole process group) again and again, each time resumed by rerunning the same
-   command, until it finishes. The moments are chosen to hit SFT, pair generation, reference
-   caching, training steps, checkpoint writing, evaluation and result writing: the killer samples
-   the process's Python stack (``faulthandler`` on SIGUSR1, registered by a ``sitecustomize`` so the
-   command is unchanged) and watches the directories for files being written, and kills, with
-   seeded randomness, when the phase it still wants shows. The stack sample taken just before each
-   kill names the phase hit.
+   command, until it finishes. The moments are steered by phase: the killer samples the process's
+   Python stack (a SIGUSR1 handler, installed by a ``sitecustomize`` so the command is unchanged,
+   writes it in ``faulthandler``'s format) and watches the directories for files being written,
+   and kills, with seeded randomness, when a phase it still wants shows (SFT, pair generation,
+   reference caching, offline and PPO training steps and evaluations, checkpoint writing, result
+   writing: ``REQUIRED``). The stack sample taken just before each kill names the phase hit.
+   How many kills fit depends on the machine's speed: when a sweep finishes before every phase
+   has been hit, another round runs the experiment again in a fresh cache and results directory,
+   aiming at the phases missed, up to ``--max-rounds`` rounds (and no new round after
+   ``--max-minutes``); phases still missed then are a failure, reported after the comparisons.
+   Once every phase is hit, random moments are killed up to ``--kills`` kills in all while the
+   sweep lasts.
 3. After every kill, no file under the results, runs or cache directory may be truncated or
    half-written: every .json/.jsonl/.yaml/.csv parses whole, every .safetensors and .pt loads,
    every .gz decompresses with a good CRC, every checkpoint and cache entry is complete. Temporary
    files of atomic writes (``.<name>.<random>.tmp`` files, ``.<name>.tmp-<random>`` directories) may
    be left by a writer killed mid-write; they are counted, never parsed as results.
-4. At the end, the killed-and-resumed experiment must equal the reference: frontier.csv (every
-   column except wall-clock ones), every run's metrics.jsonl and summary.json (except timings),
-   every final checkpoint's tensors and optimiser state (``torch.equal``), and the cached stages.
+4. At the end of every round, whatever its number of kills, the killed-and-resumed experiment must
+   equal the reference: frontier.csv and compute.csv (every column except wall-clock ones), every
+   run's metrics.jsonl and summary.json (except timings), every final checkpoint's tensors,
+   optimiser, scheduler and RNG state (``torch.equal``), and the cached stages.
 
 The code under test is copied once (``work/src``) so that edits to the working tree during the
-run cannot change it between attempts. Prints one line per kill and ``N kills survived``.
+run cannot change it between attempts. Prints one line per kill and per round, ``N kills survived``,
+and a ``FAILED:`` line for each failure (``failures``); exits 1 if there is any.
 """
 
 from __future__ import annotations
@@ -48,6 +56,7 @@ import xml.etree.ElementTree as ET
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -55,8 +64,9 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
-# The phases a complete test must have killed, with how many kills each.
-REQUIRED = Counter(
+# The phases the first round aims at, with how many kills each (checkpoint and result writing, where a
+# half-written file would show, twice); a complete test has killed every one of them at least once.
+AIM = Counter(
     {
         "sft": 1,
         "pair generation": 1,
@@ -69,6 +79,7 @@ REQUIRED = Counter(
         "result writing": 2,
     }
 )
+REQUIRED = tuple(AIM)
 
 TIMING_KEYS = {"peak_rss_mb", "tokens_per_second", "seconds", "s_per_step"}
 
@@ -123,16 +134,38 @@ def experiment_doc(work: Path, data_dir: str) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------ the processes
 
 HOOK = """\
-# Written by scripts/kill_resume.py: dump the Python stack of the thread that gets SIGUSR1 (the main
-# thread: the signal goes to the process) and go on. Only that thread, which the signal interrupted:
-# walking the others' frames while they run can crash the process.
-import faulthandler, os, signal
+# Written by scripts/kill_resume.py: on SIGUSR1, append the main thread's Python stack to
+# $KILL_RESUME_STACKS in faulthandler's format (most recent call first) and go on. A Python-level
+# handler, which the main thread runs between bytecodes: faulthandler.register's dump walks the
+# frames inside the C signal handler, on whichever thread the kernel delivered the signal to (a
+# tensorboard or tokenizer thread as well as the main one), and can crash the process: a SIGSEGV
+# during an import was seen (python/cpython#116008). One os.write per dump: no buffer, no lock.
+# SA_RESTART (siginterrupt False), as faulthandler's: a system call of C code in another thread
+# restarts instead of failing with EINTR. At exit SIGUSR1 is ignored: the interpreter's finalisation
+# resets a Python-level handler to the default action, which would end a finished run with status
+# -SIGUSR1 (faulthandler's unregistering at exit did the same).
+import atexit, os, signal
 _path = os.environ.get("KILL_RESUME_STACKS")
 if _path:
-    _file = open(_path, "a")
-    faulthandler.register(signal.SIGUSR1, file=_file, all_threads=False)
-    _file.write("ready\\n")  # the killer signals only after this: before it, SIGUSR1 would end the process
-    _file.flush()
+    _fd = os.open(_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def _kill_resume_dump(signum, frame):
+        try:
+            lines = ["Stack (most recent call first):"]
+            while frame is not None:
+                code = frame.f_code
+                lines.append(f'  File "{code.co_filename}", line {frame.f_lineno or 0} in {code.co_name}')
+                frame = frame.f_back
+            data = ("\\n".join(lines) + "\\n\\n").encode("utf-8", "replace")
+            while data:
+                data = data[os.write(_fd, data):]
+        except BaseException:  # never into the program under test
+            pass
+
+    signal.signal(signal.SIGUSR1, _kill_resume_dump)
+    signal.siginterrupt(signal.SIGUSR1, False)
+    atexit.register(signal.signal, signal.SIGUSR1, signal.SIG_IGN)
+    os.write(_fd, b"ready\\n")  # the killer signals only after this: before it, SIGUSR1 would end the process
 """
 
 
@@ -216,7 +249,7 @@ def kill_group(proc: subprocess.Popen[bytes]) -> None:
 
 
 def sample_stack(proc: subprocess.Popen[bytes], stacks: Path, timeout: float = 1.0) -> str | None:
-    """The process's Python stacks now (SIGUSR1 → faulthandler), or None if it has ended or is not ready."""
+    """The process's Python stack now (SIGUSR1 → the hook), or None if it has ended or is not ready."""
     if proc.poll() is not None or not stacks.exists() or stacks.stat().st_size == 0:
         return None  # no hook yet: SIGUSR1 would end the process
     before = stacks.stat().st_size
@@ -300,8 +333,9 @@ def _loop_line(path: str) -> int:
 
 
 def classify(dump: str) -> tuple[str, str]:
-    """(phase, detail) of a faulthandler dump: the innermost alignlab frame of the main thread that a
-    rule names; ``training step`` and ``evaluation`` get ``/PPO`` or ``/offline`` from the trainer."""
+    """(phase, detail) of a stack dump (faulthandler's format): the innermost alignlab frame of the
+    main thread that a rule names; ``training step`` and ``evaluation`` get ``/PPO`` or ``/offline``
+    from the trainer."""
     blocks = re.split(r"\n(?=(?:Current thread|Thread) 0x)", dump.strip())
     main = max(blocks, key=lambda b: ("alignlab/cli.py" in b, b.count("File ")))
     frames = [(m["file"].replace("\\", "/"), m["func"], int(m["line"])) for m in FRAME.finditer(main)]
@@ -511,61 +545,90 @@ def _drop_timing(obj: Any) -> Any:
 
 
 def compare(ref: Workspace, got: Workspace) -> tuple[list[str], list[str]]:
-    """(differences, what was compared) between the reference and the killed-and-resumed experiment."""
+    """(differences, what was compared) between the reference and the killed-and-resumed experiment.
+    A file missing or unreadable on either side is a difference of its item; the other items are
+    still compared."""
+    diffs: list[str] = []
+    checked: list[str] = []
+    items: list[tuple[str, Callable[[], str]]] = [
+        (name, partial(_compare_csv, ref.results / name, got.results / name, diffs))
+        for name in ("frontier.csv", "compute.csv")
+    ]
+    runs = sorted(p.name for p in ref.runs.iterdir() if p.is_dir())
+    theirs = sorted(p.name for p in got.runs.iterdir() if p.is_dir()) if got.runs.is_dir() else []
+    if runs != theirs:
+        diffs.append(f"the runs differ: {runs} vs {theirs}")
+    items += [(run, partial(_compare_run, run, ref.runs / run, got.runs / run, diffs)) for run in runs]
+    # the shared stages: every cached tensor file and dataset, by content (keys name cache paths)
+    items += [
+        ("cached tensors", partial(_compare_cache, ref, got, "cached tensors", "*.safetensors", _tensor_digest, diffs)),
+        (
+            "cached pair datasets",
+            partial(_compare_cache, ref, got, "cached pair datasets", "*.jsonl.gz", _sha256, diffs),
+        ),
+    ]
+    for what, item in items:
+        try:
+            checked.append(item())
+        except Exception as err:  # a missing or unreadable file: this item differs, the others are compared
+            diffs.append(f"{what}: cannot compare ({type(err).__name__}: {str(err)[:160]})")
+    return diffs, checked
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _compare_csv(a_path: Path, b_path: Path, diffs: list[str]) -> str:
     import pandas as pd
+
+    a, b = pd.read_csv(a_path), pd.read_csv(b_path)
+    timing = [c for c in a.columns if is_timing(c)]
+    a, b = a.drop(columns=timing), b.drop(columns=[c for c in timing if c in b.columns])
+    if list(a.columns) != list(b.columns) or not a.equals(b):
+        bad = [c for c in a.columns if c in b.columns and not a[c].equals(b[c])]
+        diffs.append(f"{a_path.name}: differs in columns {bad or 'set'}")
+    return f"{a_path.name} ({len(a)} rows; left out: {', '.join(timing)})"
+
+
+def _compare_run(run: str, a_dir: Path, b_dir: Path, diffs: list[str]) -> str:
     import torch
     from safetensors.torch import load_file
 
-    diffs: list[str] = []
-    checked: list[str] = []
-    for name in ("frontier.csv", "compute.csv"):
-        a, b = pd.read_csv(ref.results / name), pd.read_csv(got.results / name)
-        timing = [c for c in a.columns if is_timing(c)]
-        a, b = a.drop(columns=timing), b.drop(columns=timing)
-        if list(a.columns) != list(b.columns) or not a.equals(b):
-            bad = [c for c in a.columns if c in b.columns and not a[c].equals(b[c])]
-            diffs.append(f"{name}: differs in columns {bad or 'set'}")
-        checked.append(f"{name} ({len(a)} rows; left out: {', '.join(timing)})")
-    runs = sorted(p.name for p in ref.runs.iterdir() if p.is_dir())
-    if runs != sorted(p.name for p in got.runs.iterdir() if p.is_dir()):
-        diffs.append("the runs differ")
-    for run in runs:
-        a_dir, b_dir = ref.runs / run, got.runs / run
-        for name in ("metrics.jsonl", "summary.json"):
-            if name.endswith(".jsonl"):
-                a = [json.loads(x) for x in (a_dir / name).read_text().splitlines()]
-                b = [json.loads(x) for x in (b_dir / name).read_text().splitlines()]
-            else:
-                a, b = json.loads((a_dir / name).read_text()), json.loads((b_dir / name).read_text())
-            if _drop_timing(a) != _drop_timing(b):
-                diffs.append(f"{run}/{name} differs")
-        steps = [sorted((d / "checkpoints").glob("step-*"))[-1] for d in (a_dir, b_dir)]
-        if steps[0].name != steps[1].name:
-            diffs.append(f"{run}: last checkpoint {steps[0].name} vs {steps[1].name}")
-            continue
-        files = sorted(p.relative_to(steps[0]) for p in steps[0].rglob("*.safetensors"))
-        for rel in files:
-            x, y = load_file(str(steps[0] / rel)), load_file(str(steps[1] / rel))
-            if x.keys() != y.keys() or not all(torch.equal(x[k], y[k]) for k in x):
-                diffs.append(f"{run}/{steps[0].name}/{rel}: tensors differ")
-        states = [torch.load(s / "trainer_state.pt", weights_only=True) for s in steps]
-        for part in ("optimizer", "scheduler", "rng"):
-            if not _same(states[0][part], states[1][part]):
-                diffs.append(f"{run}/{steps[0].name}: {part} state differs")
-        a, b = (json.loads((s / "state.json").read_text()) for s in steps)
-        if a != b:
-            diffs.append(f"{run}/{steps[0].name}/state.json differs")
-        checked.append(f"{run}: metrics, summary, {steps[0].name} ({len(files)} weight files, optimiser, RNG)")
-    # the shared stages: every cached tensor file and dataset, by content (keys name cache paths)
-    for kind, pattern, digest in (
-        ("cached tensors", "*.safetensors", _tensor_digest),
-        ("cached pair datasets", "*.jsonl.gz", lambda p: hashlib.sha256(p.read_bytes()).hexdigest()),
-    ):
-        found = [sorted(digest(p) for p in ws.cache.rglob(pattern) if not _in_temp(p, ws.cache)) for ws in (ref, got)]
-        if found[0] != found[1]:
-            diffs.append(f"{kind} differ ({len(found[0])} vs {len(found[1])} files)")
-        checked.append(f"{kind}: {len(found[0])}")
-    return diffs, checked
+    for name in ("metrics.jsonl", "summary.json"):
+        if name.endswith(".jsonl"):
+            a = [json.loads(x) for x in (a_dir / name).read_text().splitlines()]
+            b = [json.loads(x) for x in (b_dir / name).read_text().splitlines()]
+        else:
+            a, b = json.loads((a_dir / name).read_text()), json.loads((b_dir / name).read_text())
+        if _drop_timing(a) != _drop_timing(b):
+            diffs.append(f"{run}/{name} differs")
+    steps = [sorted((d / "checkpoints").glob("step-*"))[-1] for d in (a_dir, b_dir)]
+    if steps[0].name != steps[1].name:
+        diffs.append(f"{run}: last checkpoint {steps[0].name} vs {steps[1].name}")
+        return f"{run}: metrics, summary, last checkpoints {steps[0].name} vs {steps[1].name}"
+    files = sorted(p.relative_to(steps[0]) for p in steps[0].rglob("*.safetensors"))
+    for rel in files:
+        x, y = load_file(str(steps[0] / rel)), load_file(str(steps[1] / rel))
+        if x.keys() != y.keys() or not all(torch.equal(x[k], y[k]) for k in x):
+            diffs.append(f"{run}/{steps[0].name}/{rel}: tensors differ")
+    states = [torch.load(s / "trainer_state.pt", weights_only=True) for s in steps]
+    for part in ("optimizer", "scheduler", "rng"):
+        if not _same(states[0][part], states[1][part]):
+            diffs.append(f"{run}/{steps[0].name}: {part} state differs")
+    a, b = (json.loads((s / "state.json").read_text()) for s in steps)
+    if a != b:
+        diffs.append(f"{run}/{steps[0].name}/state.json differs")
+    return f"{run}: metrics, summary, {steps[0].name} ({len(files)} weight files, optimiser, scheduler, RNG)"
+
+
+def _compare_cache(
+    ref: Workspace, got: Workspace, kind: str, pattern: str, digest: Callable[[Path], str], diffs: list[str]
+) -> str:
+    found = [sorted(digest(p) for p in ws.cache.rglob(pattern) if not _in_temp(p, ws.cache)) for ws in (ref, got)]
+    if found[0] != found[1]:
+        diffs.append(f"{kind} differ ({len(found[0])} vs {len(found[1])} files)")
+    return f"{kind}: {len(found[0])}"
 
 
 def _in_temp(path: Path, root: Path) -> bool:
@@ -633,6 +696,7 @@ def disk_state(ws: Workspace, since: float) -> str:
 @dataclass
 class Kill:
     number: int
+    round: int
     attempt: int
     seconds: float
     phase: str
@@ -642,9 +706,47 @@ class Kill:
     problems: list[str]
 
 
-def kill_once(ws: Workspace, wanted: Counter[str], rng: random.Random, last: str | None, fill: bool) -> Kill | int:
+# A wanted phase that a stack sample has shown this many times and the killer let pass is killed at
+# its next sighting: a short phase (pair generation, an offline step) may not show again in the sweep.
+PASSES = 2
+
+
+@dataclass
+class Steering:
+    """What the killer aims at: the phases still wanted (with how many kills each), the phase of the
+    last kill (not aimed at twice running while another is wanted), and per phase how many stack
+    samples showed it (``sampled``) and how many of those the killer let pass while it was wanted."""
+
+    wanted: Counter[str]
+    last: str | None = None
+    sampled: Counter[str] = field(default_factory=Counter)
+    passed: Counter[str] = field(default_factory=Counter)
+
+    def want(self, phase: str) -> bool:
+        return self.wanted[phase] > 0 and (phase != self.last or sum(self.wanted.values()) == self.wanted[phase])
+
+    def take(self, phase: str, triggered: bool, rng: random.Random) -> bool:
+        """Kill at a sample that shows ``phase``? A wanted phase is killed at once when a file being
+        written marked it or it was let pass ``PASSES`` times, else with probability 0.35, so that the
+        moment within a long phase varies."""
+        if not self.want(phase):
+            return False
+        if triggered or self.passed[phase] >= PASSES or rng.random() < 0.35:
+            return True
+        self.passed[phase] += 1
+        return False
+
+    def killed(self, phase: str) -> None:
+        self.last = phase
+        if self.wanted[phase] > 0:
+            self.wanted[phase] -= 1
+            self.passed[phase] = 0
+
+
+def kill_once(ws: Workspace, steer: Steering, rng: random.Random, fill: bool) -> Kill | int:
     """Start the next attempt and kill it when a wanted phase shows (or, when ``fill``, at a random
-    moment); its exit status if it ended by itself first."""
+    moment); its exit status if it ended by itself first. Every stack sample's phase goes to
+    ``logs/samples-NN.txt``."""
     proc, stacks = ws.start()
     t0 = time.time()
     seen: set[str] = set()
@@ -652,43 +754,134 @@ def kill_once(ws: Workspace, wanted: Counter[str], rng: random.Random, last: str
     deadline = t0 + rng.uniform(2.0, 25.0) if fill else None
     next_sample = t0 + 0.5
     dump: str | None = None
-    phase = detail = ""
-
-    def want(p: str) -> bool:
-        return wanted[p] > 0 and (p != last or sum(wanted.values()) == wanted[p])
-
-    while proc.poll() is None:
-        now = time.time()
-        if fill:
-            if now >= deadline:  # type: ignore[operator]
-                dump = sample_stack(proc, stacks)
-                break
-        elif _trigger(ws, seen) is not None or now >= next_sample:
-            # a file being written marks a short phase: look at once; else look now and then
-            triggered = now < next_sample
-            next_sample = now + rng.uniform(0.05, 0.15)
-            sampled = sample_stack(proc, stacks)
-            if sampled is not None and want(classify(sampled)[0]) and (triggered or rng.random() < 0.35):
-                dump = sampled
-                break
-        time.sleep(0.003)
+    with open(ws.root / "logs" / f"samples-{ws.attempts:02d}.txt", "w") as trace:
+        while proc.poll() is None:
+            now = time.time()
+            if fill:
+                if now >= deadline:  # type: ignore[operator]
+                    dump = sample_stack(proc, stacks)
+                    break
+            elif _trigger(ws, seen) is not None or now >= next_sample:
+                # a file being written marks a short phase: look at once; else look now and then
+                triggered = now < next_sample
+                next_sample = now + rng.uniform(0.03, 0.1)
+                sampled = sample_stack(proc, stacks)
+                if sampled is not None:
+                    phase, detail = classify(sampled)
+                    steer.sampled[phase] += 1
+                    trace.write(f"{now - t0:8.3f} {phase} [{detail}]{' (file)' if triggered else ''}\n")
+                    if steer.take(phase, triggered, rng):
+                        dump = sampled
+                        break
+            time.sleep(0.003)
     if proc.poll() is not None:
         return proc.returncode
     kill_group(proc)
     seconds = time.time() - t0
-    if dump:
-        phase, detail = classify(dump)
-    else:
-        phase, detail = "unknown", "no stack sample"
+    phase, detail = classify(dump) if dump else ("unknown", "no stack sample")
     found = inspect([ws.results, ws.runs, ws.cache], ws.root)
-    return Kill(0, ws.attempts, seconds, phase, detail, disk_state(ws, t0), len(found.temps), found.problems)
+    return Kill(0, 0, ws.attempts, seconds, phase, detail, disk_state(ws, t0), len(found.temps), found.problems)
+
+
+@dataclass
+class Round:
+    """One killed-and-resumed sweep in a fresh cache and results directory, and how it ended."""
+
+    number: int
+    root: str
+    kills: list[Kill]
+    deaths: list[str]
+    attempts: int
+    exit_status: int  # of the last, uninterrupted resume (0 when the sweep finished under the killer)
+    differences: list[str]
+    compared: list[str]
+    final_problems: list[str]
+    final_temps: list[str]
+    minutes: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "kills": [k.__dict__ for k in self.kills]}
+
+
+def kill_round(
+    ref: Workspace,
+    got: Workspace,
+    number: int,
+    steer: Steering,
+    rng: random.Random,
+    kills_before: int,
+    kills: int,
+    stop_at: float,
+    say: Callable[[str], None],
+) -> Round:
+    """Kill ``got``'s sweep at the phases ``steer`` wants, then at random moments until ``kills``
+    kills in all, resuming each time, until it finishes (or its attempts or ``stop_at`` run out: then
+    it is run to the end uninterrupted); then compare it with ``ref``."""
+    t0 = time.time()
+    done: list[Kill] = []
+    deaths: list[str] = []
+    finished = False
+    max_attempts = 4 * max(kills, sum(AIM.values()))
+    while got.attempts < max_attempts and time.time() < stop_at:
+        fill = sum(steer.wanted.values()) == 0
+        if fill and kills_before + len(done) >= kills:
+            break
+        k = kill_once(got, steer, rng, fill)
+        if k == 0:
+            finished = True
+            break
+        if isinstance(k, int):  # it died by itself: say so, check the files, and resume like after a kill
+            found = inspect([got.results, got.runs, got.cache], got.root)
+            deaths.append(f"attempt {got.attempts} ended with status {k}; problems: {found.problems or 'none'}")
+            say(f"attempt {got.attempts} ended by itself with status {k} (see its log); {disk_state(got, 0)}")
+            if len(deaths) > 3:
+                break
+            continue
+        k.number, k.round = kills_before + len(done) + 1, number
+        done.append(k)
+        steer.killed(k.phase)
+        say(
+            f"kill {k.number:2d} (round {number}, attempt {k.attempt}, after {k.seconds:5.1f} s): phase {k.phase} "
+            f"[{k.detail}]; {k.disk}; temp files {k.temps}; "
+            + ("files all whole" if not k.problems else f"PROBLEMS: {'; '.join(k.problems)}")
+        )
+    rc = 0 if finished else got.finish()
+    final = inspect([got.results, got.runs, got.cache], got.root)
+    diffs, checked = compare(ref, got) if rc == 0 else ([f"the last resume failed (exit {rc})"], [])
+    for line in checked:
+        say(f"round {number} compared: {line}")
+    for line in diffs:
+        say(f"round {number} DIFFERENCE: {line}")
+    for line in final.problems:
+        say(f"round {number} PROBLEM at the end: {line}")
+    minutes = (time.time() - t0) / 60
+    say(
+        f"round {number}: {len(done)} kills, {got.attempts} attempts, {minutes:.1f} min; phases hit "
+        f"{dict(sorted(Counter(k.phase for k in done).items()))}; temporary files left: {final.temps or 'none'}; "
+        f"equals the uninterrupted run: {not diffs}"
+    )
+    return Round(
+        number, str(got.root), done, deaths, got.attempts, rc, diffs, checked, final.problems, final.temps, minutes
+    )
 
 
 def kill_and_resume(
-    work: Path, data_dir: str, kills: int = 12, seed: int = 0, say: Callable[[str], None] = print
+    work: Path,
+    data_dir: str,
+    kills: int = 12,
+    seed: int = 0,
+    say: Callable[[str], None] = print,
+    max_rounds: int = 4,
+    max_minutes: float = 120.0,
 ) -> dict[str, Any]:
-    """The whole check; returns kills, phases hit, problems after kills, differences, timings."""
+    """The whole check; returns kills, phases hit, problems after kills, differences, timings.
+
+    Round 1 aims at every phase of ``AIM``; a sweep that finishes before each of ``REQUIRED`` has
+    been hit (a fast machine, a short phase) is followed by another round in a fresh cache and results
+    directory that aims at the phases missed, at most ``max_rounds`` rounds and, unless a round is
+    under way, ``max_minutes`` minutes in all. Every round is compared with the uninterrupted run."""
     t_start = time.time()
+    stop_at = t_start + 60 * max_minutes
     work.mkdir(parents=True, exist_ok=True)
     src = snapshot(work)
     ref = Workspace(work / "reference", data_dir, src)
@@ -701,87 +894,112 @@ def kill_and_resume(
             raise RuntimeError(f"the uninterrupted run failed (exit {rc}); see {ref.root / 'logs'}")
     ref_minutes = (time.time() - t_start) / 60
     say(f"reference done in {ref_minutes:.1f} min")
-    got = Workspace(work / "killed", data_dir, src)
     rng = random.Random(seed)
-    wanted = Counter(REQUIRED)
-    done: list[Kill] = []
-    deaths: list[str] = []
-    last: str | None = None
-    finished = False
-    while not finished and got.attempts < 4 * kills:
-        fill = sum(wanted.values()) == 0
-        if fill and len(done) >= kills:
-            break
-        k = kill_once(got, wanted, rng, last, fill)
-        if k == 0:
-            finished = True
-            break
-        if isinstance(k, int):  # it died by itself: say so, check the files, and resume like after a kill
-            found = inspect([got.results, got.runs, got.cache], got.root)
-            deaths.append(f"attempt {got.attempts} ended with status {k}; problems: {found.problems or 'none'}")
-            say(f"attempt {got.attempts} ended by itself with status {k} (see its log); {disk_state(got, 0)}")
-            if len(deaths) > 3:
+    steer = Steering(Counter(AIM))
+    rounds: list[Round] = []
+    hit: Counter[str] = Counter()
+    missing = list(REQUIRED)
+    stopped = ""
+    for number in range(1, max_rounds + 1):
+        if number > 1:
+            if rounds[-1].exit_status != 0:
+                stopped = f"round {number - 1}'s sweep did not finish"
                 break
-            continue
-        k.number = len(done) + 1
-        done.append(k)
-        last = k.phase
-        if wanted[k.phase] > 0:
-            wanted[k.phase] -= 1
-        say(
-            f"kill {k.number:2d} (attempt {k.attempt}, after {k.seconds:5.1f} s): phase {k.phase} [{k.detail}]; "
-            f"{k.disk}; temp files {k.temps}; "
-            + ("files all whole" if not k.problems else f"PROBLEMS: {'; '.join(k.problems)}")
-        )
-    rc = 0 if finished else got.finish()
-    final = inspect([got.results, got.runs, got.cache], got.root)
-    diffs, checked = compare(ref, got) if rc == 0 else ([f"the last resume failed (exit {rc})"], [])
-    survived = sum(not k.problems for k in done)
-    hit = Counter(k.phase for k in done)
-    missing = sorted((REQUIRED - hit).elements())
-    for line in checked:
-        say(f"compared: {line}")
-    for line in diffs:
-        say(f"DIFFERENCE: {line}")
-    for line in final.problems:
-        say(f"PROBLEM at the end: {line}")
-    say(f"temporary files left at the end: {final.temps or 'none'}")
-    if missing:
-        say(f"phases not hit: {missing}")
+            if time.time() >= stop_at:
+                stopped = f"the time bound ({max_minutes:g} min) was reached"
+                break
+            steer.wanted, steer.last = Counter(dict.fromkeys(missing, 1)), None
+            say(f"round {number - 1} ended before phases {missing} were hit: again in a fresh cache, aiming at them")
+        got = Workspace(work / f"killed-{number}", data_dir, src)
+        rounds.append(kill_round(ref, got, number, steer, rng, sum(len(r.kills) for r in rounds), kills, stop_at, say))
+        hit.update(k.phase for k in rounds[-1].kills)
+        missing = [p for p in REQUIRED if not hit[p]]
+        if not missing:
+            break
+    else:
+        stopped = f"the bound of {max_rounds} rounds was reached"
+    all_kills = [k for r in rounds for k in r.kills]
+    survived = sum(not k.problems for k in all_kills)
     minutes = (time.time() - t_start) / 60
+    if missing:
+        say(
+            f"PHASES NEVER HIT: {missing} in {len(rounds)} rounds ({stopped}); stack samples showed "
+            f"{dict(sorted(steer.sampled.items()))}"
+        )
     say(
-        f"{survived} kills survived (of {len(done)}; {got.attempts} attempts; phases hit: "
-        f"{dict(sorted(hit.items()))}); resumed result equals the uninterrupted one: {not diffs}; {minutes:.1f} min"
+        f"{survived} kills survived (of {len(all_kills)}; {len(rounds)} rounds; "
+        f"{sum(r.attempts for r in rounds)} attempts; phases hit: {dict(sorted(hit.items()))}); resumed results "
+        f"equal the uninterrupted one: {not any(r.differences for r in rounds)}; {minutes:.1f} min"
     )
     return {
-        "kills": [k.__dict__ for k in done],
-        "deaths": deaths,
+        "kills": [k.__dict__ for k in all_kills],
+        "deaths": [f"round {r.number}: {d}" for r in rounds for d in r.deaths],
         "survived": survived,
         "phases": dict(hit),
         "missing_phases": missing,
-        "differences": diffs,
-        "final_problems": final.problems,
-        "final_temps": final.temps,
-        "compared": checked,
+        "missed_because": stopped if missing else "",
+        "samples": dict(steer.sampled),
+        "differences": [f"round {r.number}: {d}" for r in rounds for d in r.differences],
+        "final_problems": [f"round {r.number}: {p}" for r in rounds for p in r.final_problems],
+        "rounds": [r.as_dict() for r in rounds],
         "minutes": minutes,
         "reference_minutes": ref_minutes,
     }
 
 
+# Where a temporary may be left at the end: the results directory (written by any process of the
+# experiment) and the reference-log-prob cache; a run's and a stage's leftovers are removed on resume.
+TEMPS_MAY_STAY = ("results/", "cache/reference/")
+
+
+def failures(report: dict[str, Any]) -> list[str]:
+    """Every way the report fails, the results' equality first and the phases' coverage last, so that
+    a phase missed never hides a difference (and the other way round)."""
+    out: list[str] = []
+    for r in report["rounds"]:
+        out += [f"round {r['number']}: {d}" for d in r["differences"]]
+        out += [f"round {r['number']}: at the end, {p}" for p in r["final_problems"]]
+        stray = [t for t in r["final_temps"] if not t.startswith(TEMPS_MAY_STAY)]
+        if stray:
+            out.append(f"round {r['number']}: temporaries a resume should have removed: {stray}")
+    for k in report["kills"]:
+        if k["problems"]:
+            out.append(f"kill {k['number']} (round {k['round']}, {k['phase']}): not whole: {'; '.join(k['problems'])}")
+    out += [f"{d}" for d in report["deaths"] if not d.endswith("problems: none")]
+    if report["missing_phases"]:
+        out.append(
+            f"phases never hit: {report['missing_phases']} in {len(report['rounds'])} rounds "
+            f"({report['missed_because']}); stack samples showed {report['samples']}"
+        )
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, required=True, help="a directory for both experiments (created)")
-    parser.add_argument("--kills", type=int, default=12, help="at least this many kills (default 12)")
+    parser.add_argument(
+        "--kills", type=int, default=12, help="random kills after every phase is hit, up to this many in all (12)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill moments")
+    parser.add_argument("--max-rounds", type=int, default=4, help="killed sweeps at most (default 4)")
+    parser.add_argument("--max-minutes", type=float, default=120.0, help="no new round after this (default 120)")
     parser.add_argument("--data-dir", default=os.environ.get("ALIGNLAB_DATA_DIR"), help="default $ALIGNLAB_DATA_DIR")
     args = parser.parse_args(argv)
     if not args.data_dir:
         parser.error("set --data-dir or ALIGNLAB_DATA_DIR")
-    report = kill_and_resume(args.work.resolve(), str(Path(args.data_dir).resolve()), args.kills, args.seed)
+    report = kill_and_resume(
+        args.work.resolve(),
+        str(Path(args.data_dir).resolve()),
+        args.kills,
+        args.seed,
+        max_rounds=args.max_rounds,
+        max_minutes=args.max_minutes,
+    )
     (args.work / "report.json").write_text(json.dumps(report, indent=2))
-    ok = not report["differences"] and not report["final_problems"] and not report["missing_phases"]
-    ok = ok and report["survived"] == len(report["kills"]) >= args.kills
-    return 0 if ok else 1
+    bad = failures(report)
+    for line in bad:
+        print(f"FAILED: {line}")
+    return 1 if bad else 0
 
 
 if __name__ == "__main__":

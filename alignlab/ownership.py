@@ -168,30 +168,39 @@ def remove_owned(path: Path) -> list[str]:
 
 
 @contextmanager
-def training_lock(path: Path, key: str, source: str | None = None) -> Iterator[None]:
-    """Hold ``path``'s run lock for the block, or refuse at once if another process holds it.
-
-    The lock is an advisory ``flock`` on the directory itself (created if missing), so taking it
-    writes nothing into a directory that may turn out to be another run's. It goes with the
-    process: a killed holder frees it.
-    """
+def directory_lock(path: Path, blocking: bool = True) -> Iterator[bool]:
+    """An exclusive advisory ``flock`` on the directory ``path`` itself (created if missing): taking
+    it writes nothing into the directory. Yields whether this process holds it (with
+    ``blocking=False``, False at once when another does). It goes with the process: a killed holder
+    frees it."""
     try:
         import fcntl
     except ImportError:  # not POSIX: no locking
-        yield
+        yield True
         return
     path.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
         except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def training_lock(path: Path, key: str, source: str | None = None) -> Iterator[None]:
+    """Hold run directory ``path``'s lock (:func:`directory_lock`) for the block, or refuse at once
+    with one line if another process holds it (it is training that run)."""
+    with directory_lock(path, blocking=False) as mine:
+        if not mine:
             raise OwnershipError(
                 key,
                 f"{path} is in use: another alignlab process is training this run; wait for it to finish "
                 "(or stop it), or pick another directory",
                 source,
-            ) from None
+            )
         yield
-    finally:
-        os.close(fd)

@@ -28,7 +28,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from alignlab.experiment import load_experiment  # noqa: E402
-from alignlab.experiment.report import COMPUTE_COLUMNS, compute_rows, compute_table, write_csv  # noqa: E402
+from alignlab.experiment.csvs import COMPUTE_COLUMNS, write_csv  # noqa: E402
+from alignlab.experiment.report import compute_rows, compute_table  # noqa: E402
 
 
 def main() -> None:

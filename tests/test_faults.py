@@ -528,3 +528,18 @@ def test_a_damaged_winrate_file_of_an_unfinished_run_is_judged_again(tmp_path: P
         )
     assert (tmp_path / "damaged-winrate.json").read_text() == '[{"temperature": 0.0, "win_ra'
     assert not (tmp_path / "winrate.json").exists()
+
+
+def test_results_left_half_written_by_a_killed_writer_are_cleared(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A process killed inside write_csv leaves .frontier.csv.<random>.tmp in the results directory;
+    the next collect, holding the results directory's lock, removes it (and nothing of the user's)."""
+    from alignlab.experiment import runner
+    from alignlab.experiment.config import load_experiment
+
+    monkeypatch.chdir(CORPUS)
+    exp = load_experiment("run/ok.yaml", [f"out_dir={tmp_path / 'results'}", f"runs_dir={tmp_path / 'runs'}"])
+    exp.out_dir.mkdir(parents=True)
+    (exp.out_dir / ".frontier.csv.k1ll3d.tmp").write_text("experiment,method\nhalf")
+    (exp.out_dir / "my_notes.tmp").write_text("mine")
+    runner.collect(exp, draw=False)
+    assert sorted(p.name for p in exp.out_dir.iterdir()) == ["frontier.csv", "my_notes.tmp"]

@@ -14,7 +14,7 @@ alone, and every output is written atomically.
 
 A run whose results are damaged counts as unfinished (:func:`alignlab.train.state.read_summary`)
 and gives the rows before the damage; a CSV edited into something else is one
-:class:`~alignlab.errors.AlignlabError` naming the file and what is wrong (:func:`read_csv`).
+:class:`~alignlab.errors.AlignlabError` naming the file and what is wrong (:mod:`alignlab.experiment.csvs`).
 """
 
 from __future__ import annotations
@@ -23,58 +23,15 @@ import io
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from alignlab.errors import AlignlabError, one_line
+from alignlab.errors import AlignlabError
+from alignlab.experiment.csvs import WINRATE_COLUMNS, read_csv
 from alignlab.io import atomic_file, atomic_write_text, scan_jsonl
-
-RUN_COLUMNS = ["experiment", "method", "objective", "run", "setting", "seed"]  # identify a run in every CSV
-FRONTIER_COLUMNS = [
-    *RUN_COLUMNS,
-    "step",
-    "kl",
-    "kl_ci_low",
-    "kl_ci_high",
-    "reward",
-    "reward_ci_low",
-    "reward_ci_high",
-    "samples",
-    "wall_s",
-    "finished",
-    "knobs",
-]
-COMPUTE_COLUMNS = [
-    "method",
-    "objective",
-    "run",
-    "batch_size",
-    "steps",
-    "s_per_step",
-    "gen_s",
-    "score_s",
-    "update_s",
-    "wall_time_s",
-    "peak_rss_mb",
-    "models_held",
-    "trainable",
-    "frozen",
-    "roles",
-    "parameters_held",
-]
-WINRATE_COLUMNS = [
-    *RUN_COLUMNS,
-    "temperature",
-    "win_rate",
-    "win_rate_ci_low",
-    "win_rate_ci_high",
-    "n",
-    "judge",
-]
 
 
 def setting_text(setting: dict[str, Any]) -> str:
@@ -129,91 +86,6 @@ def _winrate_json(path: Path) -> list[dict[str, Any]]:
     except (OSError, ValueError):
         return []
     return [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
-
-
-def write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> Path:
-    frame = pd.DataFrame(rows, columns=columns)
-    with atomic_file(path) as tmp:
-        frame.to_csv(tmp, index=False)
-    return path
-
-
-@dataclass(frozen=True)
-class CsvColumns:
-    """What the plots and tables read from one of the CSVs (other columns may be there too)."""
-
-    text: tuple[str, ...]
-    """Columns read as text."""
-    numbers: tuple[str, ...]
-    """Columns that must hold numbers (or nothing)."""
-    filled: tuple[str, ...]
-    """Columns of either kind that no row may leave empty."""
-
-
-READ_COLUMNS = {
-    "frontier.csv": CsvColumns(
-        ("method", "objective", "run", "setting"),
-        ("seed", "step", "kl", "kl_ci_low", "kl_ci_high", "reward", "reward_ci_low", "reward_ci_high"),
-        ("method", "run", "step", "kl", "reward"),
-    ),
-    "winrate.csv": CsvColumns(
-        ("method", "run", "setting", "judge"),
-        ("temperature", "win_rate", "win_rate_ci_low", "win_rate_ci_high", "n"),
-        ("method", "run", "temperature", "win_rate"),
-    ),
-    "compute.csv": CsvColumns(
-        ("method", "roles"),
-        (
-            "batch_size",
-            *("s_per_step", "gen_s", "score_s", "update_s", "peak_rss_mb"),
-            *("models_held", "trainable", "frozen", "parameters_held"),
-        ),
-        ("method",),
-    ),
-}
-
-
-def read_csv(path: Path) -> pd.DataFrame:
-    """One of the CSVs, its columns checked against :data:`READ_COLUMNS` (by file name).
-
-    Raises:
-        AlignlabError: one line naming the file and what is wrong: missing, not CSV, a column
-            missing, a value that is not a number or an empty cell where one is needed (with its row).
-    """
-    if not path.exists():
-        raise AlignlabError(f"{path}: no such file (run the experiment first: alignlab run <experiment.yaml>)")
-    try:
-        frame = pd.read_csv(path, keep_default_na=False, na_values=[""])
-    except (ValueError, UnicodeDecodeError) as err:  # pandas' ParserError and EmptyDataError are ValueErrors
-        raise AlignlabError(f"{path}: not a CSV table ({one_line(err)})") from None
-    columns = READ_COLUMNS.get(path.name)
-    return frame if columns is None else _checked(path, frame, columns)
-
-
-def _checked(path: Path, frame: pd.DataFrame, columns: CsvColumns) -> pd.DataFrame:
-    """``frame`` with its number columns as numbers and its text columns as text, or the first problem."""
-    needed = [*columns.text, *columns.numbers]
-    missing = [c for c in needed if c not in frame.columns]
-    if missing == needed:
-        raise AlignlabError(f"{path}: not a CSV table of alignlab's (none of the columns {', '.join(needed)})")
-    if missing:
-        raise AlignlabError(f"{path}: no column {', '.join(missing)} (alignlab run writes it again)")
-
-    def row(bad: pd.Series) -> int:
-        return int(np.argmax(bad.to_numpy())) + 1
-
-    for c in columns.numbers:
-        values = pd.to_numeric(frame[c], errors="coerce")
-        bad = values.isna() & frame[c].notna()
-        if bad.any():
-            raise AlignlabError(f"{path}: row {row(bad)}: {c} is {frame[c][bad].iloc[0]!r}, not a number")
-        frame[c] = values
-    for c in columns.text:
-        frame[c] = frame[c].map(lambda v: v if pd.isna(v) else str(v))
-    for c in columns.filled:
-        if frame[c].isna().any():
-            raise AlignlabError(f"{path}: row {row(frame[c].isna())}: {c} is empty")
-    return frame
 
 
 # ----------------------------------------------------------------------------------------- frontier

@@ -27,18 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from alignlab.experiment.config import Experiment, PlannedRun, load_experiment, preflight
-from alignlab.experiment.report import (
-    COMPUTE_COLUMNS,
-    FRONTIER_COLUMNS,
-    WINRATE_COLUMNS,
-    compute_rows,
-    plot_dir,
-    run_rows,
-    table_dir,
-    write_csv,
-)
-from alignlab.io import atomic_write_text, atomic_write_yaml, file_lock
-from alignlab.ownership import mark, remove_owned, training_lock
+from alignlab.experiment.csvs import COMPUTE_COLUMNS, FRONTIER_COLUMNS, WINRATE_COLUMNS, write_csv
+from alignlab.experiment.report import compute_rows, plot_dir, run_rows, table_dir
+from alignlab.io import atomic_write_text, atomic_write_yaml, clear_temps, file_lock
+from alignlab.ownership import directory_lock, mark, remove_owned, training_lock
 
 
 def status(run: PlannedRun) -> str:
@@ -60,21 +52,27 @@ def _lock(exp: Experiment, run: PlannedRun) -> Path:
 
 
 def collect(exp: Experiment, draw: bool = True, fit: bool = False) -> dict[str, Any]:
-    """Rewrite frontier.csv / winrate.csv from the run directories; then the plots and tables."""
+    """Rewrite frontier.csv / winrate.csv from the run directories; then the plots and tables.
+
+    One process at a time (a lock on the results directory): it first removes what a writer killed
+    mid-write left there, which no other process can be writing while it holds the lock.
+    """
     frontier: list[dict[str, Any]] = []
     winrate: list[dict[str, Any]] = []
     for run in exp.runs:
         f, w = run_rows(exp.name, run)
         frontier += f
         winrate += w
-    paths = [write_csv(exp.out_dir / "frontier.csv", frontier, FRONTIER_COLUMNS)]
-    if winrate:
-        paths.append(write_csv(exp.out_dir / "winrate.csv", winrate, WINRATE_COLUMNS))
     compute = compute_rows(exp.runs)
-    if compute:
-        paths.append(write_csv(exp.out_dir / "compute.csv", compute, COMPUTE_COLUMNS))
-    if draw and (frontier or winrate):
-        paths += plot_dir(exp.out_dir, fit=fit) + table_dir(exp.out_dir)
+    with directory_lock(exp.out_dir):
+        clear_temps(exp.out_dir)
+        paths = [write_csv(exp.out_dir / "frontier.csv", frontier, FRONTIER_COLUMNS)]
+        if winrate:
+            paths.append(write_csv(exp.out_dir / "winrate.csv", winrate, WINRATE_COLUMNS))
+        if compute:
+            paths.append(write_csv(exp.out_dir / "compute.csv", compute, COMPUTE_COLUMNS))
+        if draw and (frontier or winrate):
+            paths += plot_dir(exp.out_dir, fit=fit) + table_dir(exp.out_dir)
     return {"frontier_rows": len(frontier), "winrate_rows": len(winrate), "files": [str(p) for p in paths]}
 
 
@@ -102,10 +100,11 @@ def run_experiment(
                     held.enter_context(training_lock(Path(run.cfg.out_dir), f"runs_dir ({run.run_id})", exp.source))
                 for run in existing:
                     remove_owned(Path(run.cfg.out_dir))
-        mark(exp.out_dir, "results")
-        atomic_write_yaml(exp.out_dir / "experiment.yaml", {**exp.data, "runs": [r.run_id for r in exp.runs]})
-        for run in exp.runs:
-            atomic_write_yaml(exp.out_dir / "configs" / f"{run.run_id}.yaml", run.data)
+        with directory_lock(exp.out_dir):  # the results directory's writers take turns (see collect)
+            mark(exp.out_dir, "results")
+            atomic_write_yaml(exp.out_dir / "experiment.yaml", {**exp.data, "runs": [r.run_id for r in exp.runs]})
+            for run in exp.runs:
+                atomic_write_yaml(exp.out_dir / "configs" / f"{run.run_id}.yaml", run.data)
     # 3. the runs
     before = {r.run_id: status(r) for r in exp.runs}
     workers = min(workers, sum(v not in ("finished", "diverged") for v in before.values()))  # no idle workers

@@ -101,7 +101,7 @@ def _table(args: argparse.Namespace) -> int:
 
     for path in table_dir(_results_dir(Path(args.dir))):
         print(path)
-        if args.print:
+        if args.print and path.suffix == ".md":  # the tables; summary.csv holds frontier.md's summaries
             print(path.read_text())
     return 0
 
@@ -213,12 +213,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         with installed():  # SIGTERM and Ctrl-C: a training loop finishes its step and checkpoints, then stops
             return int(args.func(args))
     except Interrupted as err:
-        print(f"alignlab: {err}", file=sys.stderr)
+        sys.stderr.write(f"alignlab: {err}\n")  # one write: workers sharing a terminal do not interleave lines
         return err.exit_status
     except AlignlabError as err:
         if args.debug:
             raise
-        print(f"alignlab: error: {error_line(err, getattr(args, 'overrides', None) or [])}", file=sys.stderr)
+        sys.stderr.write(f"alignlab: error: {error_line(err, getattr(args, 'overrides', None) or [])}\n")
         return 2
     except KeyboardInterrupt:
         print("alignlab: interrupted; run the same command again to resume", file=sys.stderr)

@@ -176,9 +176,9 @@ def test_sigterm_to_run_with_workers_stops_every_worker_and_workers_are_capped(t
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err
     assert "Traceback" not in err
-    stopped = [line for line in err.splitlines() if line.startswith("alignlab: stopped by SIGTERM")]
-    assert len(stopped) == 4, err  # each of the 3 workers, then the parent
-    assert sum("after step" in line for line in stopped) >= 2, err  # those training checkpointed their step
+    # each of the 3 workers, then the parent (counted in the text: the workers share one stderr)
+    assert err.count("alignlab: stopped by SIGTERM") == 4, err
+    assert err.count("alignlab: stopped by SIGTERM after step") >= 2, err  # those training checkpointed their step
     wait_for(lambda: not processes_naming(str(results)), "the workers to exit", timeout=30)
 
 

@@ -6,6 +6,7 @@ accumulation steps cannot split evenly is refused with the key that is wrong.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -36,7 +37,23 @@ class TrainConfig(Config):
         "auto", "auto: bf16 autocast where the device supports it (CUDA with bf16), else full precision."
     )
     disable_dropout: bool = knob(True, "Switch dropout off in every trained model (the DPO code and TRL do).")
-    eval_every: int = knob(50, "Evaluate every this many steps, and at the start and the end.", gt=0)
+    eval_schedule: Literal["every", "log", "list"] = knob(
+        "every",
+        "When to evaluate, always at step 0 and the last step too: every (train.eval_every), log "
+        "(train.eval_points spread geometrically, dense at the start) or list (train.eval_steps).",
+    )
+    eval_every: int = knob(50, "Evaluate every this many steps (eval_schedule: every).", gt=0)
+    eval_points: int | None = knob(
+        None,
+        "How many steps to evaluate after (eval_schedule: log, required there): 0 and round(steps^(k/(n-2))), "
+        "k = 0..n-2, from step 1 to the last; on a short run rounding merges early ones, so fewer.",
+        ge=3,
+    )
+    eval_steps: list[int] = knob(
+        default_factory=list,
+        help="The steps to evaluate after (eval_schedule: list): strictly increasing, each in [0, steps].",
+        ge=0,
+    )
     eval_batch_size: int = knob(64, "Examples per forward pass when evaluating or caching reference log-probs.", gt=0)
     save_every: int = knob(50, "Write a checkpoint every this many steps, and at the end.", gt=0)
     keep_checkpoints: int = knob(2, "Checkpoints kept on disk (the newest).", gt=0)
@@ -48,6 +65,53 @@ class TrainConfig(Config):
     seed: int = knob(0, "Seed of the batch order, sampling and any fresh initialisation.")
     max_length: int | None = knob(None, "Truncate prompt + completion to this many tokens (null: the context).", gt=1)
     progress: bool = knob(True, "Show a progress bar.")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        # the keys of one schedule may not be set under another: a run evaluates when it says it does
+        if self.eval_schedule == "log" and self.eval_points is None:
+            raise ConfigError("eval_points", "is required with eval_schedule: log: how many steps, e.g. 12")
+        if self.eval_schedule != "log" and self.eval_points is not None:
+            raise ConfigError(
+                "eval_points", f"applies to eval_schedule: log, but eval_schedule is {self.eval_schedule}"
+            )
+        if self.eval_schedule != "list" and self.eval_steps:
+            raise ConfigError(
+                "eval_steps", f"applies to eval_schedule: list, but eval_schedule is {self.eval_schedule}"
+            )
+        for step in self.eval_steps:
+            if not 0 <= step <= self.steps:
+                raise ConfigError(
+                    "eval_steps", f"{step} is not a step of this run: each must lie in [0, steps = {self.steps}]"
+                )
+        for before, after in zip(self.eval_steps, self.eval_steps[1:], strict=False):
+            if after <= before:
+                raise ConfigError("eval_steps", f"must be strictly increasing, got {after} after {before}")
+
+
+def eval_steps(cfg: TrainConfig) -> list[int]:
+    """The steps after which a run evaluates, ascending: the one schedule every trainer follows.
+
+    Step 0 (the reference policy) and the last step are always in it. ``every``: the multiples of
+    ``eval_every``. ``log``: step 0 and the ``n - 1 = eval_points - 1`` geometric points
+    ``steps ** (k / (n - 2))``, k = 0 .. n - 2, from step 1 to the last step, rounded half up;
+    rounding merges early ones when ``steps`` is small next to ``n`` (steps = 3, n = 12 gives
+    ``[0, 1, 2, 3]``), so a run gets at most n steps, and step 1 whatever n is: the first update
+    is always seen. ``list``: ``eval_steps``.
+
+    A pure function of the config, so a resumed run evaluates at the steps an uninterrupted one
+    does (a run resumes only under the config it started with: a run directory holding another is
+    refused).
+    """
+    if cfg.eval_schedule == "every":
+        steps = set(range(0, cfg.steps + 1, cfg.eval_every))
+    elif cfg.eval_schedule == "log":
+        assert cfg.eval_points is not None  # TrainConfig requires it under log
+        last = cfg.eval_points - 2
+        steps = {0, *(math.floor(cfg.steps ** (k / last) + 0.5) for k in range(last + 1))}
+    else:
+        steps = set(cfg.eval_steps)
+    return sorted(steps | {0, cfg.steps})
 
 
 def resolve_mixed_precision(setting: str) -> str:

@@ -13,7 +13,7 @@ from alignlab import interrupts
 from alignlab.errors import AlignlabError
 from alignlab.interrupts import Interrupted
 from alignlab.objectives import ObjectiveError
-from alignlab.train.config import TrainConfig, resolve_mixed_precision
+from alignlab.train.config import TrainConfig, eval_steps, resolve_mixed_precision
 from alignlab.train.state import (
     MetricsLog,
     clear_checkpoint_temps,
@@ -76,6 +76,7 @@ class RunLoop:
         self.accelerator, self.cfg, self.extra = accelerator, cfg, extra or {}
         self.state: dict[str, Any] = {}
         self.start_step = 0
+        self.eval_at = frozenset(eval_steps(cfg))  # the steps after which evaluate() runs
         if accelerator.is_main_process:  # the one writer of this run's checkpoints
             clear_checkpoint_temps(out_dir)
         checkpoint = latest_checkpoint(out_dir)
@@ -148,9 +149,10 @@ class RunLoop:
     def periodic(
         self, step: int, evaluate: Callable[[], dict[str, float]] | None, state: dict[str, Any] | None = None
     ) -> None:
-        """After ``step`` completed steps: evaluate, flush and checkpoint when they are due."""
+        """After ``step`` completed steps: evaluate (at :func:`~alignlab.train.config.eval_steps`), flush
+        and checkpoint when they are due."""
         last = step == self.cfg.steps
-        if evaluate is not None and (step % self.cfg.eval_every == 0 or last):
+        if evaluate is not None and step in self.eval_at:
             try:
                 row = evaluate()
             except ObjectiveError as err:

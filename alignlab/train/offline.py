@@ -90,7 +90,8 @@ def train_offline(
     """Train ``model`` for ``cfg.steps`` steps of ``step_fn`` over ``n_rows`` rows; resumes from ``out_dir``.
 
     Returns the metric rows (also in ``out_dir/metrics.jsonl``); the final model is the last
-    checkpoint's. ``evaluate(unwrapped_model)`` runs at step 0, every ``eval_every`` steps and at the end.
+    checkpoint's. ``evaluate(unwrapped_model)`` runs after the steps of
+    :func:`~alignlab.train.config.eval_steps` (step 0 and the last among them).
     """
     check_batch(cfg, accelerator.num_processes)
     order = BatchOrder(n_rows, cfg.batch_size, cfg.seed)

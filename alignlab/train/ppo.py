@@ -301,7 +301,7 @@ def train_ppo(
     """``cfg.steps`` PPO iterations of ``cfg.batch_size`` rollouts each; resumes from ``out_dir``.
 
     Returns the metric rows (also in ``out_dir/metrics.jsonl``). ``evaluate(unwrapped_policy)``
-    runs at iteration 0, every ``eval_every`` iterations and at the end.
+    runs after the iterations of :func:`~alignlab.train.config.eval_steps` (0 and the last among them).
     """
     check_ppo_batch(cfg, ppo, accelerator.num_processes)
     order = BatchOrder(len(prompts), cfg.batch_size, cfg.seed)

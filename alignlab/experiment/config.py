@@ -15,7 +15,9 @@ methods:
     sweep: {target_kl: [3, 6]}
 ```
 
-A sweep key is one of the objective's knobs, ``seed`` (``train.seed``), or a dotted run key
+``seeds: 3`` (or ``seeds: [0, 1, 2]``) at the top runs every method with each seed, as if ``seed``
+were in its sweep (a method's own ``sweep.seed`` or ``train.seed`` then conflicts: an error). A sweep
+key is one of the objective's knobs, ``seed`` (``train.seed``), or a dotted run key
 (``train.lr``). Each run is a :class:`~alignlab.train.job.RunConfig`, validated before anything
 runs, with its id built from the label and the swept values (``dpo-beta0.1-seed1``). An
 experiment may start from another with ``extends: other.yaml`` (paths relative to this file):
@@ -56,6 +58,24 @@ class ExperimentConfig(RunConfig):
     extends: str | None = knob(None, "Another experiment YAML (relative to this one) whose keys this one overrides.")
     out_dir: str = knob("", "Results: frontier.csv, plots, tables, run configs (default: results/<name>).")
     runs_dir: str = knob("", "Run directories: checkpoints, metrics, summaries (default: runs/<name>).")
+    seeds: int | list[int] | None = knob(
+        None,
+        "Run every method with each seed (train.seed), as if seed were in its sweep: N (seeds 0 .. N-1) or a "
+        "list. The tables and plots then show means over seeds with 95% t-intervals over seeds.",
+        ge=0,
+        lt=2**32,
+    )
+    kl_budgets: list[float] = knob(
+        default_factory=lambda: [1.0, 2.0, 5.0, 10.0, 20.0],
+        help="KL budgets (nats) at which frontier.md and summary.csv give each method's reward along its front.",
+        gt=0,
+    )
+    kl_cap: float = knob(20.0, "The KL up to which frontier.md and summary.csv give the area under each front.", gt=0)
+    plot_panels: list[list[str]] = knob(
+        default_factory=list,
+        help="Methods (labels) drawn together in one panel of frontier.png, e.g. [[DPO, PPO], [IPO, KTO]]; "
+        "methods left out get a panel of their own (default: one panel).",
+    )
 
 
 @dataclass(frozen=True)
@@ -132,10 +152,11 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Exp
         raise ConfigError("methods", "list at least one method", source)
     run_keys = set(RunConfig.__dataclass_fields__) - {"objective", "out_dir"}
     shared = {k: v for k, v in data.items() if k in run_keys}
-    runs_dir = Path(cfg.runs_dir or f"runs/{name}")
+    runs_dir = Path(cfg.runs_dir or f"runs/{name}").expanduser()
+    seeds = _seeds(cfg, data, source)
     runs: list[PlannedRun] = []
     for i, entry in enumerate(cfg.methods):
-        runs.extend(_expand(entry, i, shared, runs_dir, source, Path(path).parent))
+        runs.extend(_expand(entry, i, shared, runs_dir, source, Path(path).parent, seeds))
     seen: dict[str, int] = {}
     for run in runs:
         if run.run_id in seen:
@@ -146,12 +167,45 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Exp
             )
         seen[run.run_id] = 1
     resolved = {**data, "name": name}
-    return Experiment(name, cfg, runs, source, Path(cfg.out_dir or f"results/{name}"), runs_dir, resolved)
+    out_dir = Path(cfg.out_dir or f"results/{name}").expanduser()
+    return Experiment(name, cfg, runs, source, out_dir, runs_dir, resolved)
+
+
+def _seeds(cfg: ExperimentConfig, data: dict[str, Any], source: str) -> list[int] | None:
+    """The experiment's ``seeds`` as a list (``N`` → 0 .. N-1), or None; a shared ``train.seed`` conflicts."""
+    if cfg.seeds is None:
+        return None
+    if isinstance(cfg.seeds, int):
+        if not 1 <= cfg.seeds <= MAX_SEEDS:
+            raise ConfigError(
+                "seeds", f"expected a number of seeds in 1 .. {MAX_SEEDS} or a list, got {cfg.seeds}", source
+            )
+        seeds = list(range(cfg.seeds))
+    else:
+        seeds = list(cfg.seeds)
+        if not seeds:
+            raise ConfigError("seeds", "expected at least one seed", source)
+        repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+        if repeated:
+            raise ConfigError("seeds", f"seed {repeated[0]} is listed twice", source)
+    if isinstance(data.get("train"), dict) and "seed" in data["train"]:
+        raise ConfigError("train.seed", "conflicts with seeds (both set the runs' seed): keep one", source)
+    return seeds
+
+
+MAX_SEEDS = 1000  # seeds: N beyond this is a typo, not an experiment (and would expand into as many runs)
 
 
 def _expand(
-    entry: Any, i: int, shared: dict[str, Any], runs_dir: Path, source: str, base_dir: Path
+    entry: Any,
+    i: int,
+    shared: dict[str, Any],
+    runs_dir: Path,
+    source: str,
+    base_dir: Path,
+    seeds: list[int] | None = None,
 ) -> list[PlannedRun]:
+    """The runs of ``methods[i]``: the product of its sweep (with ``seed: seeds`` added when given)."""
     where = f"methods[{i}]"
     if not isinstance(entry, dict):
         raise ConfigError(where, f"expected a mapping with a name, got {entry!r}", source)
@@ -168,6 +222,15 @@ def _expand(
     for key, values in sweep.items():
         if not isinstance(values, list) or not values:
             raise ConfigError(f"{where}.sweep.{key}", f"expected a non-empty list of values, got {values!r}", source)
+    if seeds is not None:  # every method with each seed, as if `seed: [...]` were in its sweep
+        for key in ("seed", "train.seed"):
+            if key in sweep:
+                raise ConfigError(
+                    f"{where}.sweep.{key}", "conflicts with seeds (the experiment's): sweep it in one place", source
+                )
+        if isinstance(entry.get("train"), dict) and "seed" in entry["train"]:
+            raise ConfigError(f"{where}.train.seed", "conflicts with seeds (the experiment's): keep one", source)
+        sweep = {**sweep, "seed": seeds}
     base = deep_merge(shared, sections)
     runs = []
     for combo in itertools.product(*sweep.values()) if sweep else [()]:

@@ -1,4 +1,4 @@
-"""The CSVs of a results directory — ``frontier.csv``, ``winrate.csv``, ``compute.csv`` — their
+"""The CSVs of a results directory — ``frontier.csv``, ``winrate.csv``, ``compute.csv``, ``summary.csv`` — their
 columns, and their reading and writing: written atomically, read back checked, so that a CSV edited
 by hand into something else is one :class:`~alignlab.errors.AlignlabError` line naming the file and
 what is wrong (not CSV, a missing column, a row whose value is not a number), not a traceback.
@@ -26,6 +26,7 @@ FRONTIER_COLUMNS = [
     "reward",
     "reward_ci_low",
     "reward_ci_high",
+    "reward_scale",
     "samples",
     "wall_s",
     "finished",
@@ -48,6 +49,25 @@ COMPUTE_COLUMNS = [
     "frozen",
     "roles",
     "parameters_held",
+]
+SUMMARY_COLUMNS = [  # summary.csv: alignlab.experiment.summary.summary_frame
+    "quantity",  # reward_at_kl | area_to_cap | a_above_b
+    "method",  # a_above_b: the method with the higher mean (A)
+    "versus",  # a_above_b: B
+    "kl",  # the KL budget; area_to_cap: the cap
+    "kl_from",  # area_to_cap: the KL range integrated over
+    "kl_to",
+    "seeds",  # the method's seeds
+    "n",  # the seeds the value is a mean over
+    "value",  # mean reward at the budget; the area (reward × nats); A − B
+    "ci_low",  # 95% Student-t interval over seeds (blank with one seed)
+    "ci_high",
+    "p_positive",  # σ of value (a_above_b: σ(A) − σ(B)), for a log-odds reward
+    "p_positive_ci_low",
+    "p_positive_ci_high",
+    "separate",  # a_above_b: yes | no (the intervals overlap) | blank (no interval)
+    "complete",  # False: fewer seeds than the others, or seeds whose fronts stop before the budget
+    "reward_scale",  # log_odds (the gold judge) | reward_model
 ]
 WINRATE_COLUMNS = [
     *RUN_COLUMNS,

@@ -5,10 +5,16 @@ and the CSVs), so ``alignlab plot DIR`` / ``alignlab table DIR`` redraw from a r
 alone, and every output is written atomically.
 
 - ``frontier.csv``: one row per (run, evaluation step): method, setting, seed, step, kl (+ 95% CI),
-  reward (+ 95% CI), samples, wall time.
-- ``frontier.png`` / ``.svg``: reward against KL, one colour per method, every evaluated point and
-  each method's Pareto front; optionally the Gao et al. (2023) over-optimisation curves.
-- ``frontier.md``: the last evaluation of every run, and each method's Pareto front.
+  reward (+ 95% CI), its scale (``log_odds``: the gold judge), samples, wall time.
+- ``frontier.png`` / ``.svg``: reward against KL, one colour per method: the means over seeds of
+  every (setting, step), faint, and each method's Pareto front of those means, bold (in panels of
+  methods, ``plot_panels``), beside a bar chart of the reward at the KL budgets; for a log-odds
+  reward the y axis is P(positive) = σ(log-odds), the DPO paper's Fig. 2 axis. Optionally the Gao
+  et al. (2023) over-optimisation curves.
+- ``frontier.md``: the last evaluation of every run, the means over seeds, each method's Pareto
+  front, its reward at the KL budgets, the area under its front, and the pairwise "A above B"
+  table (:mod:`alignlab.experiment.summary` says how each is computed); ``summary.csv``: the same
+  summaries as a tidy table.
 - ``winrate.csv`` / ``winrate.md`` / ``winrate.png``: win rate against the references by sampling
   temperature, one column per method (DPO paper, Figs. 2 right and 3 left).
 
@@ -30,7 +36,19 @@ import numpy as np
 import pandas as pd
 
 from alignlab.errors import AlignlabError
-from alignlab.experiment.csvs import WINRATE_COLUMNS, read_csv
+from alignlab.experiment.csvs import SUMMARY_COLUMNS, WINRATE_COLUMNS, read_csv, write_csv
+from alignlab.experiment.summary import (
+    MARK,
+    base_setting,
+    is_log_odds,
+    means_markdown,
+    p_positive,
+    reward_at_budgets,
+    seed_means,
+    summary_frame,
+    summary_markdown,
+)
+from alignlab.experiment.summary import pareto_front as pareto_front  # re-exported
 from alignlab.io import atomic_file, atomic_write_text, scan_jsonl
 
 
@@ -53,6 +71,7 @@ def run_rows(experiment: str, run: Any) -> tuple[list[dict[str, Any]], list[dict
         "setting": setting_text(run.setting),
         "seed": run.cfg.train.seed,
     }
+    scale = reward_scale(run.cfg.task.get("name") if isinstance(run.cfg.task, dict) else None)
     frontier = []
     for r in scan_jsonl(out / "metrics.jsonl")[0]:  # a damaged log: the rows before the damage
         if r.get("split") != "eval" or "sample_kl" not in r:
@@ -67,6 +86,7 @@ def run_rows(experiment: str, run: Any) -> tuple[list[dict[str, Any]], list[dict
                 "reward": r["sample_reward"],
                 "reward_ci_low": r.get("sample_reward_ci_low"),
                 "reward_ci_high": r.get("sample_reward_ci_high"),
+                "reward_scale": scale,
                 "samples": r.get("samples"),
                 "wall_s": r.get("wall_s"),
                 "finished": finished,
@@ -79,6 +99,16 @@ def run_rows(experiment: str, run: Any) -> tuple[list[dict[str, Any]], list[dict
     return frontier, winrate
 
 
+def reward_scale(task: str | None) -> str:
+    """What a run's sample reward is: ``log_odds`` — the gold judge's log-odds of positive, which a run
+    evaluates with when its task has labelled text to train one (IMDb) — else ``reward_model``."""
+    from alignlab.tasks import TASKS
+    from alignlab.tasks.base import Task
+
+    cls = TASKS.get(task or "imdb")  # a run's default task is imdb
+    return "log_odds" if cls is not None and cls.labelled is not Task.labelled else "reward_model"
+
+
 def _winrate_json(path: Path) -> list[dict[str, Any]]:
     """The rows of a run's ``winrate.json``; none when it is missing or damaged (the run redoes it)."""
     try:
@@ -89,21 +119,6 @@ def _winrate_json(path: Path) -> list[dict[str, Any]]:
 
 
 # ----------------------------------------------------------------------------------------- frontier
-
-
-def pareto_front(kl: Sequence[float], reward: Sequence[float]) -> list[int]:
-    """Indices of the points no other point beats on both axes (lower KL, higher reward), by KL.
-
-    A point is on the front when every point with KL ≤ its KL has a lower reward (ties in KL keep
-    the higher reward).
-    """
-    order = sorted(range(len(kl)), key=lambda i: (kl[i], -reward[i]))
-    front, best = [], -math.inf
-    for i in order:
-        if reward[i] > best:
-            front.append(i)
-            best = reward[i]
-    return front
 
 
 def gao_curve(d: np.ndarray, alpha: float, beta: float, kind: str) -> np.ndarray:
@@ -130,9 +145,25 @@ def fit_gao(kl: np.ndarray, gain: np.ndarray, kind: str) -> tuple[float, float] 
 
 
 def plot_frontier(
-    frame: pd.DataFrame, out_dir: Path, title: str = "", fit: bool = False, error_bars: bool = True
+    frame: pd.DataFrame,
+    out_dir: Path,
+    title: str = "",
+    fit: bool = False,
+    error_bars: bool = True,
+    kl_budgets: Sequence[float] = (),
+    panels: Sequence[Sequence[str]] = (),
+    axis: str = "auto",
 ) -> list[Path]:
-    """frontier.png and frontier.svg: reward against KL per method, with each method's Pareto front."""
+    """frontier.png and frontier.svg: per method, the means over seeds of every (setting, step), faint,
+    and the Pareto front of those means, bold; beside them, the reward at ``kl_budgets`` as bars.
+
+    Args:
+        frame: the rows of frontier.csv.
+        error_bars: 95% intervals on both axes: over seeds (n ≥ 2), else the one run's over prompts.
+        kl_budgets: the bar chart's budgets (none: no bar chart).
+        panels: method labels drawn together in one panel each; the others share a last panel.
+        axis: ``auto`` (P(positive) for a log-odds reward, else the reward), ``reward`` or ``p_positive``.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -140,33 +171,98 @@ def plot_frontier(
 
     if frame.empty:
         raise AlignlabError(f"{out_dir}: frontier.csv has no evaluated point yet")
-    fig, ax = plt.subplots(figsize=(7.5, 5))
-    colours = plt.get_cmap("tab20" if frame["method"].nunique() > 10 else "tab10")
+    means = seed_means(frame)
+    use_p = axis == "p_positive" or (axis == "auto" and is_log_odds(frame))
     methods = list(dict.fromkeys(frame["method"]))
-    base = frame[frame["step"] == 0]["reward"].mean() if (frame["step"] == 0).any() else None
-    for i, method in enumerate(methods):
-        rows = frame[frame["method"] == method].reset_index(drop=True)
-        colour = colours(i % colours.N)
-        kl, reward = rows["kl"].to_numpy(float), rows["reward"].to_numpy(float)
-        if error_bars and rows["kl_ci_low"].notna().all():
-            xerr = np.abs(np.vstack([kl - rows["kl_ci_low"], rows["kl_ci_high"] - kl]))
-            yerr = np.abs(np.vstack([reward - rows["reward_ci_low"], rows["reward_ci_high"] - reward]))
-            ax.errorbar(kl, reward, xerr=xerr, yerr=yerr, fmt="none", ecolor=colour, alpha=0.25, lw=0.8)
-        ax.scatter(kl, reward, s=18, color=colour, alpha=0.55, edgecolors="none")
-        front = pareto_front(list(kl), list(reward))
-        ax.plot(kl[front], reward[front], "-", color=colour, lw=1.8, label=method, drawstyle="steps-post")
-        if fit and base is not None:
-            kind = "bon" if (rows["objective"] == "best_of_n").all() else "rl"
-            params = fit_gao(kl, reward - base, kind)
-            if params is not None:
-                grid = np.linspace(0, math.sqrt(kl.max()), 100)
-                ax.plot(grid**2, base + gao_curve(grid, *params, kind), ":", color=colour, lw=1.2)
-    ax.set_xlabel("KL(π ‖ π_ref), sequence, nats")
-    ax.set_ylabel("mean reward of samples (gold judge, else the reward model)")
-    ax.set_title(title or "reward–KL frontier")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right", ncol=2 if len(methods) > 8 else 1)
+    cmap = plt.get_cmap("tab20" if len(methods) > 10 else "tab10")
+    colours = {m: cmap(i % cmap.N) for i, m in enumerate(methods)}
+    groups = [g for g in ([m for m in p if m in colours] for p in panels) if g]
+    rest = [m for m in methods if not any(m in g for g in groups)]
+    groups += [rest] if rest else []
+    budgets = reward_at_budgets(frame, kl_budgets) if len(kl_budgets) else None
+    ncols = len(groups) + (budgets is not None)
+    fig, axes = plt.subplots(1, ncols, figsize=(5.4 * ncols, 4.8), sharey=True, squeeze=False)
+    base = float(means.loc[means["step"] == 0, "reward"].mean()) if (means["step"] == 0).any() else None
+    for ax, group in zip(axes[0], groups, strict=False):
+        for method in group:
+            rows = means[means["method"] == method].reset_index(drop=True)
+            _draw_method(ax, rows, frame[frame["method"] == method], colours[method], use_p, error_bars)
+            if fit and base is not None:
+                kind = "bon" if (rows["objective"] == "best_of_n").all() else "rl"
+                kl, reward = rows["kl"].to_numpy(float), rows["reward"].to_numpy(float)
+                params = fit_gao(kl, reward - base, kind)
+                if params is not None:
+                    grid = np.linspace(0, math.sqrt(kl.max()), 100)
+                    curve = base + gao_curve(grid, *params, kind)
+                    ax.plot(grid**2, p_positive(curve) if use_p else curve, ":", color=colours[method], lw=1.2)
+        ax.set_xlabel("KL(π ‖ π_ref), sequence, nats")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right", ncol=2 if len(group) > 8 else 1)
+    lows, highs = zip(*(ax.get_xlim() for ax in axes[0][: len(groups)]), strict=True)
+    for ax in axes[0][: len(groups)]:  # one KL scale across the panels
+        ax.set_xlim(min(lows), max(highs))
+    axes[0][0].set_ylabel(_reward_label(frame, use_p))
+    if budgets is not None:
+        _draw_budgets(axes[0][-1], budgets, methods, colours, use_p, base)
+    n = int(means["n"].max())
+    seeds = f"means over {n} seeds, 95% t-intervals over seeds" if n > 1 else "one seed"
+    fig.suptitle(f"{title or 'reward–KL frontier'} ({seeds}; bold: Pareto front of the means)", fontsize=10)
     return _save(fig, out_dir, "frontier")
+
+
+def _reward_label(frame: pd.DataFrame, use_p: bool) -> str:
+    if use_p:
+        return "P(positive) = σ(mean gold log-odds)"
+    if is_log_odds(frame):
+        return "mean gold reward (log-odds of positive)"
+    return "mean reward of samples (gold judge, else the reward model)"
+
+
+def _draw_method(ax: Any, means: pd.DataFrame, rows: pd.DataFrame, colour: Any, use_p: bool, error_bars: bool) -> None:
+    """One method: its mean points, faint (hollow where seeds are missing), and its front, bold."""
+    y = p_positive if use_p else (lambda v: np.asarray(v, float))
+    kl, reward = means["kl"].to_numpy(float), means["reward"].to_numpy(float)
+    if error_bars:
+        # one seed: the run's own interval over prompts, from its frontier row
+        own = rows.assign(setting=rows["setting"].map(base_setting)).drop_duplicates(["setting", "step"], keep="last")
+        own = own.set_index(["setting", "step"]).reindex(pd.MultiIndex.from_frame(means[["setting", "step"]]))
+        single = (means["n"] == 1).to_numpy()
+        ci = {}
+        for c in ("kl_ci_low", "kl_ci_high", "reward_ci_low", "reward_ci_high"):
+            ci[c] = np.where(single, own[c].to_numpy(float), means[c].to_numpy(float))
+        xerr = np.nan_to_num(np.abs(np.vstack([kl - ci["kl_ci_low"], ci["kl_ci_high"] - kl])))
+        yerr = np.abs(np.vstack([y(reward) - y(ci["reward_ci_low"]), y(ci["reward_ci_high"]) - y(reward)]))
+        ax.errorbar(kl, y(reward), xerr=xerr, yerr=np.nan_to_num(yerr), fmt="none", ecolor=colour, alpha=0.15, lw=0.7)
+    full = means["complete"].to_numpy(bool)
+    ax.scatter(kl[full], y(reward[full]), s=14, color=colour, alpha=0.35, edgecolors="none")
+    ax.scatter(kl[~full], y(reward[~full]), s=16, facecolors="none", edgecolors=colour, alpha=0.6, lw=0.8)
+    front = means[means["on_front"]].sort_values("kl")
+    label = str(means["method"].iloc[0]) + ("" if full.all() else " (missing seeds)")
+    ax.plot(front["kl"], y(front["reward"]), "-o", color=colour, lw=2.2, ms=3, label=label)
+
+
+def _draw_budgets(
+    ax: Any, budgets: pd.DataFrame, methods: list[str], colours: dict[str, Any], use_p: bool, base: float | None
+) -> None:
+    """Bars of each method's reward at each KL budget (mean over seeds, 95% t-interval), from π_ref's reward."""
+    y = p_positive if use_p else (lambda v: np.asarray(v, float))
+    ks = sorted(set(budgets["kl"]))
+    width = 0.8 / max(len(methods), 1)
+    bottom = float(y(base)) if base is not None else (0.5 if use_p else 0.0)
+    for j, method in enumerate(methods):
+        g = budgets[budgets["method"] == method].set_index("kl").reindex(ks)
+        value = y(g["reward"].to_numpy(float))
+        xs = np.arange(len(ks)) + (j - (len(methods) - 1) / 2) * width
+        for full, hatch in ((True, None), (False, "///")):
+            keep = np.isfinite(value) & (g["complete"].fillna(False).to_numpy(bool) == full)
+            ax.bar(xs[keep], value[keep] - bottom, width, bottom=bottom, color=colours[method], hatch=hatch, alpha=0.8)
+        low, high = y(g["reward_ci_low"].to_numpy(float)), y(g["reward_ci_high"].to_numpy(float))
+        yerr = np.nan_to_num(np.abs(np.vstack([value - low, high - value])))
+        ax.errorbar(xs, value, yerr=yerr, fmt="none", ecolor="black", lw=0.7, capsize=1.5)
+    ax.axhline(bottom, color="grey", lw=0.8)
+    ax.set_xticks(np.arange(len(ks)), [f"KL {k:g}" for k in ks])
+    ax.set_title("reward at KL budgets (bars from π_ref's reward; hatched: missing seeds)", fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
 
 
 def _save(fig: Any, out_dir: Path, stem: str) -> list[Path]:
@@ -190,10 +286,24 @@ def _ci(value: float, low: Any, high: Any, digits: int = 2) -> str:
     return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
-def frontier_table(frame: pd.DataFrame) -> str:
-    """Markdown: the last evaluation of every run, then each method's Pareto front."""
+def frontier_table(frame: pd.DataFrame, kl_budgets: Sequence[float] = (), kl_cap: float | None = None) -> str:
+    """Markdown: the summaries (reward at ``kl_budgets``, area to ``kl_cap``, A above B; none when
+    neither is given), each method's Pareto front of the means over seeds, the means, and the last
+    evaluation of every run."""
     out = io.StringIO()
-    out.write("## Last evaluation of each run\n\n")
+    if len(kl_budgets) or kl_cap is not None:
+        out.write(summary_markdown(frame, kl_budgets, kl_cap) + "\n")
+    means = seed_means(frame)
+    out.write("## Pareto front of each method (the means over seeds of every evaluated point)\n\n")
+    out.write("| method | points | front (KL → reward) |\n|---|---|---|\n")
+    for method, rows in means.groupby("method", sort=False):
+        front = rows[rows["on_front"]].sort_values("kl")
+        text = ", ".join(
+            f"{r.kl:.2f} → {r.reward:.2f}{'' if r.complete else MARK}" for r in front.itertuples(index=False)
+        )
+        out.write(f"| {method} | {len(rows)} | {text} |\n")
+    out.write("\n" + means_markdown(means, is_log_odds(frame)))
+    out.write("\n## Last evaluation of each run\n\n")
     out.write("| method | setting | seed | step | KL [95% CI] | reward [95% CI] |\n|---|---|---|---|---|---|\n")
     last = frame.sort_values("step").groupby("run", sort=False).tail(1)
     for _, r in last.sort_values(["method", "run"]).iterrows():
@@ -202,13 +312,6 @@ def frontier_table(frame: pd.DataFrame) -> str:
             f"{_ci(r['kl'], r['kl_ci_low'], r['kl_ci_high'])} | "
             f"{_ci(r['reward'], r['reward_ci_low'], r['reward_ci_high'])} |\n"
         )
-    out.write("\n## Pareto front of each method (every evaluated point)\n\n")
-    out.write("| method | points | front (KL → reward) |\n|---|---|---|\n")
-    for method in dict.fromkeys(frame["method"]):
-        rows = frame[frame["method"] == method].reset_index(drop=True)
-        front = pareto_front(list(rows["kl"]), list(rows["reward"]))
-        text = ", ".join(f"{rows['kl'][i]:.2f} → {rows['reward'][i]:.2f}" for i in front)
-        out.write(f"| {method} | {len(rows)} | {text} |\n")
     return out.getvalue()
 
 
@@ -333,13 +436,32 @@ def compute_table(frame: pd.DataFrame) -> str:
 # ----------------------------------------------------------------------------------------- entry points
 
 
+def report_settings(results: Path) -> Any:
+    """The experiment's ``kl_budgets``, ``kl_cap`` and ``plot_panels``, from the ``experiment.yaml`` the run
+    wrote in ``results`` (their defaults without one), as an ``ExperimentConfig``.
+
+    Raises:
+        ConfigError: naming the file and the key, for a value that is not one of these keys' values.
+    """
+    from alignlab.config import load_yaml
+    from alignlab.experiment.config import ExperimentConfig
+
+    path = results / "experiment.yaml"
+    data = load_yaml(path) if path.is_file() else {}
+    return ExperimentConfig.from_dict(
+        {k: data[k] for k in ("kl_budgets", "kl_cap", "plot_panels") if k in data}, str(path)
+    )
+
+
 def plot_dir(results: Path, fit: bool = False, title: str = "") -> list[Path]:
-    """``alignlab plot DIR``: the plots of a results directory from its CSVs."""
+    """``alignlab plot DIR``: the plots of a results directory from its CSVs (and its experiment.yaml)."""
     paths: list[Path] = []
     if (results / "frontier.csv").exists():
         frame = read_csv(results / "frontier.csv")
         if not frame.empty:
-            paths += plot_frontier(frame, results, title or f"{results.name}: reward–KL frontier", fit=fit)
+            cfg = report_settings(results)
+            title = title or f"{results.name}: reward–KL frontier"
+            paths += plot_frontier(frame, results, title, fit=fit, kl_budgets=cfg.kl_budgets, panels=cfg.plot_panels)
     if (results / "winrate.csv").exists():
         frame = read_csv(results / "winrate.csv")
         if not frame.empty:
@@ -350,12 +472,16 @@ def plot_dir(results: Path, fit: bool = False, title: str = "") -> list[Path]:
 
 
 def table_dir(results: Path) -> list[Path]:
-    """``alignlab table DIR``: frontier.md and winrate.md from the CSVs."""
+    """``alignlab table DIR``: frontier.md, summary.csv, winrate.md and compute.md from the CSVs."""
     paths: list[Path] = []
     if (results / "frontier.csv").exists():
         frame = read_csv(results / "frontier.csv")
         if not frame.empty:
-            paths.append(atomic_write_text(results / "frontier.md", frontier_table(frame)))
+            cfg = report_settings(results)
+            text = frontier_table(frame, cfg.kl_budgets, cfg.kl_cap)
+            paths.append(atomic_write_text(results / "frontier.md", text))
+            summary = summary_frame(frame, cfg.kl_budgets, cfg.kl_cap)
+            paths.append(write_csv(results / "summary.csv", summary.to_dict("records"), SUMMARY_COLUMNS))
     if (results / "winrate.csv").exists():
         frame = read_csv(results / "winrate.csv")
         if not frame.empty:

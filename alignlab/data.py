@@ -19,6 +19,8 @@ from alignlab.errors import AlignlabError, one_line
 DATA_DIR_ENV = "ALIGNLAB_DATA_DIR"
 CACHE_DIR_ENV = "ALIGNLAB_CACHE_DIR"
 LOCAL_SUFFIXES = (".jsonl.gz", ".jsonl", ".parquet")
+CACHE_STAGES = ("tokenizer", "sft", "gold", "pairs", "reward_model", "reference")
+"""The folders of the cache, one per stage."""
 
 
 class DataError(AlignlabError):
@@ -71,6 +73,9 @@ def check_cache_writable() -> Path:
         else f"the cache directory (set ${CACHE_DIR_ENV} to move it)"
     )
     check_writable(root, key)
+    for stage in CACHE_STAGES:  # where each stage writes: a file in its place would fail mid-run
+        if (root / stage).exists() and not (root / stage).is_dir():
+            check_writable(root / stage, f"{key} (its {stage}/)")
     return root
 
 

@@ -16,14 +16,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
 
-from alignlab.errors import AlignlabError
-
 EXIT_STATUS = {"SIGINT": 130, "SIGTERM": 143}
 """The exit status of a process stopped by each signal (128 + its number, as a shell reports it)."""
 
 
-class Interrupted(AlignlabError):
+class Interrupted(BaseException):
     """The process was asked to stop (SIGTERM, SIGINT); the message says what was saved.
+
+    A ``BaseException``, like ``KeyboardInterrupt``: no ``except Exception`` on its way (a loader
+    that takes any error for a damaged file, a plugin's loss) may catch it and carry on.
 
     Args:
         signame: ``SIGTERM`` or ``SIGINT``.

@@ -29,21 +29,25 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from alignlab.errors import ConfigError
+import yaml
+
+from alignlab.errors import ConfigError, one_line
 from alignlab.io import atomic_write_json
 
 Kind = Literal["run", "results"]
 MARKER = ".alignlab.json"
 """The marker of a directory alignlab owns: ``{"written_by": "alignlab", "kind": "run" | "results"}``."""
+_RUN_NAMES = r"config\.yaml|summary\.json|metrics\.jsonl|diverged\.txt|winrate\.json|checkpoints|alignlab"
 RUN_ENTRIES = re.compile(
-    r"^(?:config\.yaml|summary\.json|metrics\.jsonl|diverged\.txt|winrate\.json|checkpoints|alignlab"
-    r"|\.alignlab\.json|[^/]+\.sha256|damaged-.+|\..+\.(?:tmp-[A-Za-z0-9_-]+|[A-Za-z0-9_]+\.tmp))$"
+    rf"^(?:{_RUN_NAMES}|\.alignlab\.json"  # what a run writes, and the marker
+    rf"|damaged-(?:\d+-)?(?:{_RUN_NAMES})"  # its results moved aside as damaged (alignlab.io.quarantine)
+    rf"|\.(?:{_RUN_NAMES}|alignlab\.json)\.(?:tmp-[A-Za-z0-9_]+|[A-Za-z0-9_]+\.tmp))$"  # a killed writer's
 )
 """The names a run of alignlab writes in its directory (``alignlab/`` holds the tracker's events;
-``damaged-*`` are its results moved aside as damaged, ``*.sha256`` their checksums; the dotted
-``.tmp`` names are what a writer killed mid-write leaves)."""
+``damaged-<name>`` are its results moved aside as damaged; ``.<name>.<random>.tmp`` what a writer
+killed mid-write leaves) — and nothing else: a user's ``damaged-notes.txt`` is not one of them."""
 
 
 class OwnershipError(ConfigError):
@@ -62,16 +66,33 @@ def _marker_kind(path: Path) -> str | None:
 
 
 def _legacy(path: Path, kind: Kind) -> bool:
-    """A directory an alignlab from before the marker wrote."""
-    if kind == "results":
-        return (path / "experiment.yaml").is_file() and (path / "configs").is_dir()
-    import yaml
+    """A directory an alignlab from before the marker wrote, on strong evidence only: a run
+    directory whose ``config.yaml`` is a fully resolved run config beside its ``metrics.jsonl`` or
+    ``checkpoints/``; a results directory whose ``experiment.yaml`` lists its runs, each with its
+    resolved config in ``configs/``. A user's own YAMLs are never taken for these."""
+    from alignlab.config import parse_yaml
 
-    try:
-        held = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8"))
-    except (OSError, ValueError, yaml.YAMLError):
-        return False
-    return isinstance(held, dict) and {"task", "model", "objective", "train", "out_dir"} <= set(held)
+    def read(file: Path) -> Any:
+        try:
+            return parse_yaml(file.read_text(encoding="utf-8"))
+        except (OSError, ValueError, yaml.YAMLError):
+            return None
+
+    if kind == "results":
+        held = read(path / "experiment.yaml")
+        runs = held.get("runs") if isinstance(held, dict) else None
+        return (
+            isinstance(runs, list)
+            and bool(runs)
+            and all(isinstance(r, str) and (path / "configs" / f"{r}.yaml").is_file() for r in runs)
+        )
+    held = read(path / "config.yaml")
+    sections = {"task", "model", "sft", "data", "reward", "objective", "train", "rollout", "eval", "plugins", "out_dir"}
+    return (
+        isinstance(held, dict)
+        and sections <= set(held)
+        and ((path / "metrics.jsonl").is_file() or (path / "checkpoints").is_dir())
+    )
 
 
 def owned(path: Path, kind: Kind) -> bool:
@@ -94,24 +115,35 @@ def _describe(path: Path) -> str:
     return f"holds files alignlab did not write ({shown})"
 
 
+def real_path(path: str | Path) -> Path:
+    """``path`` as the file system will resolve it once created: ``~`` expanded, symbolic links of
+    its existing part followed, ``..`` applied (``new/..`` is the directory that holds ``new``)."""
+    return Path(os.path.realpath(os.path.expanduser(str(path))))
+
+
 def check_writable(path: Path, key: str, source: str | None = None) -> None:
     """``path`` is a directory alignlab can create or write in, else one line naming ``key``.
 
     Checks the nearest existing ancestor when ``path`` does not exist yet; uses ``os.access``,
     so it answers for the user running alignlab (root may write where others may not).
     """
-    probe = path
-    while not probe.exists():
-        if probe.is_symlink():  # a dangling link
-            raise OwnershipError(key, f"{path}: {probe} is a broken symbolic link", source)
-        if probe.parent == probe:
-            break
-        probe = probe.parent
-    if probe.exists() and not probe.is_dir():
-        what = "is a file" if probe == path else f"cannot be created: {probe} is a file"
+    try:
+        probe = real_path(path)
+        while not probe.exists():
+            if probe.is_symlink():  # a dangling link
+                raise OwnershipError(key, f"{path}: {probe} is a broken symbolic link", source)
+            if probe.parent == probe:
+                break
+            probe = probe.parent
+        is_dir, writable = probe.is_dir(), os.access(probe, os.W_OK | os.X_OK)
+    except (OSError, ValueError) as err:  # a name too long, a NUL byte, a loop of links
+        raise OwnershipError(key, f"{str(path)[:200]!r} is not a usable path: {one_line(err)}", source) from None
+    shown = probe if Path(path).expanduser().is_absolute() else Path(os.path.relpath(probe))
+    if probe.exists() and not is_dir:
+        what = "is a file" if probe == real_path(path) else f"cannot be created: {shown} is a file"
         raise OwnershipError(key, f"{path} {what}, not a directory", source)
-    if not os.access(probe, os.W_OK | os.X_OK):
-        where = "" if probe == path else f" (its parent {probe} is not writable)"
+    if not writable:
+        where = "" if probe == real_path(path) else f" (its parent {shown} is not writable)"
         raise OwnershipError(key, f"{path}: permission denied, alignlab cannot write there{where}", source)
 
 
@@ -124,12 +156,13 @@ def check_claimable(path: Path, kind: Kind, key: str, source: str | None = None)
         key: the setting that named it (``out_dir``, ``runs_dir``), and ``source`` its file.
     """
     check_writable(path, key, source)
-    if not owned(path, kind):
-        marked = _marker_kind(path) if path.is_dir() else None
+    real = real_path(path)
+    if not owned(real, kind):
+        marked = _marker_kind(real) if real.is_dir() else None
         if marked is not None:
             reason = f"is an alignlab {marked} directory, not a {kind} directory"
-        elif path.is_dir():
-            reason = _describe(path)
+        elif real.is_dir():
+            reason = _describe(real)
         else:
             reason = "is not a directory"
         raise OwnershipError(
@@ -154,7 +187,8 @@ def remove_owned(path: Path) -> list[str]:
     if not path.is_dir():
         return []
     kept = []
-    for entry in sorted(path.iterdir()):
+    # the marker last: a --force killed half-way leaves a directory alignlab still knows as its own
+    for entry in sorted(path.iterdir(), key=lambda e: (e.name == MARKER, e.name)):
         if not RUN_ENTRIES.match(entry.name):
             kept.append(entry.name)
         elif entry.is_dir() and not entry.is_symlink():

@@ -35,7 +35,7 @@ class PairGenConfig(Config):
     samples_per_prompt: int = knob(4, "k completions sampled per prompt; all k(k−1)/2 pairs are formed.", ge=2)
     max_prompts: int | None = knob(None, "Use the first this many train prompts (None: all).", gt=0)
     max_new_tokens: int = knob(48, "Completion length limit in tokens.", gt=0)
-    temperature: float = knob(1.0, "Sampling temperature (> 0: k samples of one prompt must differ).", gt=0)
+    temperature: float = knob(1.0, "Sampling temperature (> 0: k samples of one prompt must differ).", ge=0.01)
     top_p: float = knob(1.0, "Nucleus sampling threshold (1.0: off).", gt=0, le=1)
     batch_size: int = knob(64, "Completions generated per forward batch.", gt=0)
     min_reward_gap: float = knob(0.0, "Drop pairs whose gold rewards differ by no more than this.", ge=0)

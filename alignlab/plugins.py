@@ -40,6 +40,8 @@ def load_plugin(spec: str, base_dir: Path | None = None, source: str | None = No
         PluginError: the file or module does not exist, or importing it failed.
     """
     where = f"{source}: " if source else ""
+    if "\0" in spec or not spec.strip():
+        raise PluginError(f"{where}plugins: {spec!r} is not a file or module name")
     if _looks_like_path(spec):
         path = Path(spec).expanduser()
         if not path.is_absolute():

@@ -109,7 +109,8 @@ def _matches(value: Any, tp: Any) -> bool:
     return isinstance(value, tp)
 
 
-_SCIENTIFIC = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
+_SCIENTIFIC = re.compile(r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)[eE][+-]?\d+$")  # linear: no nested repeats
+_YAML_BOOLS = {False: ("no", "off", "false"), True: ("yes", "on", "true")}
 
 
 def _config_type(tp: Any) -> type[Config] | None:
@@ -138,6 +139,12 @@ class Config:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             tp = hints[f.name]
+            # YAML 1.1 reads an unquoted no/yes/off/on as a bool: `mixed_precision: no` means the choice 'no'
+            if isinstance(value, bool) and typing.get_origin(tp) is Literal:
+                words = [c for c in typing.get_args(tp) if isinstance(c, str) and c in _YAML_BOOLS[value]]
+                if len(words) == 1:
+                    value = words[0]
+                    object.__setattr__(self, f.name, value)
             # YAML 1.1 (PyYAML) reads 1e-3 as a string: it needs a dot (1.0e-3) to be a float
             if isinstance(value, str) and _SCIENTIFIC.match(value) and _matches(1.5, tp):
                 value = float(value)

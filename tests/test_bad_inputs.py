@@ -152,7 +152,7 @@ def command(case: dict[str, Any], tmp: Path) -> list[str]:
     """The case's argv with {tmp} filled in, its outputs sent under ``tmp`` unless it names them."""
     argv = [fill(item, tmp) for item in case["argv"]]
     named = {item.partition("=")[0] for item in argv[2:] if "=" in item}
-    if argv[0] == "train" and "out_dir" not in named:
+    if argv[0] == "train" and "out_dir" not in named and not case.get("yaml_out_dir"):
         argv.append(f"out_dir={tmp / 'out'}")
     if argv[0] == "run":
         argv += [
@@ -258,6 +258,7 @@ def test_bad_input_is_one_line_naming_the_file_and_key_with_status_2(
         Path(setup["notes_dir"]).mkdir(parents=True)
         (Path(setup["notes_dir"]) / "notes.txt").write_text("my notes\n")
     if "file" in setup:
+        Path(setup["file"]).parent.mkdir(parents=True, exist_ok=True)
         Path(setup["file"]).write_text("a file, not a directory\n")
     for key, value in (case.get("env") or {}).items():
         monkeypatch.setenv(key, fill(value, tmp))

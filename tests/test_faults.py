@@ -296,34 +296,59 @@ def test_the_working_directory_is_never_emptied(tmp_path: Path, monkeypatch: pyt
 
 
 def test_ownership_by_hand(tmp_path: Path) -> None:
-    """missing / empty: claimable; a user's files: refused; an old alignlab run (config.yaml with the
-    run sections) or results directory (experiment.yaml + configs/): alignlab's; kinds do not mix."""
+    """missing / empty: claimable; a user's files: refused; an old alignlab run (a resolved
+    config.yaml beside its metrics or checkpoints) or results directory (experiment.yaml listing its
+    runs, each config in configs/): alignlab's; a user's YAMLs of the same names are not; kinds do not
+    mix; --force removes only a run's own names, links removed and never followed, the marker last."""
     assert owned(tmp_path / "missing", "run")
     (tmp_path / "empty").mkdir()
     assert owned(tmp_path / "empty", "run")
+    resolved = "".join(
+        f"{k}: {{}}\n" for k in ("task", "model", "sft", "data", "reward", "objective", "train", "rollout", "eval")
+    )
     old_run = tmp_path / "old_run"
     old_run.mkdir()
-    (old_run / "config.yaml").write_text("task: {}\nmodel: {}\nobjective: {}\ntrain: {}\nout_dir: x\n")
+    (old_run / "config.yaml").write_text(resolved + "plugins: []\nout_dir: x\n")
+    assert not owned(old_run, "run")  # a config.yaml alone, even a resolved one, may be the user's
+    (old_run / "metrics.jsonl").write_text('{"step": 1}\n')
     assert owned(old_run, "run") and not owned(old_run, "results")
+    users_run = tmp_path / "users_run"
+    users_run.mkdir()
+    (users_run / "config.yaml").write_text("task: {}\nmodel: {}\nobjective: {}\ntrain: {}\nout_dir: x\n")
+    (users_run / "metrics.jsonl").write_text("mine\n")
+    assert not owned(users_run, "run")  # the user's own run YAML: not resolved by alignlab
     old_results = tmp_path / "old_results"
     (old_results / "configs").mkdir(parents=True)
-    (old_results / "experiment.yaml").write_text("name: x\n")
+    (old_results / "experiment.yaml").write_text("name: x\nruns: [a, b]\n")
+    (old_results / "configs" / "a.yaml").write_text("{}\n")
+    assert not owned(old_results, "results")  # run b's config is missing
+    (old_results / "configs" / "b.yaml").write_text("{}\n")
     assert owned(old_results, "results") and not owned(old_results, "run")
+    project = tmp_path / "project"
+    (project / "configs").mkdir(parents=True)
+    (project / "experiment.yaml").write_text("name: x\nmethods: [{name: dpo}]\n")
+    assert not owned(project, "results")  # a user's experiment and its configs/ folder
     user = tmp_path / "user"
     user.mkdir()
     (user / "config.yaml").write_text("lr: 0.1\n")
     assert not owned(user, "run")
     with pytest.raises(ConfigError, match="holds files alignlab did not write"):
         check_claimable(user, "run", "out_dir")
+    with pytest.raises(ConfigError, match="holds files alignlab did not write"):
+        check_claimable(user / "new" / "..", "run", "out_dir")  # not a new directory: `user` itself
+    (old_run / MARKER).write_text('{"written_by": "alignlab", "kind": "run"}')
     (old_run / "checkpoints").mkdir()
-    (old_run / "notes.txt").write_text("x")
-    (old_run / ".metrics.jsonl.ab12.tmp").write_text("x")
+    for name in ("notes.txt", "damaged-notes.txt", "notes.txt.sha256", ".notes.txt.ab12.tmp"):
+        (old_run / name).write_text("mine")
+    for name in (".metrics.jsonl.ab12.tmp", "damaged-summary.json", "damaged-2-metrics.jsonl"):
+        (old_run / name).write_text("alignlab's")
     link_target = tmp_path / "elsewhere"
     link_target.mkdir()
     (link_target / "keep.txt").write_text("x")
     (old_run / "alignlab").symlink_to(link_target)
-    assert remove_owned(old_run) == ["notes.txt"]
-    assert sorted(p.name for p in old_run.iterdir()) == ["notes.txt"]
+    kept = [".notes.txt.ab12.tmp", "damaged-notes.txt", "notes.txt", "notes.txt.sha256"]
+    assert remove_owned(old_run) == kept
+    assert sorted(p.name for p in old_run.iterdir()) == kept
     assert (link_target / "keep.txt").read_text() == "x"  # a link is removed, never followed
 
 
@@ -520,7 +545,7 @@ def test_a_damaged_winrate_file_of_an_unfinished_run_is_judged_again(tmp_path: P
 
     monkeypatch.setattr(methods, "model_context", lambda model: 64)
     monkeypatch.setattr(methods, "eval_prompts", judge_again)
-    cfg, _ = resolve(CORPUS / OK, ["eval.winrate.temperatures=[0.0]"])
+    cfg, _ = resolve(CORPUS / "train" / "text_special_tokens_hh.yaml", ["eval.winrate.temperatures=[0.0]"])
     (tmp_path / "winrate.json").write_text('[{"temperature": 0.0, "win_ra')
     with pytest.raises(JudgedAgain):
         methods.win_rate_rows(
@@ -543,3 +568,42 @@ def test_results_left_half_written_by_a_killed_writer_are_cleared(tmp_path: Path
     (exp.out_dir / "my_notes.tmp").write_text("mine")
     runner.collect(exp, draw=False)
     assert sorted(p.name for p in exp.out_dir.iterdir()) == ["frontier.csv", "my_notes.tmp"]
+
+
+def test_a_stop_request_is_no_exception_a_loader_could_swallow() -> None:
+    """Interrupted passes every `except Exception` on its way (a loader taking any error for a
+    damaged file would set a good checkpoint aside and train on)."""
+    from alignlab.interrupts import Interrupted
+
+    assert issubclass(Interrupted, BaseException) and not issubclass(Interrupted, Exception)
+    with pytest.raises(Interrupted):
+        try:
+            raise Interrupted("SIGTERM")
+        except Exception:
+            pytest.fail("caught as an Exception")
+
+
+def test_the_same_run_under_another_spelling_of_its_out_dir_is_the_same_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(CORPUS)
+    monkeypatch.setenv("ALIGNLAB_CACHE_DIR", str(tmp_path / "cache"))
+    assert main(["train", OK, f"out_dir={tmp_path / 'run'}"]) == 0
+    before = digest(tmp_path / "run")
+    capsys.readouterr()
+    for spelling in (f"{tmp_path / 'run'}/", f"{tmp_path}/x/../run", os.path.relpath(tmp_path / "run")):
+        assert main(["train", OK, f"out_dir={spelling}"]) == 0
+        assert "holds this run, finished; nothing to do" in capsys.readouterr().err
+    assert digest(tmp_path / "run") == before
+
+
+def test_yaml_1_1_booleans_are_the_choices_they_spell_and_numbers_parse_in_linear_time() -> None:
+    from alignlab.train.job import RunConfig
+
+    assert RunConfig.from_dict(parse_yaml("train: {mixed_precision: no}")).train.mixed_precision == "no"
+    with pytest.raises(ConfigError, match=r"train\.optimizer: expected 'rmsprop' \| 'adamw', got True"):
+        RunConfig.from_dict({"objective": {"name": "ipo"}, "train": {"optimizer": True}})
+    start = time.process_time()
+    with pytest.raises(ConfigError, match=r"train\.lr: expected float"):
+        RunConfig.from_dict({"train": {"lr": "1" * 200_000 + "x"}})
+    assert time.process_time() - start < 5  # the old pattern backtracked for hours on this

@@ -300,11 +300,21 @@ def preflight(exp: Experiment, force: bool = False) -> None:
         AlignlabError: naming the experiment file and the key (``task.data_dir``, ``runs_dir``).
     """
     from alignlab.data import check_cache_writable
-    from alignlab.ownership import check_claimable, check_writable
+    from alignlab.ownership import check_claimable, check_writable, real_path
     from alignlab.tasks import build_task
     from alignlab.train.job import _resolved, holds_other_run
 
     check_claimable(exp.out_dir, "results", "out_dir", exp.source)
+    results = real_path(exp.out_dir)
+    for run in exp.runs:
+        run_dir = real_path(run.cfg.out_dir)
+        if run_dir == results or results in run_dir.parents or run_dir in results.parents:
+            raise ConfigError(
+                "out_dir",
+                f"{exp.out_dir} and the run directory {run.cfg.out_dir} of run {run.run_id!r} overlap: put the "
+                "results and the runs (runs_dir) in separate directories",
+                exp.source,
+            )
     check_writable(exp.runs_dir, "runs_dir", exp.source)
     check_cache_writable()
     for run in exp.runs:

@@ -133,7 +133,7 @@ def read_csv(path: Path) -> pd.DataFrame:
         raise AlignlabError(f"{path}: no such file (run the experiment first: alignlab run <experiment.yaml>)")
     try:
         frame = pd.read_csv(path, keep_default_na=False, na_values=[""])
-    except (ValueError, UnicodeDecodeError) as err:  # pandas' ParserError and EmptyDataError are ValueErrors
+    except (ValueError, UnicodeDecodeError, OSError) as err:  # pandas' ParserError, EmptyDataError: ValueErrors
         raise AlignlabError(f"{path}: not a CSV table ({one_line(err)})") from None
     columns = READ_COLUMNS.get(path.name)
     return frame if columns is None else _checked(path, frame, columns)

@@ -101,17 +101,15 @@ class ObjectiveError(AlignlabError):
         return self if self.where else ObjectiveError(self.objective, self.problem, where)
 
 
-def _batch_size(batch: Any) -> tuple[int, bool] | None:
-    """(B, whether the policy's log-probs carry a graph) of a trainer's batch; None for another type."""
+def _policy_logps(batch: Any) -> torch.Tensor | None:
+    """The policy's log-probs of a trainer's batch (B,) or (B, T); None for another type."""
     if isinstance(batch, PairedLogps):
-        first = batch.policy_chosen_logps
-    elif isinstance(batch, UnpairedLogps):
-        first = batch.policy_logps
-    elif isinstance(batch, PPOBatch):
-        first = batch.logprobs
-    else:
-        return None
-    return int(first.shape[0]), bool(first.requires_grad)
+        return batch.policy_chosen_logps
+    if isinstance(batch, UnpairedLogps):
+        return batch.policy_logps
+    if isinstance(batch, PPOBatch):
+        return batch.logprobs
+    return None
 
 
 def _shape(value: Any) -> str:
@@ -132,22 +130,29 @@ def check_output(objective: Objective, out: Any, batch: Any) -> None:
     expected = "a LossOutput(losses=<one loss per example, shape (B,)>, metrics={...})"
     if not isinstance(out, LossOutput):
         raise ObjectiveError(objective, f"returned {_shape(out)}, not {expected}")
-    losses, size = out.losses, _batch_size(batch)
+    losses, policy = out.losses, _policy_logps(batch)
     if not isinstance(losses, torch.Tensor) or not losses.is_floating_point():
         raise ObjectiveError(objective, f"LossOutput.losses is {_shape(losses)} of {getattr(losses, 'dtype', '?')}")
-    if size is None:
+    if not isinstance(out.metrics, dict):
+        raise ObjectiveError(objective, f"LossOutput.metrics is {_shape(out.metrics)}, not a dict of tensors")
+    if policy is None:
         return
-    n, needs_graph = size
+    n = int(policy.shape[0])
     if tuple(losses.shape) != (n,):
         raise ObjectiveError(
             objective, f"LossOutput.losses is {_shape(losses)}; it must hold one loss per example, shape ({n},)"
         )
-    if needs_graph and torch.is_grad_enabled() and not losses.requires_grad:
+    if policy.requires_grad and torch.is_grad_enabled() and losses.grad_fn is None:
         raise ObjectiveError(
             objective,
             "LossOutput.losses has no graph back to the policy's log-probs (detached, or built from "
             ".item()/numpy?): training would not change the model",
         )
+    # from finite log-probs a loss's own arithmetic made a NaN or inf (a diverged model's log-probs
+    # are not finite: that is the trainer's NaN guard's to report, for every objective alike)
+    if not objective.builtin and not torch.isfinite(losses).all() and torch.isfinite(policy).all():
+        bad = int((~torch.isfinite(losses)).sum())
+        raise ObjectiveError(objective, f"LossOutput.losses has {bad} non-finite values of {n} from finite log-probs")
     for name, value in out.metrics.items():
         if not isinstance(value, torch.Tensor) or value.numel() not in (1, n):
             raise ObjectiveError(

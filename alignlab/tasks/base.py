@@ -395,6 +395,11 @@ class Task(ABC):
         """(text, label) pairs for training a gold classifier, for tasks that have labels."""
         raise DataError(f"task {self.name!r} has no labelled texts")
 
+    @classmethod
+    def has_references(cls) -> bool:
+        """Whether the task has reference completions (win rates need them): it defines :meth:`references`."""
+        return cls.references is not Task.references
+
     def references(self, split: Split) -> list[tuple[str, str]]:
         """(prompt, reference completion) pairs, e.g. human-written summaries, for win rates."""
         raise DataError(f"task {self.name!r} has no reference completions")

@@ -16,7 +16,9 @@ In numbered steps:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
+import os
 import resource
 import sys
 import time
@@ -38,7 +40,7 @@ from alignlab.plugins import load_plugins
 from alignlab.rewards.model import RewardModelConfig
 from alignlab.schema import Config, knob
 from alignlab.sft import SFTConfig, code_version, prepare_policy
-from alignlab.tasks import Task, build_task, task_config
+from alignlab.tasks import TASKS, Task, build_task, task_config
 from alignlab.tasks.base import PreferencePair
 from alignlab.train.config import TrainConfig, check_batch
 from alignlab.train.ppo import RolloutConfig, check_ppo_batch
@@ -78,6 +80,7 @@ class WinRateConfig(Config):
         default_factory=list,
         help="Sampling temperatures of the final win-rate evaluation, 0 = greedy (empty: no win rates). "
         "The DPO paper: 0, 0.25, 0.5, 0.75, 1.0.",
+        ge=0,
     )
     prompts: int = knob(0, "Held-out prompts with a reference completion to judge (0: all of them).", ge=0)
     judge: Literal["reward_model", "gold", "llm"] = knob(
@@ -94,7 +97,7 @@ class EvalConfig(Config):
     prompts: int = knob(64, "Held-out prompts sampled at every evaluation (0: no sampling evaluation).", ge=0)
     samples_per_prompt: int = knob(1, "Samples per held-out prompt (the CI resamples prompts).", ge=1)
     max_new_tokens: int = knob(48, "Length limit of the evaluation samples.", gt=0)
-    temperature: float = knob(1.0, "Temperature of the evaluation samples.", gt=0)
+    temperature: float = knob(1.0, "Temperature of the evaluation samples.", ge=0.01)
     seed: int = knob(0, "Seed of the evaluation samples (the same at every evaluation).")
     winrate: WinRateConfig = knob(
         default_factory=WinRateConfig, help="Win rate against the task's reference completions, after training."
@@ -140,6 +143,13 @@ def check_split(cfg: RunConfig, method: Method, num_processes: int, source: str 
     if method.objective is None:
         return
     if method.objective.needs.data == "online":
+        if method.objective is not get_objective("ppo"):  # the PPO trainer runs the built-in ppo loss
+            raise ConfigError(
+                "objective.name",
+                f"{method.name!r} ({method.objective.defined_in}) needs online data, but alignlab's online "
+                "trainer runs the built-in ppo objective only: it would train PPO under another name",
+                source,
+            )
         if not isinstance(method.cfg, PPOConfig):
             raise ConfigError(
                 "objective.name",
@@ -163,6 +173,8 @@ def resolve_dict(data: dict[str, Any], source: str, base_dir: Path, prefix: str 
     cfg: RunConfig = RunConfig.from_dict(data, source, prefix)
     if not cfg.out_dir.strip():
         raise ConfigError(f"{prefix}out_dir", "is empty: name the run directory, e.g. runs/my_run", source)
+    if cfg.out_dir.startswith("~"):  # as data_dir, the cache and plugins are: never a directory named '~'
+        cfg = dataclasses.replace(cfg, out_dir=os.path.expanduser(cfg.out_dir))
     load_plugins(cfg.plugins, base_dir, source)
     spec = cfg.objective if isinstance(cfg.objective, dict) else {"name": cfg.objective}
     if "name" not in spec:
@@ -192,6 +204,17 @@ def resolve_dict(data: dict[str, Any], source: str, base_dir: Path, prefix: str 
         )
     if cfg.eval.winrate.judge == "gold" and cfg.eval.winrate.temperatures and task_name != "imdb":
         raise ConfigError(f"{prefix}eval.winrate.judge", "only imdb has a gold judge: use reward_model or llm", source)
+    tiny = [t for t in cfg.eval.winrate.temperatures if 0 < t < 0.01]
+    if tiny:
+        raise ConfigError(
+            f"{prefix}eval.winrate.temperatures", f"{tiny[0]!r}: use 0 (greedy) or a temperature >= 0.01", source
+        )
+    if cfg.eval.winrate.temperatures and not TASKS[str(task_name)].has_references():
+        raise ConfigError(
+            f"{prefix}eval.winrate.temperatures",
+            f"task {task_name!r} has no reference completions to win against: leave the list empty",
+            source,
+        )
     if cfg.eval.winrate.judge == "llm" and cfg.eval.winrate.judge_model is None:
         raise ConfigError(f"{prefix}eval.winrate.judge_model", "the llm judge needs a model", source)
     return cfg, method
@@ -210,12 +233,18 @@ def holds_other_run(out: Path, resolved: dict[str, Any]) -> bool:
 
     try:
         held = parse_yaml(config.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError):
+    except (yaml.YAMLError, UnicodeDecodeError, OSError):
         return True
-    return bool(held != json.loads(json.dumps(resolved)))
+    if not isinstance(held, dict):
+        return True
+    # the same directory spelt another way (relative, absolute, a trailing slash) is the same run
+    mine = {k: v for k, v in json.loads(json.dumps(resolved)).items() if k != "out_dir"}
+    return bool({k: v for k, v in held.items() if k != "out_dir"} != mine)
 
 
-def claim_out_dir(out: Path, resolved: dict[str, Any], force: bool, source: str) -> dict[str, Any] | None:
+def claim_out_dir(
+    out: Path, resolved: dict[str, Any], force: bool, source: str, write: bool = True
+) -> dict[str, Any] | None:
     """The finished run's summary if ``out`` holds this run finished; else claim ``out`` for this run.
 
     A directory holding a *different* run is refused; ``--force`` starts it over, deleting only what
@@ -232,8 +261,9 @@ def claim_out_dir(out: Path, resolved: dict[str, Any], force: bool, source: str)
         )
     if (out / "config.yaml").exists() and (summary := read_summary(out, repair=True)) is not None:
         return summary  # finished, and its results whole (damaged ones are moved aside: it resumes)
-    mark(out, "run")
-    atomic_write_yaml(out / "config.yaml", resolved)
+    if write:  # one writer: under accelerate the other processes only read
+        mark(out, "run")
+        atomic_write_yaml(out / "config.yaml", resolved)
     return None
 
 
@@ -329,7 +359,8 @@ def execute(
     lock = training_lock(out, "out_dir", source) if accelerator.is_main_process else contextlib.nullcontext()
     with lock:
         with accelerator.main_process_first():
-            finished = claim_out_dir(out, resolved, force and accelerator.is_main_process, source)
+            main = accelerator.is_main_process
+            finished = claim_out_dir(out, resolved, force and main, source, write=main)
         if finished is not None:
             if accelerator.is_main_process:
                 print(f"{out} holds this run, finished; nothing to do (pass --force to run it again)", file=sys.stderr)
@@ -340,6 +371,7 @@ def execute(
         root = cache_root()
         with accelerator.main_process_first():
             policy = prepare_policy(task, cfg.model, cfg.sft, cache=root, progress=cfg.train.progress)
+            check_lengths(cfg, method, model_context(policy.model), source)
             judge = shared.judge(task, cfg.sft.seed, root) if task.name == "imdb" else None
             data = _method_data(cfg, method, task, policy, judge, root)
         # 3-4. train
@@ -373,6 +405,28 @@ def execute(
             atomic_write_json(out / "summary.json", summary)
         accelerator.end_training()
         return summary
+
+
+def check_lengths(cfg: RunConfig, method: Method, context: int, source: str) -> None:
+    """Every sampling length leaves room for a prompt (a BOS and a token) in the model's context."""
+    online = method.objective is not None and method.objective.needs.data == "online"
+    lengths = {"eval.max_new_tokens": cfg.eval.max_new_tokens if cfg.eval.prompts or method.objective is None else 0}
+    lengths["rollout.max_new_tokens"] = cfg.rollout.max_new_tokens if online else 0
+    if cfg.eval.winrate.temperatures:
+        lengths["eval.winrate.max_new_tokens"] = cfg.eval.winrate.max_new_tokens or 0
+    if cfg.data.source == "generated" and not online:
+        lengths["data.generate.max_new_tokens"] = cfg.data.generate.max_new_tokens
+    for key, limit in (
+        ("train.max_length", cfg.train.max_length),
+        ("reward.model.max_length", cfg.reward.model.max_length),
+    ):
+        if limit is not None and limit > context:
+            raise ConfigError(key, f"{limit} is longer than the model's context of {context} tokens", source)
+    for key, n in lengths.items():
+        if n + 2 > context:
+            raise ConfigError(
+                key, f"{n} new tokens leave no room for a prompt in the model's context of {context} tokens", source
+            )
 
 
 def _method_data(cfg: RunConfig, method: Method, task: Task, policy: Any, judge: Any, root: Path) -> dict[str, Any]:

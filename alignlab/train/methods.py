@@ -71,6 +71,14 @@ def eval_prompts(
     prompts = task.prompts(split, tokenizer)  # type: ignore[arg-type]
     lengths = encode_text(tokenizer, prompts)
     fitting = [p for p, ids in zip(prompts, lengths, strict=True) if len(ids) + bos + max_new_tokens <= context]
+    if not fitting:
+        from alignlab.data import DataError
+
+        shortest = min((len(ids) for ids in lengths), default=0) + bos
+        raise DataError(
+            f"task {task.name!r} ({task.source}): no {split} prompt leaves room for {max_new_tokens} new tokens in "
+            f"the model's context of {context} (the shortest prompt is {shortest} tokens): sample fewer tokens"
+        )
     _PROMPTS[key] = (task, fitting[:n] if n else fitting)
     return list(_PROMPTS[key][1])
 

@@ -52,7 +52,7 @@ RewardFn = Callable[[Sequence[str], Sequence[str]], Tensor]
 @dataclass(frozen=True)
 class RolloutConfig(Config):
     max_new_tokens: int = knob(48, "Completion length limit of the rollouts, in tokens.", gt=0)
-    temperature: float = knob(1.0, "Sampling temperature of the rollouts (log-probs use the same).", gt=0)
+    temperature: float = knob(1.0, "Sampling temperature of the rollouts (log-probs use the same).", ge=0.01)
     top_p: float = knob(1.0, "Nucleus sampling threshold of the rollouts (1.0: off).", gt=0, le=1)
     critic: Literal["auto", "reward_model", "sft", "value_head"] = knob(
         "auto",

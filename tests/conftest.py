@@ -1,7 +1,10 @@
-"""Shared fixtures: a tiny GPT-2 for the cores' tests, and the shared data directory."""
+"""Shared fixtures: a tiny GPT-2 for the cores' tests, the shared data directory, a small IMDb and a
+module's own stage cache."""
 
 from __future__ import annotations
 
+import gzip
+import json
 import os
 from pathlib import Path
 
@@ -33,3 +36,25 @@ def data_dir() -> Path:
     if os.environ.get("CI"):
         pytest.fail("CI must set ALIGNLAB_DATA_DIR to the shared data directory")
     pytest.skip("ALIGNLAB_DATA_DIR is not set")
+
+
+@pytest.fixture(scope="module")
+def small_imdb(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every 50th review of IMDb train and test (the files are sorted by label: both labels kept)."""
+    out = tmp_path_factory.mktemp("imdb_small")
+    (out / "imdb").mkdir()
+    for split in ("train", "test"):
+        with gzip.open(data_dir / "imdb" / f"{split}.jsonl.gz", "rt", encoding="utf-8") as f:
+            rows = [json.loads(line) for i, line in enumerate(f) if i % 50 == 0]
+        with gzip.open(out / "imdb" / f"{split}.jsonl.gz", "wt", encoding="utf-8") as f:
+            f.writelines(json.dumps({"text": r["text"], "label": r["label"]}) + "\n" for r in rows)
+    return out
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory):
+    """A stage cache of the module's own ($ALIGNLAB_CACHE_DIR for its tests)."""
+    path = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ALIGNLAB_CACHE_DIR", str(path))
+        yield path

@@ -15,7 +15,6 @@ Real files of real tiny runs, truncated or garbled afterwards:
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import shutil
@@ -185,27 +184,6 @@ def test_a_damaged_metrics_log_is_restored_from_the_checkpoint_on_resume(whole, 
 
 
 # ------------------------------------------------------------------------------------ cache entries
-
-
-@pytest.fixture(scope="module")
-def small_imdb(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Every 50th review of IMDb train and test (both labels kept), as in test_determinism.py."""
-    out = tmp_path_factory.mktemp("imdb_small")
-    (out / "imdb").mkdir()
-    for split in ("train", "test"):
-        with gzip.open(data_dir / "imdb" / f"{split}.jsonl.gz", "rt", encoding="utf-8") as f:
-            rows = [json.loads(line) for i, line in enumerate(f) if i % 50 == 0]
-        with gzip.open(out / "imdb" / f"{split}.jsonl.gz", "wt", encoding="utf-8") as f:
-            f.writelines(json.dumps({"text": r["text"], "label": r["label"]}) + "\n" for r in rows)
-    return out
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory):
-    path = tmp_path_factory.mktemp("cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("ALIGNLAB_CACHE_DIR", str(path))
-        yield path
 
 
 TASK = {"name": "imdb", "use_unsup": False}

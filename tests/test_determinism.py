@@ -11,7 +11,6 @@ runs of an experiment share them.
 
 from __future__ import annotations
 
-import gzip
 import json
 from pathlib import Path
 from typing import Any
@@ -36,27 +35,6 @@ def _without_timing(obj: Any) -> Any:
     if isinstance(obj, list):
         return [_without_timing(v) for v in obj]
     return obj
-
-
-@pytest.fixture(scope="module")
-def small_imdb(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Every 50th review of IMDb train and test (the files are sorted by label: both labels kept)."""
-    out = tmp_path_factory.mktemp("imdb_small")
-    (out / "imdb").mkdir()
-    for split in ("train", "test"):
-        with gzip.open(data_dir / "imdb" / f"{split}.jsonl.gz", "rt", encoding="utf-8") as f:
-            rows = [json.loads(line) for i, line in enumerate(f) if i % 50 == 0]
-        with gzip.open(out / "imdb" / f"{split}.jsonl.gz", "wt", encoding="utf-8") as f:
-            f.writelines(json.dumps({"text": r["text"], "label": r["label"]}) + "\n" for r in rows)
-    return out
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory):
-    path = tmp_path_factory.mktemp("cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("ALIGNLAB_CACHE_DIR", str(path))
-        yield path
 
 
 TRAIN = {"batch_size": 8, "optimizer": "adamw", "lr": 1.0e-3, "warmup_steps": 0, "log_with": [], "progress": False}

@@ -15,6 +15,12 @@ methods:
     sweep: {target_kl: [3, 6]}
 ```
 
+``tune:`` (at the top for every trained method, or in a method, whose keys then override the
+experiment's) tunes each method on validation prompts before its runs: a grid over sweep-style keys
+(``train.lr``, objective knobs), each grid point run with the first ``tune.seeds`` seeds on
+``eval.split: validation`` as runs ``tune-<label>-...``; the point the criterion scores best is then
+run with every seed and sweep setting on the test prompts (:mod:`alignlab.experiment.tuning`).
+
 ``seeds: 3`` (or ``seeds: [0, 1, 2]``) at the top runs every method with each seed, as if ``seed``
 were in its sweep (a method's own ``sweep.seed`` or ``train.seed`` then conflicts: an error). A sweep
 key is one of the objective's knobs, ``seed`` (``train.seed``), or a dotted run key
@@ -29,19 +35,39 @@ from __future__ import annotations
 import copy
 import itertools
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from alignlab.config import apply_overrides, load_yaml
 from alignlab.errors import ConfigError
-from alignlab.schema import knob
+from alignlab.schema import Config, knob
 from alignlab.tasks import task_config
 from alignlab.train.job import Method, RunConfig, resolve_dict
 
-# the keys of a methods[] entry that are not objective knobs
+# the keys of a methods[] entry that are not objective knobs (and `tune`, a method's TuneConfig)
 METHOD_KEYS = ("name", "label", "sweep")
 RUN_SECTIONS = ("data", "reward", "train", "rollout", "eval", "sft", "model", "task")
+
+
+@dataclass(frozen=True)
+class TuneConfig(Config):
+    """Per-method tuning on validation prompts (DESIGN.md, the comparison protocol)."""
+
+    grid: Any = knob(
+        default_factory=dict,
+        help="The candidates: the product of {<key>: [values]}, keys as in sweep (train.lr, an objective knob); "
+        "each grid point is run with the method's sweep on validation prompts.",
+    )
+    criterion: Literal["reward_at_kl", "area"] = knob(
+        "reward_at_kl",
+        "How a candidate is scored, per tuning seed from its Pareto front over its runs and steps, then "
+        "averaged: reward_at_kl: the front's reward at KL tune.kl (linear between points; a front that ends "
+        "below tune.kl keeps its last reward); area: the area under that front from the candidates' common "
+        "first KL to tune.kl. The highest score wins; ties go to the first in grid order.",
+    )
+    kl: float = knob(5.0, "The KL budget (reward_at_kl) or cap (area) of the criterion, in nats.", gt=0)
+    seeds: int = knob(1, "Candidates run with the first this many of the method's seeds.", ge=1)
 
 
 @dataclass(frozen=True)
@@ -71,6 +97,13 @@ class ExperimentConfig(RunConfig):
         gt=0,
     )
     kl_cap: float = knob(20.0, "The KL up to which frontier.md and summary.csv give the area under each front.", gt=0)
+    tune: TuneConfig | None = knob(
+        None,
+        "Tune every trained method on validation prompts first: {grid: {train.lr: [...], <knob>: [...]}, "
+        "criterion: reward_at_kl | area, kl: 5.0 (the budget or the cap), seeds: 1 (the first seeds the "
+        "candidates run with)}. The best grid point then runs with every seed on the test prompts; "
+        "results/<name>/tuning.csv|md. A method's own tune: overrides these keys (tune: null opts it out).",
+    )
     plot_panels: list[list[str]] = knob(
         default_factory=list,
         help="Methods (labels) drawn together in one panel of frontier.png, e.g. [[DPO, PPO], [IPO, KTO]]; "
@@ -88,6 +121,24 @@ class PlannedRun:
     cfg: RunConfig
     method: Method
     data: dict[str, Any]  # the run's YAML mapping (out_dir included)
+    method_index: int = -1  # its entry in methods
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One grid point of a tuned method: its tuning runs (validation) and the runs it would select."""
+
+    values: dict[str, Any]  # e.g. {"train.lr": 0.001}
+    tune_runs: list[PlannedRun]
+    final_runs: list[PlannedRun]
+
+
+@dataclass(frozen=True)
+class TunedMethod:
+    index: int  # in methods
+    label: str
+    tune: TuneConfig
+    candidates: list[Candidate]
 
 
 @dataclass(frozen=True)
@@ -99,6 +150,7 @@ class Experiment:
     out_dir: Path
     runs_dir: Path
     data: dict[str, Any]  # the resolved experiment mapping, overrides applied
+    tuned: list[TunedMethod] = field(default_factory=list)  # their runs join `runs` once selected
 
 
 def read_experiment(path: str | Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
@@ -155,10 +207,16 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Exp
     runs_dir = Path(cfg.runs_dir or f"runs/{name}").expanduser()
     seeds = _seeds(cfg, data, source)
     runs: list[PlannedRun] = []
+    tuned: list[TunedMethod] = []
     for i, entry in enumerate(cfg.methods):
-        runs.extend(_expand(entry, i, shared, runs_dir, source, Path(path).parent, seeds))
+        tune = _tune(cfg, data, entry, i, source)
+        if tune is None:
+            runs.extend(_expand(entry, i, shared, runs_dir, source, Path(path).parent, seeds))
+        else:
+            tuned.append(_plan_tuning(entry, i, tune, shared, runs_dir, source, Path(path).parent, seeds))
+    every = runs + [r for t in tuned for c in t.candidates for r in (*c.tune_runs, *c.final_runs)]
     seen: dict[str, int] = {}
-    for run in runs:
+    for run in every:
         if run.run_id in seen:
             raise ConfigError(
                 "methods",
@@ -168,7 +226,84 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Exp
         seen[run.run_id] = 1
     resolved = {**data, "name": name}
     out_dir = Path(cfg.out_dir or f"results/{name}").expanduser()
-    return Experiment(name, cfg, runs, source, out_dir, runs_dir, resolved)
+    return Experiment(name, cfg, runs, source, out_dir, runs_dir, resolved, tuned)
+
+
+def _tune(cfg: ExperimentConfig, data: dict[str, Any], entry: Any, i: int, source: str) -> TuneConfig | None:
+    """The method's tuning: its own ``tune:`` keys over the experiment's; None when it is not tuned."""
+    if not isinstance(entry, dict):
+        return None  # _expand names the problem
+    own = entry.get("tune", {})
+    if own is None or (cfg.tune is None and "tune" not in entry):
+        return None
+    if entry.get("name") == "best_of_n" and "tune" not in entry:
+        return None  # nothing trains: an experiment-wide grid (train.lr) means nothing to it
+    if not isinstance(own, dict):
+        raise ConfigError(f"methods[{i}].tune", f"expected a mapping (or null), got {own!r}", source)
+    shared: dict[str, Any] = data["tune"] if isinstance(data.get("tune"), dict) else {}
+    prefix = f"methods[{i}].tune." if "tune" in entry else "tune."
+    tune: TuneConfig = TuneConfig.from_dict({**shared, **own}, source, prefix)
+    grid = tune.grid
+    if not isinstance(grid, dict) or not grid:
+        raise ConfigError(f"{prefix}grid", f"expected a mapping of key: [values], got {grid!r}", source)
+    sweep = entry.get("sweep") or {}
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{prefix}grid.{key}", f"expected a non-empty list of values, got {values!r}", source)
+        if key in ("seed", "train.seed"):
+            raise ConfigError(f"{prefix}grid.{key}", "seeds are not tuned: use seeds (or tune.seeds)", source)
+        if isinstance(sweep, dict) and key in sweep:
+            raise ConfigError(f"{prefix}grid.{key}", f"{key} is also in methods[{i}].sweep: keep one", source)
+    return tune
+
+
+def _plan_tuning(
+    entry: dict[str, Any],
+    i: int,
+    tune: TuneConfig,
+    shared: dict[str, Any],
+    runs_dir: Path,
+    source: str,
+    base_dir: Path,
+    seeds: list[int] | None,
+) -> TunedMethod:
+    """The candidates of a tuned method: per grid point, its tuning runs and its final runs.
+
+    Tuning runs are the method's sweep at the grid point with the first ``tune.seeds`` seeds, labelled
+    ``tune-<label>``, evaluated on validation prompts and without win rates; final runs are the sweep
+    at the grid point with every seed, on test prompts, their ids naming the tuned values.
+    """
+    where = f"methods[{i}]"
+    label = str(entry.get("label") or entry.get("name"))
+    sweep = dict(entry.get("sweep") or {})
+    seed_key = next((k for k in ("seed", "train.seed") if k in sweep), None)
+    available = len(seeds) if seeds is not None else len(sweep[seed_key]) if seed_key else 1
+    if tune.seeds > available:
+        raise ConfigError(
+            f"{where}.tune.seeds" if "tune" in entry else "tune.seeds",
+            f"{tune.seeds} tuning seeds, but {label} runs {available} seed(s)",
+            source,
+        )
+    tune_sweep = dict(sweep)
+    if seed_key is not None:
+        tune_sweep[seed_key] = sweep[seed_key][: tune.seeds]
+    tune_seeds = seeds[: tune.seeds] if seeds is not None else None
+    base = {k: v for k, v in entry.items() if k != "tune"}
+    candidates = []
+    for combo in itertools.product(*tune.grid.values()):
+        values = dict(zip(tune.grid, combo, strict=True))
+        fixed = {k: [v] for k, v in values.items()}
+        trial = deep_merge(base, {"eval": {"split": "validation", "winrate": {"temperatures": []}}})
+        trial |= {"label": f"tune-{label}", "sweep": {**fixed, **tune_sweep}}
+        final = deep_merge(base, {"eval": {"split": "test"}}) | {"sweep": {**fixed, **sweep}}
+        candidates.append(
+            Candidate(
+                values,
+                _expand(trial, i, shared, runs_dir, source, base_dir, tune_seeds),
+                _expand(final, i, shared, runs_dir, source, base_dir, seeds),
+            )
+        )
+    return TunedMethod(i, label, tune, candidates)
 
 
 def _seeds(cfg: ExperimentConfig, data: dict[str, Any], source: str) -> list[int] | None:
@@ -215,7 +350,7 @@ def _expand(
     if not re.fullmatch(r"[A-Za-z0-9_.+-]+", label):
         raise ConfigError(f"{where}.label", f"{label!r}: use letters, digits, '_', '-', '+' and '.' only", source)
     sections = {k: v for k, v in entry.items() if k in RUN_SECTIONS}
-    knobs = {k: v for k, v in entry.items() if k not in METHOD_KEYS and k not in RUN_SECTIONS}
+    knobs = {k: v for k, v in entry.items() if k not in (*METHOD_KEYS, "tune") and k not in RUN_SECTIONS}
     sweep = entry.get("sweep") or {}
     if not isinstance(sweep, dict):
         raise ConfigError(f"{where}.sweep", f"expected a mapping of key: [values], got {sweep!r}", source)
@@ -265,7 +400,7 @@ def _expand(
             elif key == f"{where}.objective.name":
                 key = f"{where}.name"
             raise ConfigError(key, err.message, source) from err
-        runs.append(PlannedRun(run_id, label, setting, cfg, method, data))
+        runs.append(PlannedRun(run_id, label, setting, cfg, method, data, i))
     return runs
 
 
@@ -300,13 +435,15 @@ def preflight(exp: Experiment, force: bool = False) -> None:
         AlignlabError: naming the experiment file and the key (``task.data_dir``, ``runs_dir``).
     """
     from alignlab.data import check_cache_writable
+    from alignlab.experiment.tuning import every_run
     from alignlab.ownership import check_claimable, check_writable, real_path
     from alignlab.tasks import build_task
     from alignlab.train.job import _resolved, holds_other_run
 
+    runs = every_run(exp)  # the tuning runs and the final runs of every candidate too
     check_claimable(exp.out_dir, "results", "out_dir", exp.source)
     results = real_path(exp.out_dir)
-    for run in exp.runs:
+    for run in runs:
         run_dir = real_path(run.cfg.out_dir)
         if run_dir == results or results in run_dir.parents or run_dir in results.parents:
             raise ConfigError(
@@ -317,7 +454,7 @@ def preflight(exp: Experiment, force: bool = False) -> None:
             )
     check_writable(exp.runs_dir, "runs_dir", exp.source)
     check_cache_writable()
-    for run in exp.runs:
+    for run in runs:
         task = build_task(run.cfg.task, exp.source)  # its data directory exists
         out = Path(run.cfg.out_dir)
         check_claimable(out, "run", f"runs_dir ({run.run_id})", exp.source)

@@ -5,9 +5,11 @@ In numbered steps:
 1. load and validate the experiment and every run it expands to, before any work;
 2. write ``<out_dir>/experiment.yaml`` and ``<out_dir>/configs/<run>.yaml`` (the resolved config
    of every run);
-3. the runs, one after another (or split over ``--workers`` processes): a run holds a lock on
-   its directory while it trains, so several ``alignlab run`` processes on one experiment split
-   the runs between them instead of colliding; a finished run is skipped, an unfinished one
+3. the tuning runs of tuned methods first (``tune:``, :mod:`alignlab.experiment.tuning`), then
+   ``tuning.csv``/``tuning.md`` and each method's selected settings; then the runs, one after
+   another (or split over ``--workers`` processes): a run holds a lock on its directory while it
+   trains, so several ``alignlab run`` processes on one experiment split the runs between them
+   instead of colliding; a finished run is skipped, an unfinished one
    resumes from its last checkpoint. Shared stages (tokenizer, SFT, gold judge, pairs, reward
    model, reference log-probs) are cached by content and built once, under a lock;
 4. ``frontier.csv`` (and ``winrate.csv``) rewritten after every run, the plots and tables at the end.
@@ -29,6 +31,7 @@ from typing import Any
 from alignlab.experiment.config import Experiment, PlannedRun, load_experiment, preflight
 from alignlab.experiment.csvs import COMPUTE_COLUMNS, FRONTIER_COLUMNS, WINRATE_COLUMNS, write_csv
 from alignlab.experiment.report import compute_rows, plot_dir, run_rows, table_dir
+from alignlab.experiment.tuning import TUNING_COLUMNS, every_run, select_all, tune_runs, tuning_markdown, unselected
 from alignlab.io import atomic_write_text, atomic_write_yaml, clear_temps, file_lock
 from alignlab.ownership import directory_lock, mark, remove_owned, training_lock
 
@@ -95,29 +98,30 @@ def run_experiment(
     if not worker:
         if force:  # only what alignlab wrote, and none of it while another process trains one of the runs
             with contextlib.ExitStack() as held:
-                existing = [r for r in exp.runs if Path(r.cfg.out_dir).is_dir()]
+                existing = [r for r in every_run(exp) if Path(r.cfg.out_dir).is_dir()]
                 for run in existing:
                     held.enter_context(training_lock(Path(run.cfg.out_dir), f"runs_dir ({run.run_id})", exp.source))
                 for run in existing:
                     remove_owned(Path(run.cfg.out_dir))
-        with directory_lock(exp.out_dir):  # the results directory's writers take turns (see collect)
-            mark(exp.out_dir, "results")
-            atomic_write_yaml(exp.out_dir / "experiment.yaml", {**exp.data, "runs": [r.run_id for r in exp.runs]})
-            for run in exp.runs:
-                atomic_write_yaml(exp.out_dir / "configs" / f"{run.run_id}.yaml", run.data)
-    # 3. the runs
-    before = {r.run_id: status(r) for r in exp.runs}
-    workers = min(workers, sum(v not in ("finished", "diverged") for v in before.values()))  # no idle workers
+        _write_configs(exp, tune_runs(exp))
+    # 3. the tuning runs, the selection, then the runs
+    before = {r.run_id: status(r) for r in every_run(exp)}
+    pending = [r for r in exp.runs + tune_runs(exp) if before[r.run_id] not in ("finished", "diverged")]
+    workers = min(workers, len(pending) + sum(len(t.candidates[0].final_runs) for t in exp.tuned))  # no idle ones
     if workers > 1 and not worker:
         _spawn_workers(path, overrides or [], workers)
-    else:
+    elif exp.tuned:
+        _work(exp, tune_runs(exp))
+    if exp.tuned:
+        exp = _select(exp, write=not worker)
+    if (workers <= 1 or worker) and exp.runs:
         _work(exp)
     # 4. results (once, by the main process of a distributed launch)
     result = collect(exp, draw=not worker) if int(os.environ.get("RANK", "0")) == 0 else {}
-    done = {r.run_id: status(r) for r in exp.runs}
+    done = {r.run_id: status(r) for r in exp.runs + tune_runs(exp)}
     return {
         "experiment": exp.name,
-        "runs": len(exp.runs),
+        "runs": len(done),
         "trained": sum(before[k] != "finished" and done[k] == "finished" for k in done),
         "skipped_finished": sum(v == "finished" for v in before.values()),
         "diverged": [k for k, v in done.items() if v == "diverged"],
@@ -128,13 +132,47 @@ def run_experiment(
     }
 
 
+def _write_configs(exp: Experiment, extra: list[PlannedRun]) -> None:
+    """experiment.yaml (the runs known so far) and configs/<run>.yaml of those and of ``extra``."""
+    with directory_lock(exp.out_dir):  # the results directory's writers take turns (see collect)
+        mark(exp.out_dir, "results")
+        runs = [*exp.runs, *extra]
+        atomic_write_yaml(exp.out_dir / "experiment.yaml", {**exp.data, "runs": [r.run_id for r in runs]})
+        for run in runs:
+            atomic_write_yaml(exp.out_dir / "configs" / f"{run.run_id}.yaml", run.data)
+
+
+def _select(exp: Experiment, write: bool) -> Experiment:
+    """Each tuned method's selected candidate from its finished tuning runs; tuning.csv and tuning.md.
+
+    Raises:
+        AlignlabError: a tuned method none of whose candidates finished with a score (after writing them).
+    """
+    from alignlab.errors import AlignlabError
+
+    selected, rows = select_all(exp)
+    if write and int(os.environ.get("RANK", "0")) == 0:
+        with directory_lock(exp.out_dir):
+            write_csv(exp.out_dir / "tuning.csv", rows, TUNING_COLUMNS)
+            atomic_write_text(exp.out_dir / "tuning.md", tuning_markdown(exp, rows))
+        _write_configs(selected, tune_runs(exp))
+    missing = unselected(exp, rows)
+    if missing:
+        raise AlignlabError(
+            f"tuning: no candidate of {', '.join(missing)} finished with a score (see {exp.out_dir / 'tuning.md'}): "
+            "widen its grid (a smaller train.lr) or check its diverged runs"
+        )
+    return selected
+
+
 def _distributed() -> bool:
     """Under ``accelerate launch`` (or torchrun) with several processes: they train each run together."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def _work(exp: Experiment) -> None:
-    """Run every unfinished run this process can lock; wait for those another process holds.
+def _work(exp: Experiment, runs: list[PlannedRun] | None = None) -> None:
+    """Run every unfinished run of ``runs`` (default: the experiment's) this process can lock; wait for
+    those another process holds. After each, frontier.csv is rewritten from the experiment's runs.
 
     Under ``accelerate launch`` all processes train every run together, in order, without locks.
     """
@@ -142,8 +180,9 @@ def _work(exp: Experiment) -> None:
     from alignlab.train.loop import TrainingDiverged
 
     shared = Shared()
-    pending = [r for r in exp.runs if status(r) not in ("finished", "diverged")]
-    total = len(exp.runs)
+    runs = exp.runs if runs is None else runs
+    pending = [r for r in runs if status(r) not in ("finished", "diverged")]
+    total = len(runs)
     together = _distributed()
     while pending:
         progressed = False
@@ -152,7 +191,7 @@ def _work(exp: Experiment) -> None:
                 if not mine:
                     continue
                 if together or status(run) not in ("finished", "diverged"):  # another may have done it
-                    k = exp.runs.index(run) + 1
+                    k = runs.index(run) + 1
                     print(f"[{k}/{total}] {run.run_id}: {_describe(run)}", file=sys.stderr, flush=True)
                     t = time.time()
                     try:

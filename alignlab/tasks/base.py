@@ -24,6 +24,8 @@ from alignlab.errors import one_line
 from alignlab.schema import Config, knob
 
 Split = Literal["train", "eval"]
+HeldOut = Literal["validation", "test"]
+"""The two parts of the held-out prompts: validation (tuning) and test (the reported frontier)."""
 Row = tuple[str, int, dict[str, Any]]
 """(report name of the file, 1-based row number, the row)."""
 T = TypeVar("T")
@@ -57,6 +59,14 @@ class TaskConfig(Config):
     )
     max_rows: int | None = knob(None, "Read at most this many usable rows per split (null: all).", gt=0)
     seed: int = knob(0, "Seed of every random choice the task makes (prefix lengths, subsampling).")
+    validation_fraction: float = knob(
+        0.5,
+        "Share of the held-out (eval) prompts set aside, by a hash of the prompt, as validation prompts for "
+        "tuning; the rest are the test prompts of the frontier (HH, TL;DR, CNN/DM; IMDb's validation prompts "
+        "are train-review prefixes instead).",
+        gt=0,
+        lt=1,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -331,7 +341,7 @@ def fit_to_context(
     return kept
 
 
-def in_eval_split(key: str, fraction: float, seed: int) -> bool:
+def in_eval_split(key: str, fraction: float, seed: int | str) -> bool:
     """Deterministic held-out membership by a hash of ``key`` (e.g. the prompt): stable across runs
     and machines, and the same prompt never lands on both sides."""
     digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
@@ -371,6 +381,17 @@ class Task(ABC):
     @abstractmethod
     def prompts(self, split: Split, tokenizer: Any = None) -> list[str]:
         """Prompts to sample from (train) or evaluate on (eval)."""
+
+    def held_out_prompts(self, part: HeldOut, tokenizer: Any = None) -> list[str]:
+        """The validation or the test part of the held-out prompts, disjoint by construction.
+
+        By default the eval prompts are divided by a hash of the prompt text (:func:`in_eval_split`
+        with ``validation_fraction`` and ``seed``, salted so that it is independent of the train/eval
+        split): the same division on every run and machine, and no prompt text in both parts.
+        """
+        prompts = self.prompts("eval", tokenizer)
+        salt = f"validation:{self.cfg.seed}"
+        return [p for p in prompts if in_eval_split(p, self.cfg.validation_fraction, salt) == (part == "validation")]
 
     def sft_eval_texts(self) -> list[str]:
         """Held-out text for the perplexity of SFT: prompt + reference of the eval split by default."""

@@ -7,12 +7,14 @@ the same schema locally as ``imdb/{train,test,unsup}.jsonl.gz`` under the data d
 
 - SFT text: train + unsup reviews (``use_unsup``), ``<br />`` cleaned;
 - prompts: prefixes of 2–8 policy tokens of train reviews (eval: of test reviews), the length
-  drawn per review from the task's seed;
+  drawn per review from the task's seed; the test prompts of the frontier are the eval prompts, the
+  validation prompts of tuning are train-review prefixes (:meth:`IMDbTask.held_out_prompts`);
 - labelled texts (for the gold classifier): train and test reviews with their 0/1 labels.
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
 import re
 from dataclasses import dataclass
@@ -21,6 +23,7 @@ from typing import Any
 from alignlab.data import DataError
 from alignlab.schema import knob
 from alignlab.tasks.base import (
+    HeldOut,
     PreferencePair,
     Split,
     Task,
@@ -145,6 +148,25 @@ class IMDbTask(Task):
             if prefix.strip():
                 prompts.append(prefix)
         return prompts
+
+    def held_out_prompts(self, part: HeldOut, tokenizer: Any = None) -> list[str]:
+        """Test: the eval prompts (test-review prefixes, as before). Validation: train-review prefixes.
+
+        The validation prompts are the train prompts (the same prefix of each train review) in a fixed
+        order seeded by the task's seed — a hash of each prompt's position, so that the first ones mix both
+        labels and are mostly not the first train prompts that pair generation takes
+        (``data.generate.max_prompts``) — without any prefix whose text is also a test prompt (short
+        prefixes such as "This movie" open reviews in both splits), and each text once. So the two
+        parts share no prompt text; the validation prompts are prompts PPO may sample from.
+        """
+        if part == "test":
+            return self.prompts("eval", tokenizer)
+        test = set(self.prompts("eval", tokenizer))
+        train = self.prompts("train", tokenizer)
+        order = sorted(
+            range(len(train)), key=lambda i: hashlib.sha256(f"validation:{self.cfg.seed}:{i}".encode()).digest()
+        )
+        return list(dict.fromkeys(train[i] for i in order if train[i] not in test))
 
     def review_pairs(self, n: int, prompt_words: int, completion_words: int, seed: int) -> list[PreferencePair]:
         """Sentiment pairs with known labels, no sampling needed (the quickstart's data).

@@ -99,6 +99,12 @@ class EvalConfig(Config):
     max_new_tokens: int = knob(48, "Length limit of the evaluation samples.", gt=0)
     temperature: float = knob(1.0, "Temperature of the evaluation samples.", ge=0.01)
     seed: int = knob(0, "Seed of the evaluation samples (the same at every evaluation).")
+    split: Literal["test", "validation"] = knob(
+        "test",
+        "Which part of the held-out prompts the sampling evaluation uses: test (the frontier's) or validation "
+        "(disjoint from test; what tune: candidates are scored on). IMDb: test-review prefixes / train-review "
+        "prefixes; the other tasks: a hash split of their eval prompts (task.validation_fraction).",
+    )
     winrate: WinRateConfig = knob(
         default_factory=WinRateConfig, help="Win rate against the task's reference completions, after training."
     )

@@ -60,15 +60,23 @@ def weights_key(model: torch.nn.Module) -> str:
 
 
 def eval_prompts(
-    task: Task, tokenizer: Any, context: int, max_new_tokens: int, n: int, split: str = "eval"
+    task: Task, tokenizer: Any, context: int, max_new_tokens: int, n: int, split: str = "test"
 ) -> list[str]:
     """The first ``n`` prompts of ``split`` that leave room for ``max_new_tokens`` in the context
-    (computed once per process for a task, tokenizer and split)."""
+    (computed once per process for a task, tokenizer and split).
+
+    ``split``: ``train``; ``test`` or ``validation``, the two disjoint parts of the held-out prompts
+    (:meth:`~alignlab.tasks.base.Task.held_out_prompts`): the frontier is evaluated on the test part,
+    tuning candidates on the validation part; or ``eval``, every held-out prompt.
+    """
     key = (id(task), split, tokenizer_key(tokenizer), context, max_new_tokens, n)
     if key in _PROMPTS and _PROMPTS[key][0] is task:
         return list(_PROMPTS[key][1])
     bos = 1 if tokenizer.bos_token_id is not None else 0
-    prompts = task.prompts(split, tokenizer)  # type: ignore[arg-type]
+    if split in ("test", "validation"):
+        prompts = task.held_out_prompts(split, tokenizer)  # type: ignore[arg-type]
+    else:
+        prompts = task.prompts(split, tokenizer)  # type: ignore[arg-type]
     lengths = encode_text(tokenizer, prompts)
     fitting = [p for p, ids in zip(prompts, lengths, strict=True) if len(ids) + bos + max_new_tokens <= context]
     if not fitting:
@@ -93,7 +101,9 @@ def _sampler(
     reward and settings — π_ref at every run's step 0 — is reused rather than sampled again.
     """
     context = model_context(policy.model)
-    prompts = eval_prompts(task, policy.tokenizer, context, cfg.eval.max_new_tokens, cfg.eval.prompts)
+    prompts = eval_prompts(
+        task, policy.tokenizer, context, cfg.eval.max_new_tokens, cfg.eval.prompts, split=cfg.eval.split
+    )
     settings = (weights_key(reference), tuple(prompts), cfg.eval.to_dict(), cfg.train.eval_batch_size, id(reward))
 
     def evaluate(model: Any) -> dict[str, float]:
@@ -302,7 +312,12 @@ def _best_of_n(
     """Best-of-N on the held-out prompts: ranked by the configured reward, judged by the gold one."""
     ranker = judge if cfg.reward.kind == "gold" else data["reward_model"]
     prompts = eval_prompts(
-        task, policy.tokenizer, model_context(policy.model), cfg.eval.max_new_tokens, cfg.eval.prompts
+        task,
+        policy.tokenizer,
+        model_context(policy.model),
+        cfg.eval.max_new_tokens,
+        cfg.eval.prompts,
+        split=cfg.eval.split,
     )
     m = best_of_n(
         policy.model,

@@ -11,7 +11,8 @@ The frame of most tests (:func:`_frame`), (KL, reward) at steps 0, 10, 20, 30:
     B seed 0: (0, 0)  (1, 0.2)  (3, 0.6)                 setting "seed=0" (nothing else swept)
     B seed 1: (0, 0)  (1, 0.4)  (3, 0.8)
 
-Each seed's front drops its step-30 point (dominated); B has 2 seeds where A has 3.
+Each A seed's step-30 point is dominated: its front holds its last reward flat from there to KL 6,
+the largest KL the seed reached (A seed 0: (0, 0) (2, 1.0) (3, 1.5) (6, 1.5)). B has 2 seeds where A has 3.
 """
 
 from __future__ import annotations
@@ -124,7 +125,8 @@ def test_one_seed_gives_means_without_intervals():
     at = reward_at_budgets(_frame({("A", 0): POINTS[("A", 0)]}), [1.0])
     assert at["n"].tolist() == [1] and close(at["reward"][0], 0.5) and math.isnan(at["reward_ci_low"][0])
     text = summary_markdown(_frame({("A", 0): POINTS[("A", 0)]}), [1.0], 20.0)
-    assert "| A | 1 | 0.50 n=1 |" in text and "| A | 1 | 2.25 | 0.00 – 3.00 | no |" in text
+    # area 0–6: 2·1.0/2 + 1·(1.0 + 1.5)/2 + 3·1.5 = 1 + 1.25 + 4.5 = 6.75
+    assert "| A | 1 | 0.50 n=1 |" in text and "| A | 1 | 6.75 | 0.00 – 6.00 | no |" in text
 
 
 def test_interpolation_along_a_front_by_hand():
@@ -146,30 +148,39 @@ def test_area_under_a_front_by_hand():
 
 def test_reward_at_budgets_per_seed_front_then_over_seeds():
     """A at KL 1 (inside): 0.5, 0.6, 0.4 → 0.5 ± 0.248414; at KL 2 (a vertex of every front): 1.0, 1.2,
-    0.8 → 1.0 ± 0.496828; at KL 4: seed 0's front ends at 3 (blank), seed 1's vertex 1.8, seed 2
-    0.8 + (4 − 2)/(5 − 2) · 0.3 = 1.0 → n = 2: 1.4 ± 12.706205 · 0.565685/√2 = 1.4 ± 5.082482, flagged;
-    at KL 6 every front has ended: blank. B at KL 2: 0.4, 0.6 → 0.5 (two seeds: flagged)."""
-    at = reward_at_budgets(_frame(), [2.0, 1.0, 4.0, 6.0]).set_index(["method", "kl"])
+    0.8 → 1.0 ± 0.496828; at KL 4: seed 0's front is held at 1.5 from KL 3 (its runs went on to KL 6
+    without doing better), seed 1's vertex 1.8, seed 2 0.8 + (4 − 2)/(5 − 2) · 0.3 = 1.0 → n = 3:
+    mean 4.3/3 = 1.433333, s = √(0.326667/2) = 0.404145, half 4.302653 · 0.404145/√3 = 1.003952;
+    at KL 6, the largest every seed reached: 1.5, 1.8, 1.1 → 4.4/3; at KL 7, beyond: blank.
+    B at KL 2: 0.4, 0.6 → 0.5 (two seeds: flagged)."""
+    at = reward_at_budgets(_frame(), [2.0, 1.0, 4.0, 6.0, 7.0]).set_index(["method", "kl"])
     assert close(at.loc[("A", 1.0), "reward"], 0.5) and close(at.loc[("A", 1.0), "reward_ci_low"], 0.251586)
     assert close(at.loc[("A", 2.0), "reward"], 1.0) and close(at.loc[("A", 2.0), "reward_ci_high"], 1.496828)
     assert at.loc[("A", 1.0), "complete"] and at.loc[("A", 2.0), "n"] == 3 and at.loc[("A", 2.0), "seeds"] == 3
     four = at.loc[("A", 4.0)]
-    assert four["n"] == 2 and close(four["reward"], 1.4) and close(four["reward_ci_low"], 1.4 - 5.082482)
-    assert not four["complete"] and four["per_seed"] == "1:1.8 2:1"
-    assert at.loc[("A", 6.0), "n"] == 0 and math.isnan(at.loc[("A", 6.0), "reward"])
+    assert four["n"] == 3 and close(four["reward"], 4.3 / 3) and close(four["reward_ci_low"], 4.3 / 3 - 1.003952)
+    assert four["complete"] and four["per_seed"] == "0:1.5 1:1.8 2:1"
+    assert at.loc[("A", 6.0), "n"] == 3 and close(at.loc[("A", 6.0), "reward"], 4.4 / 3)
+    assert at.loc[("A", 7.0), "n"] == 0 and math.isnan(at.loc[("A", 7.0), "reward"])
     assert close(at.loc[("B", 2.0), "reward"], 0.5) and not at.loc[("B", 2.0), "complete"]
 
 
 def test_areas_over_the_range_every_seed_covers():
-    """A's fronts end at KL 3, 4 and 5: to cap 20 every seed is integrated over [0, 3] (the front that
-    stops first sets the range): seed 0: 2·1.0/2 + 1·(1.0 + 1.5)/2 = 2.25; seed 1: 1.2 + (1.2 + 1.5)/2
-    = 2.55; seed 2: 0.8 + (0.8 + 0.9)/2 = 1.65; mean 2.15, s = √0.21 = 0.458258, half
-    4.302653 · 0.458258/√3 = 1.138375. B over [0, 3]: 0.9 and 1.4 → 1.15 ± 12.706205 · 0.353553/√2
-    = 1.15 ± 3.176551. With cap 2.5: seed 0 1.0 + 0.5 · (1.0 + 1.25)/2 = 1.5625."""
+    """A's seeds all reached KL 6 (their fronts held flat from their last improvement): to cap 20
+    each is integrated over [0, 6]: seed 0: 2·1.0/2 + 1·(1.0 + 1.5)/2 + 3·1.5 = 6.75; seed 1:
+    1.2 + 2·(1.2 + 1.8)/2 + 2·1.8 = 7.8; seed 2: 0.8 + 3·(0.8 + 1.1)/2 + 1.1 = 4.75; mean 19.3/3 =
+    6.433333, s = 1.549462, half 4.302653 · 1.549462/√3 = 3.849078. To cap 3, the range every seed
+    covers is [0, 3]: seed 0 2.25; seed 1 1.2 + (1.2 + 1.5)/2 = 2.55; seed 2 0.8 + (0.8 + 0.9)/2 = 1.65;
+    mean 2.15, s = √0.21 = 0.458258, half 4.302653 · 0.458258/√3 = 1.138375. B reached only KL 3:
+    over [0, 3]: 0.9 and 1.4 → 1.15 ± 12.706205 · 0.353553/√2 = 1.15 ± 3.176551. With cap 2.5:
+    seed 0 1.0 + 0.5 · (1.0 + 1.25)/2 = 1.5625."""
     areas = front_areas(_frame(), 20.0).set_index("method")
     a = areas.loc["A"]
-    assert (a["kl_from"], a["kl_to"], a["n"], a["complete"]) == (0.0, 3.0, 3, True)
-    assert close(a["area"], 2.15) and close(a["area_ci_low"], 2.15 - 1.138375)
+    assert (a["kl_from"], a["kl_to"], a["n"], a["complete"]) == (0.0, 6.0, 3, True)
+    assert close(a["area"], 19.3 / 3) and close(a["area_ci_low"], 19.3 / 3 - 3.849078)
+    a3 = front_areas(_frame(), 3.0).set_index("method").loc["A"]
+    assert (a3["kl_from"], a3["kl_to"]) == (0.0, 3.0) and close(a3["area"], 2.15)
+    assert close(a3["area_ci_low"], 2.15 - 1.138375)
     b = areas.loc["B"]
     assert close(b["area"], 1.15) and close(b["area_ci_high"], 1.15 + 3.176551) and not b["complete"]
     capped = front_areas(_frame({("A", 0): POINTS[("A", 0)]}), 2.5).set_index("method").loc["A"]
@@ -251,8 +262,9 @@ def test_seeds_conflicts_and_bad_values_are_refused(tmp_path, doc, key, message)
 def test_table_writes_the_summaries_of_a_results_directory(tmp_path, capsys):
     """The frame above as frontier.csv, with the experiment's kl_budgets [1, 2, 4] and kl_cap 3 in its
     experiment.yaml. A at KL 1: 0.5 [0.25, 0.75] (n = 3), P(positive) σ(0.5) = 0.6225 [σ(0.2516) =
-    0.5626, σ(0.7484) = 0.6788]; at KL 4: 1.4 (n = 2 of 3: flagged). Area to 3: A 2.15 [1.01, 3.29]
-    over 0 – 3, reaching the cap. A above B at KL 1 by 0.2, intervals overlapping (B: [−0.97, 1.57])."""
+    0.5626, σ(0.7484) = 0.6788]; at KL 4: 1.43 [0.43, 2.44] (n = 3; σ: 0.807 [0.606, 0.920]).
+    Area to 3: A 2.15 [1.01, 3.29] over 0 – 3, reaching the cap. A above B at KL 1 by 0.2, intervals
+    overlapping (B: [−0.97, 1.57])."""
     results = tmp_path / "results"
     results.mkdir()
     _frame().to_csv(results / "frontier.csv", index=False)
@@ -265,14 +277,14 @@ def test_table_writes_the_summaries_of_a_results_directory(tmp_path, capsys):
     assert close(at.loc[("A", 1.0), "value"], 0.5) and close(at.loc[("A", 1.0), "ci_low"], 0.251586)
     one = at.loc[("A", 1.0)]
     assert close(one["p_positive"], 0.622459) and close(one["p_positive_ci_low"], 0.562567)
-    assert at.loc[("A", 4.0), "n"] == 2 and not at.loc[("A", 4.0), "complete"] and at.loc[("A", 4.0), "seeds"] == 3
+    assert at.loc[("A", 4.0), "n"] == 3 and at.loc[("A", 4.0), "complete"] and at.loc[("A", 4.0), "seeds"] == 3
     area = summary[summary["quantity"] == "area_to_cap"].set_index("method").loc["A"]
     assert close(area["value"], 2.15) and (area["kl_from"], area["kl_to"], area["kl"]) == (0.0, 3.0, 3.0)
     pair = summary[summary["quantity"] == "a_above_b"].set_index(["method", "versus", "kl"]).loc[("A", "B", 1.0)]
     assert close(pair["value"], 0.2) and pair["separate"] == "no" and (summary["reward_scale"] == "log_odds").all()
     text = (results / "frontier.md").read_text()
-    assert "| A | 3 | 0.50 [0.25, 0.75] n=3 | 1.00 [0.50, 1.50] n=3 | 1.40 [-3.68, 6.48] n=2† |" in text
-    assert "| A | 3 | 0.622 [0.563, 0.679] n=3 | 0.731 [0.623, 0.817] n=3 | 0.802 [0.025, 0.998] n=2† |" in text
+    assert "| A | 3 | 0.50 [0.25, 0.75] n=3 | 1.00 [0.50, 1.50] n=3 | 1.43 [0.43, 2.44] n=3 |" in text
+    assert "| A | 3 | 0.622 [0.563, 0.679] n=3 | 0.731 [0.623, 0.817] n=3 | 0.807 [0.606, 0.920] n=3 |" in text
     assert "| B | 2 | 0.30 [-0.97, 1.57] n=2† | 0.50 [-0.77, 1.77] n=2† |  |" in text
     assert "## Area under the front to KL 3" in text and "| A | 3 | 2.15 [1.01, 3.29] | 0.00 – 3.00 | yes |" in text
     assert "| 1 | A | B | 0.20† | 0.048 | no |" in text  # σ(0.5) − σ(0.3) = 0.6225 − 0.5744

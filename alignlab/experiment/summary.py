@@ -179,13 +179,22 @@ def _seed(value: Any) -> Any:
 
 def seed_fronts(frame: pd.DataFrame) -> dict[str, dict[Any, tuple[np.ndarray, np.ndarray]]]:
     """method → seed → (KL, reward) of that seed's Pareto front over all the method's runs and steps
-    with that seed, by increasing KL."""
+    with that seed, by increasing KL.
+
+    The front is the best reward reached within each KL: where the seed's runs went on to larger KL
+    without a better reward, it is held flat at its last reward up to the largest KL they reached
+    (so a budget inside the range the seed explored has a value, one beyond it has none).
+    """
     frame = _tidy(frame)
     fronts: dict[str, dict[Any, tuple[np.ndarray, np.ndarray]]] = {}
     for (method, seed), g in frame.groupby(["method", "seed"], sort=False, dropna=False):
         kl, reward = g["kl"].to_numpy(float), g["reward"].to_numpy(float)
         front = pareto_front(list(kl), list(reward))
-        fronts.setdefault(str(method), {})[_seed(seed)] = (kl[front], reward[front])
+        front_kl, front_reward = kl[front], reward[front]
+        reached = float(np.nanmax(kl)) if len(kl) else math.nan
+        if len(front_kl) and reached > front_kl[-1]:
+            front_kl, front_reward = np.append(front_kl, reached), np.append(front_reward, front_reward[-1])
+        fronts.setdefault(str(method), {})[_seed(seed)] = (front_kl, front_reward)
     return fronts
 
 
@@ -453,7 +462,8 @@ def summary_markdown(frame: pd.DataFrame, budgets: Sequence[float], cap: float |
             out.write(f"## Reward at KL budgets{f' ({name})' if name else ''}\n\n")
             out.write(
                 "Per seed, the Pareto front over all the method's runs and steps with that seed, linearly "
-                "interpolated at the budget (blank below its smallest KL or beyond its largest); then the mean "
+                "interpolated at the budget and held at its best reward up to the largest KL the seed reached "
+                "(blank below its smallest KL or beyond that); then the mean "
                 "and a 95% Student-t interval over the seeds whose front reaches the budget (n of them). "
                 f"{FEWER}.\n\n"
             )

@@ -29,6 +29,8 @@ FRONTIER_COLUMNS = [
     "reward_scale",
     "samples",
     "wall_s",
+    "compute_tokens",  # cumulative policy forward-equivalent tokens of training (alignlab.train.loop)
+    "compute_s",  # cumulative measured seconds of the training steps, evaluation excluded
     "finished",
     "knobs",
 ]
@@ -49,6 +51,9 @@ COMPUTE_COLUMNS = [
     "frozen",
     "roles",
     "parameters_held",
+    "tokens_per_step",  # median policy forward-equivalent tokens of a step (PPO: an iteration)
+    "compute_tokens",  # the whole run's, the reference cache included
+    "compute_s",  # the whole run's measured seconds of training steps
 ]
 SUMMARY_COLUMNS = [  # summary.csv: alignlab.experiment.summary.summary_frame
     "quantity",  # reward_at_kl | area_to_cap | a_above_b
@@ -97,6 +102,8 @@ class CsvColumns:
     """Columns that must hold numbers (or nothing)."""
     filled: tuple[str, ...]
     """Columns of either kind that no row may leave empty."""
+    optional: tuple[str, ...] = ()
+    """Number columns an older alignlab did not write: empty when missing."""
 
 
 READ_COLUMNS = {
@@ -104,6 +111,7 @@ READ_COLUMNS = {
         ("method", "objective", "run", "setting"),
         ("seed", "step", "kl", "kl_ci_low", "kl_ci_high", "reward", "reward_ci_low", "reward_ci_high"),
         ("method", "run", "step", "kl", "reward"),
+        ("compute_tokens", "compute_s"),
     ),
     "winrate.csv": CsvColumns(
         ("method", "run", "setting", "judge"),
@@ -118,6 +126,7 @@ READ_COLUMNS = {
             *("models_held", "trainable", "frozen", "parameters_held"),
         ),
         ("method",),
+        ("tokens_per_step", "compute_tokens", "compute_s"),
     ),
 }
 
@@ -151,7 +160,10 @@ def _checked(path: Path, frame: pd.DataFrame, columns: CsvColumns) -> pd.DataFra
     def row(bad: pd.Series) -> int:
         return int(np.argmax(bad.to_numpy())) + 1
 
-    for c in columns.numbers:
+    for c in columns.optional:
+        if c not in frame.columns:
+            frame[c] = np.nan
+    for c in (*columns.numbers, *columns.optional):
         values = pd.to_numeric(frame[c], errors="coerce")
         bad = values.isna() & frame[c].notna()
         if bad.any():

@@ -5,12 +5,17 @@ and the CSVs), so ``alignlab plot DIR`` / ``alignlab table DIR`` redraw from a r
 alone, and every output is written atomically.
 
 - ``frontier.csv``: one row per (run, evaluation step): method, setting, seed, step, kl (+ 95% CI),
-  reward (+ 95% CI), its scale (``log_odds``: the gold judge), samples, wall time.
+  reward (+ 95% CI), its scale (``log_odds``: the gold judge), samples, wall time, and the training
+  compute spent to reach it: ``compute_tokens`` (cumulative policy forward-equivalent tokens, defined
+  in :mod:`alignlab.train.loop`) and ``compute_s`` (the measured seconds of the training steps so
+  far, evaluation excluded: the sum of each train row's ``step_s``, for PPO ``gen_s + score_s + update_s``).
 - ``frontier.png`` / ``.svg``: reward against KL, one colour per method: the means over seeds of
   every (setting, step), faint, and each method's Pareto front of those means, bold (in panels of
   methods, ``plot_panels``), beside a bar chart of the reward at the KL budgets; for a log-odds
   reward the y axis is P(positive) = σ(log-odds), the DPO paper's Fig. 2 axis. Optionally the Gao
-  et al. (2023) over-optimisation curves.
+  et al. (2023) over-optimisation curves. ``frontier_compute.png`` / ``.svg``: reward against the
+  cumulative compute, forward-equivalent tokens and seconds, log x: the same means, each setting's
+  curve faint and the method's front (the best reward for at most that compute) bold.
 - ``frontier.md``: the last evaluation of every run, the means over seeds, each method's Pareto
   front, its reward at the KL budgets, the area under its front, and the pairwise "A above B"
   table (:mod:`alignlab.experiment.summary` says how each is computed); ``summary.csv``: the same
@@ -73,7 +78,10 @@ def run_rows(experiment: str, run: Any) -> tuple[list[dict[str, Any]], list[dict
     }
     scale = reward_scale(run.cfg.task.get("name") if isinstance(run.cfg.task, dict) else None)
     frontier = []
+    seconds = 0.0  # the training steps' seconds so far: timing is kept on the train rows only
     for r in scan_jsonl(out / "metrics.jsonl")[0]:  # a damaged log: the rows before the damage
+        if r.get("split") == "train":
+            seconds += step_seconds(r)
         if r.get("split") != "eval" or "sample_kl" not in r:
             continue
         frontier.append(
@@ -89,6 +97,8 @@ def run_rows(experiment: str, run: Any) -> tuple[list[dict[str, Any]], list[dict
                 "reward_scale": scale,
                 "samples": r.get("samples"),
                 "wall_s": r.get("wall_s"),
+                "compute_tokens": r.get("compute_tokens"),
+                "compute_s": round(seconds, 4),
                 "finished": finished,
                 "knobs": json.dumps(run.method.cfg.to_dict(), sort_keys=True),
             }
@@ -97,6 +107,13 @@ def run_rows(experiment: str, run: Any) -> tuple[list[dict[str, Any]], list[dict
     for r in _winrate_json(out / "winrate.json"):
         winrate.append({**common, **{k: r.get(k) for k in WINRATE_COLUMNS if k in r}})
     return frontier, winrate
+
+
+def step_seconds(row: dict[str, Any]) -> float:
+    """The measured seconds of one train row's step: PPO's phases (generation, scoring, update), else ``step_s``."""
+    if "gen_s" in row:
+        return float(row["gen_s"]) + float(row.get("score_s", 0.0)) + float(row.get("update_s", 0.0))
+    return float(row.get("step_s", 0.0))
 
 
 def reward_scale(task: str | None) -> str:
@@ -208,6 +225,76 @@ def plot_frontier(
     seeds = f"means over {n} seeds, 95% t-intervals over seeds" if n > 1 else "one seed"
     fig.suptitle(f"{title or 'reward–KL frontier'} ({seeds}; bold: Pareto front of the means)", fontsize=10)
     return _save(fig, out_dir, "frontier")
+
+
+COMPUTE_AXES = {
+    "compute_tokens": "training compute, policy forward-equivalent tokens (log)",
+    "compute_s": "training compute, measured seconds (log)",
+}
+
+
+def compute_means(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per (method, setting, step): the means over seeds of reward, ``compute_tokens`` and ``compute_s``,
+    and ``on_front`` per compute axis (``on_front_<axis>``: the best reward for at most that compute)."""
+    frame = frame.drop_duplicates(["run", "step"], keep="last")
+    frame = frame.assign(setting=frame["setting"].map(base_setting))
+    for c in COMPUTE_AXES:
+        frame[c] = pd.to_numeric(frame[c], errors="coerce") if c in frame.columns else np.nan
+    means = frame.groupby(["method", "setting", "step"], sort=False)[["reward", *COMPUTE_AXES]].mean().reset_index()
+    for c in COMPUTE_AXES:
+        means[f"on_front_{c}"] = False
+        for _, rows in means[means[c] > 0].groupby("method", sort=False):
+            front = pareto_front(list(rows[c]), list(rows["reward"]))
+            means.loc[rows.index[front], f"on_front_{c}"] = True
+    return means
+
+
+def plot_compute(frame: pd.DataFrame, out_dir: Path, title: str = "", axis: str = "auto") -> list[Path]:
+    """frontier_compute.png and .svg: reward against cumulative training compute, forward-equivalent
+    tokens (left) and measured seconds (right), log x; per method, the means over seeds of each
+    setting's evaluations, faint, joined by step, and the front of those means, bold; π_ref's reward
+    (step 0, no compute yet) as a dotted line. Points without compute (an older alignlab's runs) are left out.
+
+    Raises:
+        AlignlabError: no evaluated point has any compute recorded.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    means = compute_means(frame)
+    if not (means[list(COMPUTE_AXES)] > 0).any().any():
+        raise AlignlabError(f"{out_dir}: frontier.csv has no evaluated point with its training compute")
+    use_p = axis == "p_positive" or (axis == "auto" and is_log_odds(frame))
+    y = p_positive if use_p else (lambda v: np.asarray(v, float))
+    methods = list(dict.fromkeys(frame["method"]))
+    cmap = plt.get_cmap("tab20" if len(methods) > 10 else "tab10")
+    fig, axes = plt.subplots(1, len(COMPUTE_AXES), figsize=(5.8 * len(COMPUTE_AXES), 4.8), sharey=True)
+    base = means.loc[means["step"] == 0, "reward"]
+    for ax, (c, label) in zip(axes, COMPUTE_AXES.items(), strict=True):
+        for i, method in enumerate(methods):
+            colour = cmap(i % cmap.N)
+            rows = means[(means["method"] == method) & (means[c] > 0)]
+            for _, curve in rows.groupby("setting", sort=False):
+                curve = curve.sort_values("step")
+                ax.plot(curve[c], y(curve["reward"]), "-", color=colour, alpha=0.3, lw=0.8, ms=3, marker="o")
+            front = rows[rows[f"on_front_{c}"]].sort_values(c)
+            if not front.empty:
+                ax.plot(front[c], y(front["reward"]), "-o", color=colour, lw=2.2, ms=3, label=method)
+        if not base.empty:
+            ax.axhline(float(y(base.mean())), color="grey", lw=0.8, ls=":", label="π_ref (step 0)")
+        ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7, loc="lower right", ncol=2 if len(methods) > 8 else 1)
+    axes[0].set_ylabel(_reward_label(frame, use_p))
+    n = int(frame.drop_duplicates(["run"]).groupby(["method", "setting"]).size().max())
+    seeds = f"means over {n} seeds" if n > 1 else "one seed"
+    fig.suptitle(
+        f"{title or 'reward against training compute'} ({seeds}; bold: the best reward for the compute)", fontsize=10
+    )
+    return _save(fig, out_dir, "frontier_compute")
 
 
 def _reward_label(frame: pd.DataFrame, use_p: bool) -> str:
@@ -371,7 +458,8 @@ def plot_winrate(frame: pd.DataFrame, out_dir: Path, title: str = "") -> list[Pa
 
 
 def compute_rows(runs: Sequence[Any]) -> list[dict[str, Any]]:
-    """Per finished run: seconds per step (PPO: per iteration, split into phases), peak RSS, models held."""
+    """Per finished run: seconds per step (PPO: per iteration, split into phases), peak RSS, models held,
+    forward-equivalent tokens per step and in all (:mod:`alignlab.train.loop`), seconds of training in all."""
     from alignlab.train.state import read_summary
 
     rows = []
@@ -380,7 +468,10 @@ def compute_rows(runs: Sequence[Any]) -> list[dict[str, Any]]:
         summary = read_summary(out)
         if summary is None:  # not finished, or its results are damaged (it will be resumed)
             continue
-        train = [r for r in scan_jsonl(out / "metrics.jsonl")[0] if r.get("split") == "train"]
+        logged = scan_jsonl(out / "metrics.jsonl")[0]
+        train = [r for r in logged if r.get("split") == "train"]
+        per_step = [r["step_tokens"] for r in train if "step_tokens" in r]
+        totals = [r["compute_tokens"] for r in logged if "compute_tokens" in r]
         phases = {k: [r[k] for r in train if k in r] for k in ("step_s", "gen_s", "score_s", "update_s")}
         if phases["gen_s"]:
             step = [g + c + u for g, c, u in zip(phases["gen_s"], phases["score_s"], phases["update_s"], strict=False)]
@@ -405,30 +496,50 @@ def compute_rows(runs: Sequence[Any]) -> list[dict[str, Any]]:
                 "frozen": sum(not m["trainable"] for m in held),
                 "roles": " + ".join(m["role"] for m in held),
                 "parameters_held": sum(m["parameters"] for m in held),
+                "tokens_per_step": float(np.median(per_step)) if per_step else None,
+                "compute_tokens": totals[-1] if totals else None,
+                "compute_s": round(sum(step_seconds(r) for r in train), 4) if train else None,
             }
         )
     return rows
 
 
+COMPUTE_NOTE = (
+    "Forward-equivalent tokens (FE): one token through one forward of the policy is 1; another network's "
+    "forward costs its parameters over the policy's, a backward twice a forward, so a trained token is 3; "
+    "generation 1 per prompt and generated token; the reference cache once (alignlab/train/loop.py). "
+    "Evaluation, SFT and the reward model's training are not counted.\n\n"
+)
+
+
 def compute_table(frame: pd.DataFrame) -> str:
-    """Markdown: one row per method (medians over its runs)."""
+    """Markdown: one row per method (medians over its runs): the networks it holds, seconds and
+    forward-equivalent tokens per step and per training example, and its runs' total compute, also
+    relative to the method with the least."""
     out = io.StringIO()
+    out.write(COMPUTE_NOTE)
     out.write(
-        "| method | batch | s / step | generation | scoring | update | peak RSS (MiB) | models held "
-        "(trainable + frozen) | parameters held |\n|---|---|---|---|---|---|---|---|---|\n"
+        "| method | networks held (trainable + frozen) | parameters held | batch | s / step | generation | scoring "
+        "| update | FE tokens / step | FE tokens / example | FE tokens in all | × least | training s | peak RSS (MiB) "
+        "|\n" + "|---" * 14 + "|\n"
     )
 
     def cell(v: Any, fmt: str = ".2f") -> str:
         return "" if v is None or pd.isna(v) else format(v, fmt)
 
-    for method in dict.fromkeys(frame["method"]):
-        rows = frame[frame["method"] == method]
-        r = rows.iloc[0]
-        med = rows.median(numeric_only=True)
+    medians = {m: frame[frame["method"] == m].median(numeric_only=True) for m in dict.fromkeys(frame["method"])}
+    totals = [float(med["compute_tokens"]) for med in medians.values() if pd.notna(med.get("compute_tokens"))]
+    least = min((t for t in totals if t > 0), default=math.nan)
+    for method, med in medians.items():
+        r = frame[frame["method"] == method].iloc[0]
+        tokens, total = med.get("tokens_per_step"), med.get("compute_tokens")
+        per_example = tokens / r["batch_size"] if tokens is not None and pd.notna(tokens) else None
         out.write(
-            f"| {method} | {r['batch_size']} | {cell(med['s_per_step'])} | {cell(med['gen_s'])} | "
-            f"{cell(med['score_s'])} | {cell(med['update_s'])} | {cell(med['peak_rss_mb'], '.0f')} | "
-            f"{r['models_held']} ({r['trainable']} + {r['frozen']}): {r['roles']} | {r['parameters_held']:,} |\n"
+            f"| {method} | {r['models_held']} ({r['trainable']} + {r['frozen']}): {r['roles']} | "
+            f"{r['parameters_held']:,} | {r['batch_size']} | {cell(med['s_per_step'])} | {cell(med['gen_s'])} | "
+            f"{cell(med['score_s'])} | {cell(med['update_s'])} | {cell(tokens, ',.0f')} | "
+            f"{cell(per_example, ',.0f')} | {cell(total, ',.0f')} | {cell(total / least if total else None)} | "
+            f"{cell(med.get('compute_s'), '.1f')} | {cell(med['peak_rss_mb'], '.0f')} |\n"
         )
     return out.getvalue()
 
@@ -462,6 +573,8 @@ def plot_dir(results: Path, fit: bool = False, title: str = "") -> list[Path]:
             cfg = report_settings(results)
             title = title or f"{results.name}: reward–KL frontier"
             paths += plot_frontier(frame, results, title, fit=fit, kl_budgets=cfg.kl_budgets, panels=cfg.plot_panels)
+            if (frame[list(COMPUTE_AXES)] > 0).any().any():  # runs of an older alignlab have no compute
+                paths += plot_compute(frame, results, f"{results.name}: reward against training compute")
     if (results / "winrate.csv").exists():
         frame = read_csv(results / "winrate.csv")
         if not frame.empty:

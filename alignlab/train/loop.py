@@ -1,4 +1,18 @@
-"""What every trainer's loop shares: the accelerator, resume, checkpoints, metrics, the NaN guard."""
+"""What every trainer's loop shares: the accelerator, resume, checkpoints, metrics, the NaN guard,
+and the count of training compute.
+
+Compute is counted in **policy forward-equivalent tokens**: one token through one forward pass of
+the policy is 1. A pass of another network costs its parameter count relative to the policy's
+(a forward is ≈ 2·N FLOPs per token, Kaplan et al. 2020, §2.1), and a backward pass twice its
+forward, so a token trained on costs 3 × N_net / N_policy. Tokens are the real (non-padding) tokens
+of prompt + completion; generating counts each prompt and generated token once (one forward with
+the KV cache). Attention's share, padding and the LM head's skipped prompt positions are not
+modelled. Evaluation is not counted, nor the stages every method shares or that come before it
+(tokenizer, SFT, the reward model's training) or the gold judge (a linear n-gram classifier that
+stands in for the environment's reward). Each trainer says what it adds (``compute_tokens`` of
+:mod:`alignlab.train.offline` and :mod:`alignlab.train.ppo`); :class:`RunLoop` keeps the running
+total, writes it into every train and eval row as ``compute_tokens`` and carries it across resume.
+"""
 
 from __future__ import annotations
 
@@ -89,6 +103,17 @@ class RunLoop:
         self.log = MetricsLog(out_dir, accelerator, self.start_step if checkpoint is not None else None)
         self.resumed = checkpoint is not None
         self.t0 = time.time()
+        # the cumulative forward-equivalent tokens; unknown (None) when resuming a checkpoint without it
+        self.compute_tokens: float | None = self.state.get("compute_tokens", None if self.resumed else 0.0)
+
+    def add_compute(self, tokens: float) -> None:
+        """Add ``tokens`` policy forward-equivalent tokens (the module docstring) to the run's total."""
+        if self.compute_tokens is not None:
+            self.compute_tokens += float(tokens)
+
+    def compute(self) -> dict[str, float]:
+        """``{"compute_tokens": total}`` for a metrics row (empty when the total is unknown)."""
+        return {} if self.compute_tokens is None else {"compute_tokens": self.compute_tokens}
 
     def save(self, step: int, state: dict[str, Any] | None = None) -> None:
         """Checkpoint after ``step`` completed steps (main process writes; everyone waits).
@@ -103,7 +128,7 @@ class RunLoop:
                 f"saved, so the newest checkpoint in {self.out_dir / 'checkpoints'} is the last good state"
             )
         self.log.flush()
-        self.state = {**self.state, **(state or {})}
+        self.state = {**self.state, **(state or {}), **self.compute()}
         if self.accelerator.is_main_process:
             save_checkpoint(
                 self.out_dir,
@@ -157,7 +182,8 @@ class RunLoop:
                 row = evaluate()
             except ObjectiveError as err:
                 raise err.at(f"the evaluation after step {step}") from err.__cause__
-            self.log.log({"step": step, "split": "eval", **row, "wall_s": round(time.time() - self.t0, 2)})
+            timing = {"wall_s": round(time.time() - self.t0, 2)}
+            self.log.log({"step": step, "split": "eval", **row, **self.compute(), **timing})
         if step % self.cfg.log_every == 0 or last:
             self.log.flush()
         stop = self._stop_requested()

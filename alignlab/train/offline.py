@@ -15,6 +15,17 @@ clipping, checkpoints, resume, logging and NaN guard. One optimiser step, in num
    gradients synchronised across processes on the last micro-batch only;
 3. the NaN guard, gradient clipping, the optimiser and scheduler steps;
 4. metrics averaged over micro-batches and processes; evaluation, flush and checkpoint when due.
+
+Compute (policy forward-equivalent tokens, :mod:`alignlab.train.loop`), from the step function's
+:meth:`ObjectiveStep.compute_tokens`, with |s| the real tokens of prompt + completion:
+
+- paired objectives: 3 (|x y_w| + |x y_l|) per pair of a step (forward + backward of both);
+- KTO: 3 |x y| + |x' y| per row (its mismatched twin: a policy forward without gradient);
+- once before step 1, when the objective needs π_ref: one forward of π_ref (the SFT policy: the
+  same network, ratio 1) over every training row, for the cache of reference log-probs — counted
+  even when the cache is read from disk, since the run on its own would compute it.
+
+A step function without ``compute_tokens`` (the reward model's) leaves the rows without it.
 """
 
 from __future__ import annotations
@@ -22,10 +33,12 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from alignlab import interrupts
@@ -38,21 +51,53 @@ from alignlab.train.loop import RunLoop, mean_over_processes
 StepFn = Callable[[torch.nn.Module, list[int]], LossOutput]
 
 
+@dataclass(frozen=True)
+class ObjectiveStep:
+    """The step function of a registry objective over ``data``, and what its steps cost."""
+
+    objective: Objective
+    cfg: ObjectiveConfig
+    data: PairData | UnpairedData
+    accelerator: Any
+
+    def __call__(self, model: torch.nn.Module, rows: list[int]) -> LossOutput:
+        if isinstance(self.data, PairData):
+            return self.objective(self.data.logps(model, rows, self.objective.needs), self.cfg)
+        return self.objective(
+            self.data.logps(model, rows, lambda x: mean_over_processes(self.accelerator, x)), self.cfg
+        )
+
+    def _tokens(self) -> tuple[Tensor, Tensor]:
+        """(trained, forward-only) real tokens per row: (|x y_w| + |x y_l|, 0) for pairs, (|x y|, |x' y|) for KTO."""
+        if isinstance(self.data, PairData):
+            trained = self.data.chosen.attention_mask.sum(-1) + self.data.rejected.attention_mask.sum(-1)
+            return trained, torch.zeros_like(trained)
+        return self.data.completions.attention_mask.sum(-1), self.data.mismatched.attention_mask.sum(-1)
+
+    def compute_tokens(self, rows: list[int]) -> float:
+        """Policy forward-equivalent tokens of one step over ``rows``: 3 per trained token, 1 per forward-only one."""
+        trained, forward = self._tokens()
+        return float(3 * trained[rows].sum() + forward[rows].sum())
+
+    def reference_tokens(self) -> float:
+        """The forward of π_ref over every row that fills the reference cache (0 for a reference-free objective)."""
+        if not self.objective.needs.reference:
+            return 0.0
+        trained, forward = self._tokens()
+        return float(trained.sum() + forward.sum())
+
+
 def objective_step(
     objective: Objective, cfg: ObjectiveConfig, data: PairData | UnpairedData, accelerator: Any
-) -> StepFn:
+) -> ObjectiveStep:
     """The step function of a registry objective over ``data``, chosen by its needs."""
-    if objective.needs.data == "paired":
-        assert isinstance(data, PairData)
-        return lambda model, rows: objective(data.logps(model, rows, objective.needs), cfg)
-    if objective.needs.data == "unpaired":
-        assert isinstance(data, UnpairedData)
-        return lambda model, rows: objective(
-            data.logps(model, rows, lambda x: mean_over_processes(accelerator, x)), cfg
+    kind = {"paired": PairData, "unpaired": UnpairedData}.get(objective.needs.data)
+    if kind is None:
+        raise ValueError(
+            f"{objective.name} needs {objective.needs.data} data: the offline trainer takes paired or unpaired"
         )
-    raise ValueError(
-        f"{objective.name} needs {objective.needs.data} data: the offline trainer takes paired or unpaired"
-    )
+    assert isinstance(data, kind)
+    return ObjectiveStep(objective, cfg, data, accelerator)
 
 
 @torch.no_grad()
@@ -102,7 +147,11 @@ def train_offline(
     loop = RunLoop(out_dir, {"model": model}, optimizer, scheduler, accelerator, cfg, extra)
     wrapped, optimizer = accelerator.prepare(model, optimizer)
     run_eval = None if evaluate is None else (lambda: evaluate(accelerator.unwrap_model(wrapped)))
+    cost = step_fn if isinstance(step_fn, ObjectiveStep) else None
+    if cost is None:
+        loop.compute_tokens = None  # a step function that does not say its cost (the reward model's)
     if not loop.resumed:
+        loop.add_compute(cost.reference_tokens() if cost is not None else 0.0)  # the reference cache, once
         loop.periodic(0, run_eval)
     wrapped.train()
     bar = tqdm(
@@ -137,6 +186,10 @@ def train_offline(
             row = {k: float(mean_over_processes(accelerator, v)) for k, v in totals.items()}
             row.update(grad_norm=float(grad_norm), lr=scheduler.get_last_lr()[0], step_s=round(time.time() - t0, 4))
             row["wall_s"] = round(time.time() - loop.t0, 4)  # since this process started the run
+            if cost is not None:  # the step's global rows (every process's), counted after the step completed
+                row["step_tokens"] = cost.compute_tokens(order.rows(step))
+                loop.add_compute(row["step_tokens"])
+            row.update(loop.compute())
             loop.log.log({"step": step + 1, "split": "train", **order.position(step), **row})
             bar.update()
             shown = {"loss": row["loss"]} | {k: row[k] for k in ("reward_accuracy", "accuracy", "margins") if k in row}

@@ -122,9 +122,18 @@ def _list(args: argparse.Namespace) -> int:
         from alignlab.experiment.runner import status
 
         exp = load_experiment(args.file, args.overrides)
-        print(f"{exp.name}: {len(exp.runs)} runs; results in {exp.out_dir}, runs in {exp.runs_dir}")
+        more = f" (+ {len(exp.tuned)} tuned methods)" if exp.tuned else ""
+        print(f"{exp.name}: {len(exp.runs)} runs{more}; results in {exp.out_dir}, runs in {exp.runs_dir}")
         for run in exp.runs:
             print(f"  {status(run):9s} {run.run_id}")
+        for tuned in exp.tuned:  # tuning runs on validation prompts, then the selected candidate's runs
+            how = f"tuned by {tuned.tune.criterion} at KL {tuned.tune.kl:g}"
+            print(f"  {tuned.label}: {how}, {len(tuned.candidates)} candidates")
+            for candidate in tuned.candidates:
+                for run in candidate.tune_runs:
+                    print(f"    {status(run):9s} {run.run_id}")
+                finals = ", ".join(f"{r.run_id} ({status(r)})" for r in candidate.final_runs)
+                print(f"      if selected: {finals}")
         return 0
     short = {v: k for k, v in ALIASES.items()}
     for name, path in shipped().items():

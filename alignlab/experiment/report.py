@@ -289,7 +289,8 @@ def plot_compute(frame: pd.DataFrame, out_dir: Path, title: str = "", axis: str 
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7, loc="lower right", ncol=2 if len(methods) > 8 else 1)
     axes[0].set_ylabel(_reward_label(frame, use_p))
-    n = int(frame.drop_duplicates(["run"]).groupby(["method", "setting"]).size().max())
+    runs = frame.drop_duplicates(["run"])
+    n = int(runs.assign(setting=runs["setting"].map(base_setting)).groupby(["method", "setting"]).size().max())
     seeds = f"means over {n} seeds" if n > 1 else "one seed"
     fig.suptitle(
         f"{title or 'reward against training compute'} ({seeds}; bold: the best reward for the compute)", fontsize=10

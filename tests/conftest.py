@@ -58,3 +58,15 @@ def cache(tmp_path_factory: pytest.TempPathFactory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ALIGNLAB_CACHE_DIR", str(path))
         yield path
+
+
+CORPUS = Path(__file__).resolve().parent / "fixtures" / "bad_inputs"
+
+
+@pytest.fixture(scope="module")
+def corpus_cache(cache: Path):
+    """The module's stage cache, working from the bad-input corpus directory, whose tiny fixture
+    YAMLs (``train/ok.yaml``, ``run/ok.yaml``) name their data relative to it."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(CORPUS)
+        yield cache

@@ -68,20 +68,10 @@ def _rows(out: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory):
-    """One cache for this module's runs (tokenizer, SFT policy, gold judge), from the corpus directory."""
-    path = tmp_path_factory.mktemp("cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("ALIGNLAB_CACHE_DIR", str(path))
-        mp.chdir(CORPUS)
-        yield path
-
-
 SAMPLING = ["eval.prompts=2", "eval.max_new_tokens=4", "train.eval_every=1"]
 
 
-def test_a_dpo_run_counts_its_compute_at_every_eval_row_and_frontier_csv_has_it(cache, tmp_path):
+def test_a_dpo_run_counts_its_compute_at_every_eval_row_and_frontier_csv_has_it(corpus_cache, tmp_path):
     """DPO on 2 pairs, batch 2: every step trains on both pairs, so a step costs 3 × the tokens the
     reference cache costs once (the step-0 eval row's total); the totals are cumulative: eval row
     k = the reference cache + k steps, strictly increasing; frontier.csv and compute.csv carry them,
@@ -141,7 +131,7 @@ def test_an_older_frontier_csv_without_compute_still_reads_and_plots(tmp_path):
     assert [p.name for p in plot_dir(tmp_path)] == ["frontier.png", "frontier.svg"]
 
 
-def test_ppo_counts_generation_scoring_and_every_update(cache, tmp_path, monkeypatch):
+def test_ppo_counts_generation_scoring_and_every_update(corpus_cache, tmp_path, monkeypatch):
     """PPO-GT, batch 2, 2 epochs of 1 minibatch, 2 iterations; S = the real tokens (prompt +
     completion) of an iteration's rollouts, ρ = parameters over the policy's. Per iteration:
     generation S + gold reward 0 + old log-probs and values (1 + ρ_c) S + π_ref ρ_ref S

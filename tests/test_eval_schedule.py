@@ -127,17 +127,7 @@ def _run(out: Path, extra: list[str] = ()) -> list[dict[str, Any]]:
     return [{k: v for k, v in r.items() if k != "wall_s"} for r in rows if r["split"] == "eval"]
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory):
-    """One cache (tokenizer, gold judge) for this module's runs, as an experiment's runs share one."""
-    path = tmp_path_factory.mktemp("cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("ALIGNLAB_CACHE_DIR", str(path))
-        mp.chdir(CORPUS)
-        yield path
-
-
-def test_a_resumed_run_evaluates_at_the_steps_of_an_uninterrupted_one(cache, tmp_path, monkeypatch):
+def test_a_resumed_run_evaluates_at_the_steps_of_an_uninterrupted_one(corpus_cache, tmp_path, monkeypatch):
     """SIGTERM after step 3 (an evaluation step off the checkpoint grid: checkpointed at 3, resumed
     from 3, the evaluation at 3 not run again), then a kill after the evaluation at 6 and before
     its checkpoint (resumed from 4: the evaluation at 6 is run again, once in the log): the eval
@@ -170,7 +160,7 @@ def test_a_resumed_run_evaluates_at_the_steps_of_an_uninterrupted_one(cache, tmp
     assert _run(cut) == whole
 
 
-def test_ppo_evaluates_at_the_same_schedule(cache, tmp_path):
+def test_ppo_evaluates_at_the_same_schedule(corpus_cache, tmp_path):
     """PPO-GT, 4 iterations, log schedule of 4 points: 0 and 4^(k/2) = 1, 2, 4."""
     rows = _run(
         tmp_path / "ppo",

@@ -34,6 +34,9 @@ class CountingTask:
         self.calls += 1
         return ["The movie", "I hated", "A quiet", "The plot"]
 
+    def held_out_prompts(self, part, tokenizer=None):  # the sampling evaluation's test part: all of them
+        return self.prompts("eval", tokenizer)
+
 
 def setup(monkeypatch):
     tokenizer = train_tokenizer(TEXTS, vocab_size=300)

@@ -232,7 +232,7 @@ def check_fitting(tok: Any, prompts: list[str], task: Any = None) -> None:
     n_eval = [len(plain(p)) for p in candidates]
     context = _fitting_limit(n_eval, bos) + 2
     expected = [p for p, n in zip(candidates, n_eval, strict=True) if n + bos + 3 <= context]
-    assert eval_prompts(source, tok, context, 3, 0) == expected and expected  # type: ignore[arg-type]
+    assert eval_prompts(source, tok, context, 3, 0, split="eval") == expected and expected  # type: ignore[arg-type]
     for p, n in zip(prompts, lengths, strict=True):
         assert fits(tok, p, n + 1) and not fits(tok, p, n)
 

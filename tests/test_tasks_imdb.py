@@ -34,17 +34,24 @@ def test_clean_review():
 
 
 def test_prompts_are_token_prefixes_of_2_to_8_tokens(imdb):
-    texts = [t for t, _ in imdb.labelled("train")]
-    tokenizer = train_tokenizer(texts[:3000], vocab_size=2000)
+    """Train prompts: prefixes of train reviews in a seeded order that mixes both labels (the file lists
+    the 12,500 positive reviews first), less the validation part, disjoint from it by text."""
+    reviews = imdb.labelled("train")
+    tokenizer = train_tokenizer([t for t, _ in reviews[:3000]], vocab_size=2000)
     prompts = imdb.prompts("train", tokenizer)
-    assert len(prompts) == 25_000
-    lengths = set()
-    for prompt, text in zip(prompts[:500], texts[:500], strict=True):
-        assert text.startswith(prompt)
+    validation = imdb.held_out_prompts("validation", tokenizer)
+    assert 10_000 < len(prompts) < 15_000 and not set(prompts) & set(validation)  # validation_fraction 0.5
+    lengths, first = set(), []
+    for prompt in prompts[:300]:
         n = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
         assert 2 <= n <= 8
         lengths.add(n)
+    for prompt in prompts[:40]:
+        matches = [y for t, y in reviews if t.startswith(prompt)]
+        assert matches  # a prefix of some train review
+        first.append(matches[-1])  # the last review it opens: a negative one if any (they come last)
     assert lengths == set(range(2, 9))
+    assert 0 < sum(first) < len(first)  # the first prompts open reviews of both labels
     assert imdb.prompts("train", tokenizer)[:50] == prompts[:50]  # deterministic
     eval_prompts = imdb.prompts("eval", tokenizer)
     assert imdb.labelled("eval")[0][0].startswith(eval_prompts[0])  # eval prefixes from test reviews

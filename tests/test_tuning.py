@@ -46,9 +46,12 @@ def _imdb(tmp_path: Path) -> Path:
     return root
 
 
-def test_imdb_validation_prompts_are_train_prefixes_sharing_no_text_with_the_test_prompts(tmp_path: Path) -> None:
-    """Prefixes of 2 tokens of a word-ish tokenizer: "This movie" opens a train and a test review, so the
-    train prefix "This movie" is dropped from validation; the test prompts are the eval prompts."""
+def test_imdb_validation_prompts_are_train_prefixes_sharing_no_text_with_the_test_or_train_prompts(
+    tmp_path: Path,
+) -> None:
+    """Prefixes of 2 tokens of a word-ish tokenizer: "This movie" opens a train and a test review, so a
+    train prefix "This movie" is never a validation prompt; the test prompts are the eval prompts; the
+    train prompts (pairs, rollouts) and the validation prompts split the train prefixes by text."""
     root = _imdb(tmp_path)
     task = build_task({"name": "imdb", "data_dir": str(root), "use_unsup": False, "prompt_tokens_max": 2})
     texts = [t for t, _ in task.reviews("train") + task.reviews("test")]  # type: ignore[attr-defined]
@@ -57,11 +60,14 @@ def test_imdb_validation_prompts_are_train_prefixes_sharing_no_text_with_the_tes
     validation = eval_prompts(task, tok, 64, 8, 0, split="validation")
     assert test == eval_prompts(task, tok, 64, 8, 0, split="eval")  # the frontier's prompts are unchanged
     assert test and validation and not set(test) & set(validation)
-    train = set(task.prompts("train", tok))
-    assert set(validation) <= train and set(validation) == train - set(test)
+    every = set(task._prefixes("train", tok))  # type: ignore[attr-defined]
+    train = task.prompts("train", tok)
+    assert not set(train) & set(validation)  # a validation prompt is never trained on
+    assert set(validation) == every - set(train) - set(test)  # the rest of the train prefixes
     assert len(validation) == len(set(validation))  # each text once
-    assert train & set(test)  # the collision the filter removes is there
-    assert validation[:4] != [p for p in task.prompts("train", tok) if p not in test][:4]  # a seeded order
+    assert every & set(test)  # the collision the filter removes is there
+    assert sorted(train) == sorted(p for p in task._prefixes("train", tok) if p in set(train))  # type: ignore[attr-defined]
+    assert train != [p for p in task._prefixes("train", tok) if p in set(train)]  # type: ignore[attr-defined]
 
 
 def test_hh_validation_and_test_prompts_are_a_hash_split_of_its_eval_prompts(tmp_path: Path) -> None:

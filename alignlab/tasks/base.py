@@ -62,8 +62,8 @@ class TaskConfig(Config):
     validation_fraction: float = knob(
         0.5,
         "Share of the held-out (eval) prompts set aside, by a hash of the prompt, as validation prompts for "
-        "tuning; the rest are the test prompts of the frontier (HH, TL;DR, CNN/DM; IMDb's validation prompts "
-        "are train-review prefixes instead).",
+        "tuning; the rest are the test prompts of the frontier (HH, TL;DR, CNN/DM). IMDb: the share of the "
+        "train-review prefixes set aside as validation prompts (never a pair's or a rollout's prompt).",
         gt=0,
         lt=1,
     )

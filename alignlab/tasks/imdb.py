@@ -7,8 +7,9 @@ the same schema locally as ``imdb/{train,test,unsup}.jsonl.gz`` under the data d
 
 - SFT text: train + unsup reviews (``use_unsup``), ``<br />`` cleaned;
 - prompts: prefixes of 2–8 policy tokens of train reviews (eval: of test reviews), the length
-  drawn per review from the task's seed; the test prompts of the frontier are the eval prompts, the
-  validation prompts of tuning are train-review prefixes (:meth:`IMDbTask.held_out_prompts`);
+  drawn per review from the task's seed; the test prompts of the frontier are the eval prompts; the
+  train-review prefixes are split by a hash of their text into train prompts (pairs, rollouts; in a
+  seeded order) and the validation prompts of tuning (:meth:`IMDbTask.held_out_prompts`);
 - labelled texts (for the gold classifier): train and test reviews with their 0/1 labels.
 """
 
@@ -29,6 +30,7 @@ from alignlab.tasks.base import (
     Task,
     TaskConfig,
     hub_rows,
+    in_eval_split,
     iter_local,
     local_files,
     require_text,
@@ -130,15 +132,26 @@ class IMDbTask(Task):
     def prompts(self, split: Split, tokenizer: Any = None) -> list[str]:
         """Review prefixes of ``prompt_tokens_min``–``prompt_tokens_max`` tokens of ``tokenizer``.
 
-        The prefix length of review i is drawn from ``Random(seed)``, so the prompts are the same
-        on every run with the same seed and tokenizer.
+        eval: a prefix of every test review, in the file's order. train: the train-review prefixes in an
+        order seeded by the task's seed (the local files and the Hub list reviews sorted by label, so the
+        first ``data.generate.max_prompts`` prompts would otherwise all open reviews of one label), less
+        the validation part (:meth:`held_out_prompts`): pairs and rollouts never use a validation prompt.
+        The prefix length of review i is drawn from ``Random(seed)``, so the prompts are the same on
+        every run with the same seed and tokenizer.
         """
+        if split == "eval":
+            return self._prefixes("test", tokenizer)
+        return [p for p in self._shuffled_train(tokenizer) if not self._is_validation(p)]
+
+    def _prefixes(self, split: str, tokenizer: Any) -> list[str]:
+        """The prefix of each review of ``split`` (train or test), in the file's order."""
         from alignlab.encoding import encode_text  # here: reading a task's data needs no torch
 
         if tokenizer is None:
             raise DataError("IMDb prompts are prefixes measured in policy tokens: pass the policy's tokenizer")
-        texts = [t for t, _ in self.labelled(split)]
-        rng = random.Random(f"{self.cfg.seed}:{split}")
+        texts = [t for t, _ in self.reviews(split)]
+        # the seed string names the split as the task's splits are named (train / eval)
+        rng = random.Random(f"{self.cfg.seed}:{'eval' if split == 'test' else 'train'}")
         lengths = [rng.randint(self.cfg.prompt_tokens_min, self.cfg.prompt_tokens_max) for _ in texts]
         # only the opening of a review matters; 8 tokens never need more than a few hundred characters
         ids = encode_text(tokenizer, [t[:400] for t in texts])
@@ -149,24 +162,31 @@ class IMDbTask(Task):
                 prompts.append(prefix)
         return prompts
 
-    def held_out_prompts(self, part: HeldOut, tokenizer: Any = None) -> list[str]:
-        """Test: the eval prompts (test-review prefixes, as before). Validation: train-review prefixes.
+    def _shuffled_train(self, tokenizer: Any) -> list[str]:
+        """Every train-review prefix, in an order fixed by the task's seed (a hash of each position)."""
+        train = self._prefixes("train", tokenizer)
+        order = sorted(range(len(train)), key=lambda i: hashlib.sha256(f"order:{self.cfg.seed}:{i}".encode()).digest())
+        return [train[i] for i in order]
 
-        The validation prompts are the train prompts (the same prefix of each train review) in a fixed
-        order seeded by the task's seed — a hash of each prompt's position, so that the first ones mix both
-        labels and are mostly not the first train prompts that pair generation takes
-        (``data.generate.max_prompts``) — without any prefix whose text is also a test prompt (short
-        prefixes such as "This movie" open reviews in both splits), and each text once. So the two
-        parts share no prompt text; the validation prompts are prompts PPO may sample from.
+    def _is_validation(self, prompt: str) -> bool:
+        """Whether a train-review prefix is a validation prompt: a hash of its text (``validation_fraction``),
+        so that one text is on one side only."""
+        return in_eval_split(prompt, self.cfg.validation_fraction, f"validation:{self.cfg.seed}")
+
+    def held_out_prompts(self, part: HeldOut, tokenizer: Any = None) -> list[str]:
+        """Test: the eval prompts (test-review prefixes). Validation: train-review prefixes.
+
+        The validation prompts are the train-review prefixes whose text a hash puts in the validation part
+        (``validation_fraction`` of them), in the train prompts' seeded order, without any prefix whose text
+        is also a test prompt (short prefixes such as "This movie" open reviews in both splits), and each
+        text once. So validation shares no prompt text with the test prompts, nor with the train prompts
+        that pairs are generated from and PPO samples.
         """
         if part == "test":
             return self.prompts("eval", tokenizer)
         test = set(self.prompts("eval", tokenizer))
-        train = self.prompts("train", tokenizer)
-        order = sorted(
-            range(len(train)), key=lambda i: hashlib.sha256(f"validation:{self.cfg.seed}:{i}".encode()).digest()
-        )
-        return list(dict.fromkeys(train[i] for i in order if train[i] not in test))
+        validation = (p for p in self._shuffled_train(tokenizer) if self._is_validation(p) and p not in test)
+        return list(dict.fromkeys(validation))
 
     def review_pairs(self, n: int, prompt_words: int, completion_words: int, seed: int) -> list[PreferencePair]:
         """Sentiment pairs with known labels, no sampling needed (the quickstart's data).

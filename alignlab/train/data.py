@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from alignlab.core.scoring import EncodedBatch, score_pairs, sequence_logps, token_logps
-from alignlab.data import cache_root
+from alignlab.data import DataError, cache_root
 from alignlab.encoding import encode_completions
 from alignlab.io import atomic_file, checksum_path, clear_temps, file_lock, load_intact
 from alignlab.objectives.base import Needs, PairedLogps, UnpairedLogps
@@ -222,7 +222,10 @@ def mismatch(prompts: Sequence[str], seed: int) -> list[int]:
     """
     n = len(prompts)
     if len(set(prompts)) < 2:
-        raise ValueError("KTO's reference point needs at least two distinct prompts")
+        raise DataError(
+            f"KTO's reference point needs at least two distinct prompts among its {n} rows (training or held-out); "
+            "these share one: add rows, or raise task.eval_fraction for more held-out prompts"
+        )
     order = list(range(n))
     random.Random(seed).shuffle(order)
     partner = [0] * n

@@ -200,42 +200,34 @@ def test_dpop_penalty_is_zero_while_the_chosen_completion_is_no_less_likely_than
     assert_close(out.losses, loss_of("dpo", b, beta=0.3).losses, rtol=0, atol=0)
 
 
+def chosen_gradient(name: str, chosen: float, rejected: float, ref: float, **knobs: float) -> float:
+    """∂L/∂log π(y_w) of one pair (log π(y_w) = chosen, log π(y_l) = rejected, both π_ref sums = ref), β = 0.5."""
+    policy_chosen = t(chosen).requires_grad_()
+    b = pair_batch(
+        policy_chosen_logps=policy_chosen,
+        policy_rejected_logps=t(rejected),
+        chosen_lengths=t(1),
+        rejected_lengths=t(1),
+        ref_chosen_logps=t(ref),
+        ref_rejected_logps=t(ref),
+    )
+    loss_of(name, b, beta=0.5, **knobs).losses.sum().backward()
+    return policy_chosen.grad.item()
+
+
 def test_dpop_gradient_at_pi_equal_to_pi_ref_is_dpos():
     """Every pair starts at π = π_ref: log-ratio 0, where max(0, ·) has no slope to take; DPOP's gradient
     there is DPO's, −βσ(−βh) = −0.5·σ(0) = −0.25 on log π(y_w), not (1 + λ) times it."""
-    grads = []
-    for name in ("dpop", "dpo"):
-        policy_chosen = t(-3).requires_grad_()
-        b = pair_batch(
-            policy_chosen_logps=policy_chosen,
-            policy_rejected_logps=t(-3),
-            chosen_lengths=t(1),
-            rejected_lengths=t(1),
-            ref_chosen_logps=t(-3),
-            ref_rejected_logps=t(-3),
-        )
-        loss_of(name, b, beta=0.5).losses.sum().backward()
-        grads.append(policy_chosen.grad.item())
-    assert grads == [-0.25, -0.25]
+    assert chosen_gradient("dpop", -3, -3, -3) == chosen_gradient("dpo", -3, -3, -3) == -0.25
 
 
 def test_dpop_pushes_a_chosen_completion_below_pi_ref_up_harder_than_dpo():
-    """Chosen log-ratio −1 (penalty active): ∂L/∂log π(y_w) = −β(1 + λ)σ(−β(h − λ pen)) < DPO's −βσ(−βh)."""
-    grads = []
-    for name, knobs in (("dpop", {"lam": 2.0}), ("dpo", {})):
-        policy_chosen = t(-4).requires_grad_()
-        b = pair_batch(
-            policy_chosen_logps=policy_chosen,
-            policy_rejected_logps=t(-2),
-            chosen_lengths=t(1),
-            rejected_lengths=t(1),
-            ref_chosen_logps=t(-3),
-            ref_rejected_logps=t(-3),
-        )
-        loss_of(name, b, beta=0.5, **knobs).losses.sum().backward()
-        grads.append(policy_chosen.grad.item())
-    assert_close(t(grads[0]), t(-0.5 * 3 * sigmoid(2)), rtol=0, atol=1e-12)  # h = −2, pen = 1: −β(1+λ)σ(−β(−4))
-    assert grads[0] < grads[1] < 0
+    """Chosen log-ratio −1, rejected +1 (h = −2, penalty 1, λ = 2):
+    ∂L/∂log π(y_w) = −β(1 + λ)σ(−β(h − λ pen)) = −0.5·3·σ(2) < DPO's −βσ(−βh) = −0.5·σ(1) < 0."""
+    dpop, dpo = chosen_gradient("dpop", -4, -2, -3, lam=2.0), chosen_gradient("dpo", -4, -2, -3)
+    assert_close(t(dpop), t(-0.5 * 3 * sigmoid(2)), rtol=0, atol=1e-12)
+    assert_close(t(dpo), t(-0.5 * sigmoid(1)), rtol=0, atol=1e-12)
+    assert dpop < dpo < 0
 
 
 # ---------------------------------------------------------------------------------------------

@@ -33,7 +33,6 @@ from alignlab.tasks import build_task
 from alignlab.tasks.base import PreferencePair, in_eval_split
 from alignlab.train import data as train_data
 from alignlab.train.job import resolve, resolve_dict, run_training
-from alignlab.train.loop import RunLoop
 from alignlab.train.sources import flip_labels, offline_rows
 
 CORPUS = Path(__file__).resolve().parent / "fixtures" / "bad_inputs"
@@ -270,22 +269,14 @@ def _beta_dpo(out: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     return [{k: v for k, v in r.items() if k not in clocks} for r in rows], state
 
 
-def test_beta_dpo_state_resumes_exactly_after_a_signal_and_a_kill(corpus_cache, tmp_path, monkeypatch):
+def test_beta_dpo_state_resumes_exactly_after_a_signal_and_a_kill(corpus_cache, tmp_path, stop_after):
     """Stopped by SIGTERM after step 3, killed after the evaluation of step 6 (before its checkpoint,
     so it resumes from 4): the resumed run's EMAs, draw count and every metric row (losses, β of each
     batch, kept pairs) are the uninterrupted run's, bit for bit."""
     whole_rows, whole_state = _beta_dpo(tmp_path / "whole")
     assert whole_state["updates"]["values"] == 12.0 and whole_state["margin_mean"]["values"] != 0.0
     assert len({r["beta_batch"] for r in whole_rows if r["split"] == "train"}) > 1  # β moves with the state
-    stop: dict[int, Any] = {}
-
-    def requested(self: RunLoop) -> str | None:
-        what = stop.get(self.log.rows[-1]["step"])
-        if isinstance(what, type):
-            raise what
-        return what
-
-    monkeypatch.setattr(RunLoop, "_stop_requested", requested)
+    stop = stop_after
     cut = tmp_path / "cut"
     stop[3] = "SIGTERM"
     with pytest.raises(Interrupted):

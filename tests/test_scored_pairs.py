@@ -32,6 +32,7 @@ from alignlab.sft import prepare_policy
 from alignlab.tasks import build_task
 from alignlab.tasks.base import PreferencePair, in_eval_split
 from alignlab.train import data as train_data
+from alignlab.train.data import BatchOrder
 from alignlab.train.job import resolve, resolve_dict, run_training
 from alignlab.train.sources import flip_labels, offline_rows
 
@@ -177,6 +178,17 @@ def test_flip_labels_flips_exactly_round_epsilon_n_by_its_seed():
         assert all(flipped[i] == pairs[i].flipped() for i in changed)
         assert flip_labels(pairs, epsilon, seed=1) == flipped
     assert flip_labels(pairs, 0.3, seed=1) != flip_labels(pairs, 0.3, seed=2)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_flipped_pairs_are_not_the_first_batches_of_the_same_seed(seed):
+    """Drawn from the stream the batch order uses (randperm with the same seed), the 20% flipped would be
+    exactly the first batches of epoch 0, all noise up front; the flips are drawn independently."""
+    n, k = 200, 40
+    pairs = [PreferencePair(f"p{i}", f"w{i}", f"l{i}") for i in range(n)]
+    flipped = {i for i, (a, b) in enumerate(zip(pairs, flip_labels(pairs, 0.2, seed), strict=True)) if a != b}
+    first = set(BatchOrder(n, k, seed).rows(0))
+    assert len(flipped) == k and len(flipped & first) < k // 2
 
 
 def test_label_noise_flips_training_pairs_only(corpus_cache):

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import math
+import random
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -188,10 +189,12 @@ def read_rows(cfg: Any, task: Task, policy: Any, judge: Any, root: Path, unpaire
 
 
 def flip_labels(pairs: list[PreferencePair], epsilon: float, seed: int) -> list[PreferencePair]:
-    """``pairs`` with round(ε·n) of them flipped (:meth:`PreferencePair.flipped`), chosen by a seeded permutation."""
-    n = len(pairs)
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-    flipped = set(order[: round(epsilon * n)])
+    """``pairs`` with round(ε·n) of them flipped (:meth:`PreferencePair.flipped`), drawn by a seeded sample.
+
+    The draw is salted, so that it is independent of the trainer's batch order (a seeded
+    ``torch.randperm`` too): drawn from the same seed, the flipped pairs would be the first batches.
+    """
+    flipped = set(random.Random(f"label-noise:{seed}").sample(range(len(pairs)), round(epsilon * len(pairs))))
     return [p.flipped() if i in flipped else p for i, p in enumerate(pairs)]
 
 

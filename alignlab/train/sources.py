@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import math
+import os
 import random
 import re
 from collections.abc import Iterator
@@ -97,9 +98,15 @@ def check_data(data: DataConfig, needs: Needs | None, name: str, task_name: Any,
     """Pre-flight: the data section can feed the objective (``needs``; None for best-of-N)."""
     if data.source == "file" and data.path is None:
         raise ConfigError(f"{prefix}data.path", "source: file needs a path: a local file or a Hub dataset id", source)
+    kinds = ", ".join(LOCAL_SUFFIXES)
     if data.source == "file" and not _is_hub_id(data.path) and not Path(str(data.path)).expanduser().is_file():
-        kinds = ", ".join(LOCAL_SUFFIXES)
         raise ConfigError(f"{prefix}data.path", f"{data.path}: no such file (a local {kinds} file or a Hub id)", source)
+    if data.source == "file" and _is_hub_id(data.path) and os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise ConfigError(
+            f"{prefix}data.path",
+            f"{data.path} names a Hub dataset and the Hub is offline (HF_HUB_OFFLINE=1): name a local {kinds} file",
+            source,
+        )
     if needs is None or not needs.scores:
         return
     unscored = {"task": f"task {task_name!r}'s human pairs", "reviews": "IMDb review pairs"}.get(data.source)

@@ -166,13 +166,15 @@ def test_odpo_score_gaps_below_one_ask_less_than_dpo_and_no_gap_asks_nothing():
 # ---------------------------------------------------------------------------------------------
 
 
-def test_dpop_hand_values_pin_the_paper_form_against_the_two_divergent_ones():
+def test_dpop_hand_values_pin_the_paper_form_against_the_divergent_ones():
     """β = 0.5, λ = 2; chosen log-ratios [1, −1] → penalty max(0, −[1, −1]) = [0, 1]; h = [2, −2].
 
-    paper (inside the sigmoid, scaled by β): −log σ(β(h − λ·pen)) = −log σ([1, −2])
-        = [log(1 + e^{−1}), log(1 + e^{2})] = [0.3132617, 2.1269280]
-    outside and unscaled: −log σ(βh) + λ·pen = [0.3132617, 1.3132617 + 2] = [0.3132617, 3.3132617]
-    wrong sign, max(0, log π(y_w) − log π_ref(y_w)) = [1, 0]: −log σ(β([2, −2] − 2·[1, 0]))
+    paper (inside the sigmoid, scaled by β; the bracketing of the July 2024 revision, abacusai/smaug#2):
+        −log σ(β(h − λ·pen)) = −log σ([1, −2]) = [log(1 + e^{−1}), log(1 + e^{2})] = [0.3132617, 2.1269280]
+    outside and unscaled (several trainers): −log σ(βh) + λ·pen = [0.3132617, 1.3132617 + 2] = [0.3132617, 3.3132617]
+    outside with the wrong sign (a published snippet, LlamaFactory#2587): −log σ(βh) − λ·pen
+        = [0.3132617, 1.3132617 − 2] = [0.3132617, −0.6867383]
+    the max's argument reversed, max(0, log π(y_w) − log π_ref(y_w)) = [1, 0]: −log σ(β([2, −2] − 2·[1, 0]))
         = [log 2, log(1 + e^{1})] = [0.6931472, 1.3132617]
     """
     out = loss_of("dpop", pair_batch(), beta=0.5, lam=2.0)
@@ -180,10 +182,13 @@ def test_dpop_hand_values_pin_the_paper_form_against_the_two_divergent_ones():
     assert_close(out.losses, paper, rtol=0, atol=1e-12)
     assert_close(out.losses, t(0.31326168751822286, 2.1269280110429727), rtol=0, atol=1e-12)
     assert_close(out.metrics["penalty"], t(0.0, 1.0))
-    outside_unscaled = t(softplus(-1), softplus(1) + 2)
-    wrong_sign = t(math.log(2), softplus(1))
-    assert (out.losses - outside_unscaled).abs().max() > 1.0
-    assert (out.losses - wrong_sign).abs().max() > 0.3
+    divergent = {
+        "outside, unscaled": t(softplus(-1), softplus(1) + 2),
+        "outside, wrong sign": t(softplus(-1), softplus(1) - 2),
+        "argument reversed": t(math.log(2), softplus(1)),
+    }
+    for form, values in divergent.items():
+        assert (out.losses - values).abs().max() > 0.3, form
 
 
 def test_dpop_with_lambda_zero_is_dpo():

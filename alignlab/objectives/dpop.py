@@ -23,7 +23,7 @@ class DPOPConfig(ObjectiveConfig):
     config=DPOPConfig,
     needs=Needs(reference=True, data="paired"),
     citation="Pal et al. 2024, Smaug: Fixing Failure Modes of Preference Optimisation with DPO-Positive "
-    "(arXiv:2402.13228), the DPOP loss (penalty inside the sigmoid, scaled by β)",
+    "(arXiv:2402.13228), the DPOP loss as its July 2024 revision brackets it (penalty inside the sigmoid, times β)",
 )
 def dpop_loss(batch: PairedLogps, cfg: DPOPConfig) -> LossOutput:
     """−log σ(β [h − λ·max(0, log π_ref(y_w) − log π(y_w))]): the paper's form, penalty inside β."""

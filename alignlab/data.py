@@ -19,7 +19,7 @@ from alignlab.errors import AlignlabError, one_line
 DATA_DIR_ENV = "ALIGNLAB_DATA_DIR"
 CACHE_DIR_ENV = "ALIGNLAB_CACHE_DIR"
 LOCAL_SUFFIXES = (".jsonl.gz", ".jsonl", ".parquet")
-CACHE_STAGES = ("tokenizer", "sft", "gold", "pairs", "reward_model", "reference")
+CACHE_STAGES = ("tokenizer", "sft", "gold", "pairs", "reward_model", "reference", "scores")
 """The folders of the cache, one per stage."""
 
 

@@ -147,6 +147,9 @@ def _gzip_jsonl(rows: list[dict[str, Any]]) -> bytes:
 
 
 def load_pairs(out_dir: Path) -> list[PreferencePair]:
-    """The pairs of a generated dataset directory."""
+    """The pairs of a generated dataset directory, each with the gold rewards of its completions as scores."""
     with gzip.open(out_dir / "pairs.jsonl.gz", "rt", encoding="utf-8") as f:
-        return [PreferencePair(r["prompt"], r["chosen"], r["rejected"]) for r in map(json.loads, f)]
+        return [
+            PreferencePair(r["prompt"], r["chosen"], r["rejected"], None, r["chosen_reward"], r["rejected_reward"])
+            for r in map(json.loads, f)
+        ]

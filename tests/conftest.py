@@ -7,6 +7,7 @@ import gzip
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -70,3 +71,22 @@ def corpus_cache(cache: Path):
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(CORPUS)
         yield cache
+
+
+@pytest.fixture
+def stop_after(monkeypatch: pytest.MonkeyPatch) -> dict[int, Any]:
+    """step -> what happens at the training loop's end-of-step check after that step (after its
+    evaluation, before its checkpoint): a signal's name asks the run to stop, an exception type kills
+    it. Fill and clear the dict between runs."""
+    from alignlab.train.loop import RunLoop
+
+    stop: dict[int, Any] = {}
+
+    def requested(self: RunLoop) -> str | None:
+        what = stop.get(self.log.rows[-1]["step"])
+        if isinstance(what, type):
+            raise what
+        return what
+
+    monkeypatch.setattr(RunLoop, "_stop_requested", requested)
+    return stop

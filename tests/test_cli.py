@@ -29,15 +29,20 @@ def run_cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
     )
 
 
-def test_objectives_lists_all_eleven_with_knobs_needs_and_citations(capsys):
+def test_objectives_lists_all_fifteen_with_knobs_needs_and_citations(capsys):
     assert main(["objectives"]) == 0
     out = capsys.readouterr().out
-    assert out.strip().endswith("11 objectives")
-    for name in ["dpo", "ipo", "cdpo", "rdpo", "kto", "orpo", "simpo", "slic", "sft", "unlikelihood", "ppo"]:
+    assert out.strip().endswith("15 objectives")
+    names = ["dpo", "ipo", "cdpo", "rdpo", "kto", "orpo", "simpo", "slic", "sft", "unlikelihood", "ppo"]
+    for name in [*names, "madpo", "odpo", "dpop", "beta_dpo"]:
         assert re.search(rf"^{name}\b", out, re.MULTILINE), name
     assert "beta: float = 0.1" in out and "length_normalized: bool = False" in out
     assert "needs:    reference-free, paired, token-level" in out  # unlikelihood
     assert "Rafailov et al. 2023, Direct Preference Optimization, Eq. 7" in out
+    # the margin-aware four, with their knobs and what they need
+    assert "c_max: float = 2.0" in out and "offset: 'log' | 'identity' | 'log_ratio' = 'log'" in out
+    assert "lam: float = 50.0" in out and "rho: float = 0.2" in out
+    assert "needs:    reference, paired, scores" in out and "needs:    reference, paired, stateful" in out
 
 
 def test_objectives_with_a_plugin_file(tmp_path, capsys):

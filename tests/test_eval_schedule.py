@@ -24,7 +24,6 @@ from alignlab.experiment.config import load_experiment
 from alignlab.interrupts import Interrupted
 from alignlab.train.config import TrainConfig, eval_steps
 from alignlab.train.job import resolve, run_training
-from alignlab.train.loop import RunLoop
 
 CORPUS = Path(__file__).resolve().parent / "fixtures" / "bad_inputs"
 
@@ -127,7 +126,7 @@ def _run(out: Path, extra: list[str] = ()) -> list[dict[str, Any]]:
     return [{k: v for k, v in r.items() if k != "wall_s"} for r in rows if r["split"] == "eval"]
 
 
-def test_a_resumed_run_evaluates_at_the_steps_of_an_uninterrupted_one(corpus_cache, tmp_path, monkeypatch):
+def test_a_resumed_run_evaluates_at_the_steps_of_an_uninterrupted_one(corpus_cache, tmp_path, stop_after):
     """SIGTERM after step 3 (an evaluation step off the checkpoint grid: checkpointed at 3, resumed
     from 3, the evaluation at 3 not run again), then a kill after the evaluation at 6 and before
     its checkpoint (resumed from 4: the evaluation at 6 is run again, once in the log): the eval
@@ -137,15 +136,7 @@ def test_a_resumed_run_evaluates_at_the_steps_of_an_uninterrupted_one(corpus_cac
     assert len({r["eval_loss"] for r in whole}) == 6  # the policy moved between them
     # the loop's end-of-step check, after the step's evaluation and before its checkpoint, asks to
     # stop (a signal's name) or dies (an exception) after the steps in `stop`
-    stop: dict[int, str | type[BaseException]] = {}
-
-    def requested(self: RunLoop) -> str | None:
-        what = stop.get(self.log.rows[-1]["step"])
-        if isinstance(what, type):
-            raise what
-        return what
-
-    monkeypatch.setattr(RunLoop, "_stop_requested", requested)
+    stop = stop_after
     cut = tmp_path / "cut"
     stop[3] = "SIGTERM"
     with pytest.raises(Interrupted):

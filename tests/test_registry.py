@@ -20,10 +20,26 @@ from alignlab.objectives import (
 from alignlab.plugins import load_plugin
 from alignlab.schema import Config
 
-BUILTINS = ["cdpo", "dpo", "ipo", "kto", "orpo", "ppo", "rdpo", "sft", "simpo", "slic", "unlikelihood"]
+BUILTINS = [
+    "beta_dpo",
+    "cdpo",
+    "dpo",
+    "dpop",
+    "ipo",
+    "kto",
+    "madpo",
+    "odpo",
+    "orpo",
+    "ppo",
+    "rdpo",
+    "sft",
+    "simpo",
+    "slic",
+    "unlikelihood",
+]
 
 
-def test_all_eleven_builtins_are_registered():
+def test_all_fifteen_builtins_are_registered():
     names = [o.name for o in list_objectives()]
     assert set(BUILTINS) <= set(names)
     assert names == sorted(names)

@@ -4,10 +4,14 @@ Importing this package registers the built-ins; ``get_objective(name)`` looks on
 """
 
 from alignlab.objectives import (  # noqa: F401  (imported to register)
+    beta_dpo,
     cdpo,
     dpo,
+    dpop,
     ipo,
     kto,
+    madpo,
+    odpo,
     orpo,
     ppo,
     rdpo,
@@ -20,6 +24,7 @@ from alignlab.objectives.base import (
     LossOutput,
     Needs,
     ObjectiveConfig,
+    ObjectiveState,
     PairedLogps,
     PPOBatch,
     UnpairedLogps,
@@ -40,6 +45,7 @@ __all__ = [
     "Objective",
     "ObjectiveConfig",
     "ObjectiveError",
+    "ObjectiveState",
     "PPOBatch",
     "PairedLogps",
     "UnpairedLogps",

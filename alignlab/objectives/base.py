@@ -2,15 +2,16 @@
 
 An objective is a pure function ``loss_fn(batch, cfg) -> LossOutput`` over tensors. The trainer
 reads the objective's :class:`Needs` to decide what to compute (reference log-probs, token-level
-log-probs, unpaired data, online rollouts) and builds the matching batch type below. Nothing here
-touches a model, an optimiser or a file.
+log-probs, unpaired data, online rollouts, scores of the completions, a running state) and builds
+the matching batch type below. Nothing here touches a model, an optimiser or a file.
 """
 
 from __future__ import annotations
 
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -21,6 +22,7 @@ __all__ = [
     "LossOutput",
     "Needs",
     "ObjectiveConfig",
+    "ObjectiveState",
     "PPOBatch",
     "PairedLogps",
     "UnpairedLogps",
@@ -41,6 +43,25 @@ class ObjectiveConfig(Config):
 
 
 @dataclass(frozen=True)
+class ObjectiveState:
+    """How a stateful objective's running state starts and moves; the trainer keeps it.
+
+    The state is a dict of tensors (β-DPO: the EMAs of the margin's mean and spread, and a count of
+    draws). The offline trainer calls ``init(cfg)`` once, then before each training loss
+    ``update(state, batch, cfg)`` — a pure function of the old state and the batch's detached
+    log-probs — and hands the new state to the loss as ``batch.state``. Held-out evaluations see the
+    current state and never move it. The trainer averages a new state over processes, saves it in
+    every checkpoint (``state.json``, ``objective_state``: exact, dtype kept) and restores it on
+    resume, so a resumed run continues with the state an uninterrupted one would have.
+    """
+
+    init: Callable[[Any], dict[str, Tensor]]
+    """cfg -> the state before the first step."""
+    update: Callable[[dict[str, Tensor], Any, Any], dict[str, Tensor]]
+    """(state, batch, cfg) -> the state the loss of ``batch`` uses (no gradient flows through it)."""
+
+
+@dataclass(frozen=True)
 class Needs:
     """What an objective needs from the trainer. Trainers read this, never the objective's name."""
 
@@ -51,11 +72,20 @@ class Needs:
     completions -> :class:`UnpairedLogps`; online: rollouts from the policy -> :class:`PPOBatch`."""
     token_level: bool = False
     """Per-token policy log-probs and masks are required, not only sequence sums."""
+    scores: bool = False
+    """Scores of the chosen and rejected completions are required (``PairedLogps.chosen_scores``):
+    a run whose pairs carry none is refused before training, naming the objective and the data."""
+    state: ObjectiveState | None = None
+    """A running state the trainer keeps, checkpoints and hands to the loss (``PairedLogps.state``)."""
 
     def describe(self) -> str:
         parts = ["reference" if self.reference else "reference-free", self.data]
         if self.token_level:
             parts.append("token-level")
+        if self.scores:
+            parts.append("scores")
+        if self.state is not None:
+            parts.append("stateful")
         return ", ".join(parts)
 
 
@@ -92,6 +122,14 @@ class PairedLogps:
     """(B, T') per-token policy log-probs of y_l, when ``needs.token_level``."""
     rejected_mask: Tensor | None = None
     """(B, T') 1 on completion tokens of y_l."""
+    chosen_scores: Tensor | None = None
+    """(B,) a score of y_w (the gold judge's reward of a generated pair, a reward model's, or the
+    data's own ``chosen_score``), when ``needs.scores``; a constant of the data, never differentiated."""
+    rejected_scores: Tensor | None = None
+    """(B,) the same score of y_l. A label-flipped pair keeps each completion's own score, so its
+    chosen score may be the lower one."""
+    state: dict[str, Tensor] | None = None
+    """The objective's running state as the trainer holds it for this batch, when ``needs.state``."""
 
     def reference(self) -> tuple[Tensor, Tensor]:
         """(ref_chosen_logps, ref_rejected_logps), or a clear error if the trainer gave none."""
@@ -110,6 +148,18 @@ class PairedLogps:
         if any(t is None for t in fields):
             raise ValueError("this objective needs token-level log-probs; the batch has none")
         return typing.cast(tuple[Tensor, Tensor, Tensor, Tensor], fields)
+
+    def scores(self) -> tuple[Tensor, Tensor]:
+        """(chosen_scores, rejected_scores), or a clear error if the trainer gave none."""
+        if self.chosen_scores is None or self.rejected_scores is None:
+            raise ValueError("this objective needs scores of the chosen and rejected completions; the batch has none")
+        return self.chosen_scores, self.rejected_scores
+
+    def running_state(self) -> dict[str, Tensor]:
+        """The objective's running state, or a clear error if the trainer gave none."""
+        if self.state is None:
+            raise ValueError("this objective needs its running state (Needs.state); the batch has none")
+        return self.state
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,20 @@ class PreferencePair:
     rejected: str
     origin: tuple[str, int] | None = field(default=None, compare=False)
     """(file, row) the pair was read from, named in errors; None for generated pairs."""
+    chosen_score: float | None = None
+    """A score of ``chosen`` (higher is better): the gold judge's reward of a generated pair, a reward
+    model's (``data.scores: reward_model``) or a pairs file's ``chosen_score``; None when unscored."""
+    rejected_score: float | None = None
+    """The same score of ``rejected``."""
+
+    def flipped(self) -> PreferencePair:
+        """The pair with its label flipped: chosen and rejected swapped, each keeping its own score."""
+        p = self
+        return PreferencePair(p.prompt, p.rejected, p.chosen, p.origin, p.rejected_score, p.chosen_score)
+
+    def scored(self, chosen_score: float | None, rejected_score: float | None) -> PreferencePair:
+        """The same pair with these scores (None, None: unscored)."""
+        return PreferencePair(self.prompt, self.chosen, self.rejected, self.origin, chosen_score, rejected_score)
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 
 - :class:`PairData`: (prompt, chosen, rejected) pairs as two right-padded batches with the same
   row order; chosen and rejected of a step go through one forward pass (the scoring core's
-  :func:`~alignlab.core.scoring.score_pairs`).
+  :func:`~alignlab.core.scoring.score_pairs`); the pairs' scores, when every pair has them, go to
+  the objectives that declare ``Needs(scores=True)``.
 - :class:`UnpairedData`: (prompt, completion, desirable) rows for KTO — given as such, or made
   from pairs (chosen desirable, rejected undesirable). Each row also has a *mismatched* twin, its
   completion after another row's prompt, from which KTO's reference point z0 is estimated.
@@ -26,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from alignlab.core.scoring import EncodedBatch, score_pairs, sequence_logps, token_logps
-from alignlab.data import cache_root
+from alignlab.data import DataError, cache_root
 from alignlab.encoding import encode_completions
 from alignlab.io import atomic_file, checksum_path, clear_temps, file_lock, load_intact
 from alignlab.objectives.base import Needs, PairedLogps, UnpairedLogps
@@ -68,23 +69,29 @@ def shard(rows: list[int], index: int, parts: int) -> list[int]:
 
 
 def cached_reference(
-    key_parts: Sequence[Any], compute: Callable[[], dict[str, Tensor]], cache: Path | None = None
+    key_parts: Sequence[Any],
+    compute: Callable[[], dict[str, Tensor]],
+    cache: Path | None = None,
+    kind: str = "reference",
+    what: str = "the cached reference log-probs",
+    dtype: torch.dtype = torch.float32,
 ) -> dict[str, Tensor]:
-    """Reference log-probs from the disk cache, or computed once and written there atomically.
+    """Tensors from the disk cache (``<cache>/<kind>/<key>.safetensors``), or computed once and
+    written there atomically: reference log-probs, and the reward model's scores of pairs.
 
     The file's ``.sha256`` sidecar is checked on every load; a damaged file is moved aside and
     computed again (:func:`alignlab.io.load_intact`).
     """
-    path = (cache or cache_root()) / "reference" / f"{fingerprint(*key_parts)}.safetensors"
+    path = (cache or cache_root()) / kind / f"{fingerprint(*key_parts)}.safetensors"
     with file_lock(path.with_suffix(".lock")):
-        cached = load_intact(path, lambda p: load_file(str(p)), "the cached reference log-probs", "recomputing them")
+        cached = load_intact(path, lambda p: load_file(str(p)), what, "recomputing them")
         if cached is not None:
             return cached
         for name in (path.name, checksum_path(path).name):
             clear_temps(path.parent, name)  # what a killed pass left half-written
         tensors = compute()
         with atomic_file(path, checksum=True) as tmp:
-            save_file({k: v.contiguous().float() for k, v in tensors.items()}, str(tmp))
+            save_file({k: v.contiguous().to(dtype) for k, v in tensors.items()}, str(tmp))
     return tensors
 
 
@@ -114,15 +121,21 @@ class PairData:
     rejected: EncodedBatch
     pad_token_id: int
     ref: dict[str, Tensor] | None = field(default=None, repr=False)
+    scores: Tensor | None = field(default=None, repr=False)
+    """(N, 2) float64 (chosen score, rejected score) of every pair, or None unless every pair has both."""
 
     @classmethod
     def build(cls, tokenizer: Any, pairs: Sequence[PreferencePair], max_length: int) -> PairData:
         prompts = [p.prompt for p in pairs]
+        scored = bool(pairs) and all(p.chosen_score is not None and p.rejected_score is not None for p in pairs)
         return cls(
             list(pairs),
             encode_completions(tokenizer, prompts, [p.chosen for p in pairs], max_length),
             encode_completions(tokenizer, prompts, [p.rejected for p in pairs], max_length),
             tokenizer.pad_token_id,
+            scores=torch.tensor([[p.chosen_score, p.rejected_score] for p in pairs], dtype=torch.float64)
+            if scored
+            else None,
         )
 
     def __len__(self) -> int:
@@ -165,6 +178,9 @@ class PairData:
         ref = self.ref if needs.reference else None
         if needs.reference and ref is None:
             raise RuntimeError("the objective needs reference log-probs: call attach_reference first")
+        scores = None if not needs.scores or self.scores is None else self.scores[rows].to(device, c.dtype)
+        if needs.scores and scores is None:
+            raise RuntimeError("the objective needs scores of chosen and rejected completions: these pairs have none")
         return PairedLogps(
             policy_chosen_logps=sequence_logps(c, cm, "sum"),
             policy_rejected_logps=sequence_logps(r, rm, "sum"),
@@ -176,6 +192,8 @@ class PairData:
             chosen_mask=cm if token_level else None,
             rejected_token_logps=r if token_level else None,
             rejected_mask=rm if token_level else None,
+            chosen_scores=scores[:, 0] if scores is not None else None,
+            rejected_scores=scores[:, 1] if scores is not None else None,
         )
 
 
@@ -204,7 +222,10 @@ def mismatch(prompts: Sequence[str], seed: int) -> list[int]:
     """
     n = len(prompts)
     if len(set(prompts)) < 2:
-        raise ValueError("KTO's reference point needs at least two distinct prompts")
+        raise DataError(
+            f"KTO's reference point needs at least two distinct prompts among its {n} rows (training or held-out); "
+            "these share one: add rows, or raise task.eval_fraction for more held-out prompts"
+        )
     order = list(range(n))
     random.Random(seed).shuffle(order)
     partner = [0] * n

@@ -35,34 +35,15 @@ from alignlab.models import ModelConfig, model_context
 from alignlab.objectives import Objective, ObjectiveConfig, get_objective
 from alignlab.objectives.ppo import PPOConfig
 from alignlab.ownership import check_claimable, mark, remove_owned, training_lock
-from alignlab.pairs import PairGenConfig
 from alignlab.plugins import load_plugins
 from alignlab.rewards.model import RewardModelConfig
 from alignlab.schema import Config, knob
 from alignlab.sft import SFTConfig, code_version, prepare_policy
 from alignlab.tasks import TASKS, Task, build_task, task_config
-from alignlab.tasks.base import PreferencePair
 from alignlab.train.config import TrainConfig, check_batch
 from alignlab.train.ppo import RolloutConfig, check_ppo_batch
+from alignlab.train.sources import DataConfig, check_data, flip_labels, offline_rows, read_rows
 from alignlab.train.state import read_summary
-
-
-@dataclass(frozen=True)
-class DataConfig(Config):
-    source: Literal["generated", "task", "reviews"] = knob(
-        "generated",
-        "generated: pairs sampled from the SFT policy and ranked by the gold judge (DPO paper §6.1); "
-        "task: the task's human pairs (hh, tldr, cnndm); reviews: IMDb review continuations, positive "
-        "chosen over negative (labels known, no sampling).",
-    )
-    pairs: int | None = knob(None, "Use at most this many training pairs (null: all).", gt=0)
-    eval_pairs: int = knob(128, "Held-out pairs for the evaluation loss and metrics.", gt=0)
-    generate: PairGenConfig = knob(default_factory=PairGenConfig, help="Pair generation (source: generated).")
-    prompt_words: int = knob(4, "Words of a review opening used as the prompt (source: reviews).", gt=0)
-    completion_words: int = knob(16, "Words of each continuation (source: reviews).", gt=0)
-    kto_pairs_as_unpaired: bool = knob(
-        True, "KTO from pairs: chosen completions are desirable, rejected ones undesirable (KTO §4)."
-    )
 
 
 @dataclass(frozen=True)
@@ -200,6 +181,8 @@ def resolve_dict(data: dict[str, Any], source: str, base_dir: Path, prefix: str 
         raise ConfigError(prefix + err.key, err.message, source) from None
     task_config(cfg.task, source, prefix + "task.")  # an unknown or malformed task first: it explains the rest
     task_name = cfg.task.get("name") if isinstance(cfg.task, dict) else None
+    needs = method.objective.needs if method.objective is not None else None
+    check_data(cfg.data, needs, method.name, task_name, source, prefix)
     if cfg.data.source == "reviews" and task_name != "imdb":
         raise ConfigError(
             f"{prefix}data.source", "reviews pairs come from IMDb: use task imdb, or source generated/task", source
@@ -271,30 +254,6 @@ def claim_out_dir(
         mark(out, "run")
         atomic_write_yaml(out / "config.yaml", resolved)
     return None
-
-
-def _pairs(
-    cfg: RunConfig, task: Task, policy: Any, judge: Any, root: Path
-) -> tuple[list[PreferencePair], list[PreferencePair]]:
-    """Step 3 (paired data): (train, held-out) pairs from the configured source, fitted to the context."""
-    if cfg.data.source == "reviews":
-        from alignlab.tasks.imdb import IMDbTask
-
-        assert isinstance(task, IMDbTask)
-        n = cfg.data.pairs or 512
-        every = task.review_pairs(
-            n + cfg.data.eval_pairs, cfg.data.prompt_words, cfg.data.completion_words, task.cfg.seed
-        )
-        train, held_out = every[:n], every[n:]
-    elif cfg.data.source == "generated":
-        path, _ = stages.generated_pairs(task, policy, judge, cfg.data.generate, root, cfg.train.progress)
-        train, held_out = stages.load_generated(path, task)
-    else:
-        train, held_out = task.pairs("train"), task.pairs("eval")
-    context = cfg.train.max_length or model_context(policy.model)
-    train = task.fit_to_context(train, policy.tokenizer, context)[: cfg.data.pairs]
-    held_out = task.fit_to_context(held_out, policy.tokenizer, context)[: cfg.data.eval_pairs]
-    return train, held_out
 
 
 def reset_peak_rss() -> None:
@@ -439,17 +398,20 @@ def _method_data(cfg: RunConfig, method: Method, task: Task, policy: Any, judge:
     """Steps 2–3: whatever this method needs, built or loaded from the cache."""
     data: dict[str, Any] = {}
     online = method.objective is None or method.objective.needs.data == "online"
-    if not online:
-        data["train"], data["eval"] = _pairs(cfg, task, policy, judge, root)
+    if method.objective is not None and not online:
+        data = offline_rows(cfg, task, policy, judge, root, method.objective)
     judged_by_rm = bool(cfg.eval.winrate.temperatures) and cfg.eval.winrate.judge == "reward_model"
-    if (online and cfg.reward.kind == "model") or judged_by_rm:
-        if cfg.data.source == "generated":
-            path, _ = stages.generated_pairs(task, policy, judge, cfg.data.generate, root, cfg.train.progress)
-            rm_train, rm_eval = stages.load_generated(path, task)
-        elif "train" in data:  # an offline method already read the same pairs
+    if ((online and cfg.reward.kind == "model") or judged_by_rm) and "reward_model" not in data:
+        if cfg.data.source != "generated" and "train" in data:  # an offline method already read the same pairs
             rm_train, rm_eval = data["train"], data["eval"]
         else:
-            rm_train, rm_eval = _pairs(cfg, task, policy, judge, root)
+            if cfg.data.source == "generated":
+                path, _ = stages.generated_pairs(task, policy, judge, cfg.data.generate, root, cfg.train.progress)
+                rm_train, rm_eval = stages.load_generated(path, task)
+            else:
+                rm_train, rm_eval = read_rows(cfg, task, policy, judge, root, unpaired=False)
+            if cfg.data.label_noise > 0:  # the noisy training pairs, as an offline method sees them
+                rm_train = flip_labels(rm_train, cfg.data.label_noise, cfg.data.label_noise_seed)
         rm_train = rm_train[: cfg.reward.max_pairs]
         data["reward_model"], data["reward_model_metrics"] = stages.reward_model(
             policy, rm_train, rm_eval, cfg.reward.model, root, cfg.train.progress

@@ -30,7 +30,7 @@ from alignlab.objectives.ppo import PPOConfig
 from alignlab.sft import code_version
 from alignlab.tasks import Task
 from alignlab.train import data as data_module
-from alignlab.train.data import PairData, UnpairedData, unpaired_from_pairs
+from alignlab.train.data import PairData, UnpairedData, UnpairedExample, unpaired_from_pairs
 from alignlab.train.evaluation import best_of_n, bootstrap_ci, sample_metrics, win_rates
 from alignlab.train.offline import evaluate_step, objective_step, train_offline
 from alignlab.train.ppo import PolicyAndValue, critic_from, train_ppo
@@ -202,8 +202,10 @@ def _offline(
     context = cfg.train.max_length or model_context(policy.model)
     split: dict[str, PairData | UnpairedData] = {}
     for name in ("train", "eval"):
-        if needs.data == "unpaired":
-            split[name] = UnpairedData.build(policy.tokenizer, unpaired_from_pairs(data[name]), context, cfg.train.seed)
+        if needs.data == "unpaired":  # KTO: unpaired rows of a file, or pairs split in two
+            rows = data[name] if data[name] and isinstance(data[name][0], UnpairedExample) else None
+            rows = rows or unpaired_from_pairs(data[name])
+            split[name] = UnpairedData.build(policy.tokenizer, rows, context, cfg.train.seed)
         else:
             split[name] = PairData.build(policy.tokenizer, data[name], context)
         if needs.reference:
@@ -214,8 +216,8 @@ def _offline(
                     lambda: reference if reference is not None else load_reference(policy).to(accelerator.device),
                     cfg.train.eval_batch_size,
                 )
-    held_out = split["eval"]
-    held_out_step = objective_step(objective, method.cfg, held_out, accelerator)
+    held_out, train_step = split["eval"], objective_step(objective, method.cfg, split["train"], accelerator)
+    held_out_step = train_step.on(held_out)  # reads the running state of a stateful objective, never moves it
 
     def evaluate(model: Any) -> dict[str, float]:
         metrics = {
@@ -226,7 +228,7 @@ def _offline(
 
     rows = train_offline(
         policy.model,
-        objective_step(objective, method.cfg, split["train"], accelerator),
+        train_step,
         len(split["train"]),
         cfg.train,
         out,

@@ -26,11 +26,17 @@ Compute (policy forward-equivalent tokens, :mod:`alignlab.train.loop`), from the
   even when the cache is read from disk, since the run on its own would compute it.
 
 A step function without ``compute_tokens`` (the reward model's) leaves the rows without it.
+
+A stateful objective (``Needs.state``, :class:`~alignlab.objectives.base.ObjectiveState`; β-DPO)
+has its state kept here, in :class:`RunningState`: moved by every training micro-batch before its
+loss (averaged over processes), read but never moved by held-out evaluations, saved in every
+checkpoint under ``objective_state`` and restored on resume.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,7 +49,7 @@ from tqdm.auto import tqdm
 
 from alignlab import interrupts
 from alignlab.objectives import Objective, ObjectiveConfig, ObjectiveError
-from alignlab.objectives.base import LossOutput
+from alignlab.objectives.base import LossOutput, ObjectiveState, PairedLogps
 from alignlab.train.config import TrainConfig, build_optimizer, build_scheduler, check_batch, disable_dropout
 from alignlab.train.data import BatchOrder, PairData, UnpairedData, shard
 from alignlab.train.loop import RunLoop, mean_over_processes
@@ -51,21 +57,69 @@ from alignlab.train.loop import RunLoop, mean_over_processes
 StepFn = Callable[[torch.nn.Module, list[int]], LossOutput]
 
 
+class RunningState:
+    """The running state of a stateful objective, held by the trainer (see the module docstring).
+
+    Args:
+        spec: the objective's declared :class:`ObjectiveState`.
+        cfg: the objective's config.
+        reduce_mean: averages a tensor over processes (the identity on one).
+    """
+
+    def __init__(self, spec: ObjectiveState, cfg: ObjectiveConfig, reduce_mean: Callable[[Tensor], Tensor]) -> None:
+        self.spec, self.cfg, self.reduce_mean = spec, cfg, reduce_mean
+        self.tensors: dict[str, Tensor] = spec.init(cfg)
+
+    def advance(self, batch: PairedLogps) -> dict[str, Tensor]:
+        """The state moved by a training batch (the one its loss sees); kept as the current state."""
+        with torch.no_grad():
+            moved = self.spec.update(self.tensors, batch, self.cfg)
+        self.tensors = {name: self.reduce_mean(value.detach()) for name, value in moved.items()}
+        return self.tensors
+
+    def saved(self) -> dict[str, Any]:
+        """The state as ``state.json`` holds it: each tensor's dtype and values (JSON floats round-trip exactly)."""
+        return {
+            name: {"dtype": str(value.dtype).removeprefix("torch."), "values": value.tolist()}
+            for name, value in self.tensors.items()
+        }
+
+    def load(self, saved: dict[str, Any]) -> None:
+        """Restore what :meth:`saved` wrote."""
+        self.tensors = {
+            name: torch.tensor(entry["values"], dtype=getattr(torch, entry["dtype"])) for name, entry in saved.items()
+        }
+
+
 @dataclass(frozen=True)
 class ObjectiveStep:
-    """The step function of a registry objective over ``data``, and what its steps cost."""
+    """The step function of a registry objective over ``data``, and what its steps cost.
+
+    ``running``: the objective's running state, if it declares one; ``advance``: whether calls move
+    it (training) or only read it (a held-out evaluation, :meth:`on`).
+    """
 
     objective: Objective
     cfg: ObjectiveConfig
     data: PairData | UnpairedData
     accelerator: Any
+    running: RunningState | None = None
+    advance: bool = True
 
     def __call__(self, model: torch.nn.Module, rows: list[int]) -> LossOutput:
         if isinstance(self.data, PairData):
-            return self.objective(self.data.logps(model, rows, self.objective.needs), self.cfg)
+            batch = self.data.logps(model, rows, self.objective.needs)
+            if self.running is not None:
+                state = self.running.advance(batch) if self.advance else self.running.tensors
+                batch = dataclasses.replace(batch, state=state)
+            return self.objective(batch, self.cfg)
         return self.objective(
             self.data.logps(model, rows, lambda x: mean_over_processes(self.accelerator, x)), self.cfg
         )
+
+    def on(self, data: PairData | UnpairedData) -> ObjectiveStep:
+        """The same objective on other rows (held-out pairs), reading this step's running state, never moving it."""
+        return dataclasses.replace(self, data=data, advance=False)
 
     def _tokens(self) -> tuple[Tensor, Tensor]:
         """(trained, forward-only) real tokens per row: (|x y_w| + |x y_l|, 0) for pairs, (|x y|, |x' y|) for KTO."""
@@ -97,7 +151,11 @@ def objective_step(
             f"{objective.name} needs {objective.needs.data} data: the offline trainer takes paired or unpaired"
         )
     assert isinstance(data, kind)
-    return ObjectiveStep(objective, cfg, data, accelerator)
+    if objective.needs.scores and isinstance(data, PairData) and data.scores is None:
+        raise ValueError(f"objective {objective.name!r} needs scores of the chosen and rejected completions: none")
+    spec = objective.needs.state
+    running = None if spec is None else RunningState(spec, cfg, lambda x: mean_over_processes(accelerator, x))
+    return ObjectiveStep(objective, cfg, data, accelerator, running)
 
 
 @torch.no_grad()
@@ -148,11 +206,18 @@ def train_offline(
     wrapped, optimizer = accelerator.prepare(model, optimizer)
     run_eval = None if evaluate is None else (lambda: evaluate(accelerator.unwrap_model(wrapped)))
     cost = step_fn if isinstance(step_fn, ObjectiveStep) else None
+    running = cost.running if cost is not None else None
+    if running is not None and loop.resumed:
+        running.load(loop.state["objective_state"])
+
+    def state() -> dict[str, Any] | None:
+        return None if running is None else {"objective_state": running.saved()}
+
     if cost is None:
         loop.compute_tokens = None  # a step function that does not say its cost (the reward model's)
     if not loop.resumed:
         loop.add_compute(cost.reference_tokens() if cost is not None else 0.0)  # the reference cache, once
-        loop.periodic(0, run_eval)
+        loop.periodic(0, run_eval, state())
     wrapped.train()
     bar = tqdm(
         total=cfg.steps, initial=loop.start_step, desc=name, disable=not (cfg.progress and accelerator.is_main_process)
@@ -160,6 +225,7 @@ def train_offline(
     with interrupts.at_step_boundaries():  # SIGTERM / Ctrl-C: finish the step, checkpoint, stop
         for step in range(loop.start_step, cfg.steps):
             t0 = time.time()
+            before = state()  # the objective's state after the last good step (what the NaN guard saves)
             # 1. the rows of this step on this process, in micro-batches
             micro = _micro_batches(cfg, order, step, accelerator)
             totals: dict[str, torch.Tensor] = {}
@@ -176,9 +242,9 @@ def train_offline(
                 for key, value in {"loss": loss, **out.metrics}.items():
                     totals[key] = totals.get(key, 0) + value.detach().float().mean() / len(micro)
             # 3. guard (one check per step: the weights are still the last good ones), clip, step
-            loop.guard(step, f"{name} loss", totals["loss"])
+            loop.guard(step, f"{name} loss", totals["loss"], before)
             grad_norm = accelerator.clip_grad_norm_(wrapped.parameters(), cfg.grad_clip or float("inf"))
-            loop.guard(step, "gradient norm", torch.as_tensor(grad_norm).detach())
+            loop.guard(step, "gradient norm", torch.as_tensor(grad_norm).detach(), before)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -194,6 +260,6 @@ def train_offline(
             bar.update()
             shown = {"loss": row["loss"]} | {k: row[k] for k in ("reward_accuracy", "accuracy", "margins") if k in row}
             bar.set_postfix({k: f"{v:.3f}" for k, v in shown.items()})
-            loop.periodic(step + 1, run_eval)
+            loop.periodic(step + 1, run_eval, state())
     bar.close()
     return loop.log.rows

@@ -443,17 +443,33 @@ def _method_data(cfg: RunConfig, method: Method, task: Task, policy: Any, judge:
         data["train"], data["eval"] = _pairs(cfg, task, policy, judge, root)
     judged_by_rm = bool(cfg.eval.winrate.temperatures) and cfg.eval.winrate.judge == "reward_model"
     if (online and cfg.reward.kind == "model") or judged_by_rm:
-        if cfg.data.source == "generated":
-            path, _ = stages.generated_pairs(task, policy, judge, cfg.data.generate, root, cfg.train.progress)
-            rm_train, rm_eval = stages.load_generated(path, task)
-        elif "train" in data:  # an offline method already read the same pairs
-            rm_train, rm_eval = data["train"], data["eval"]
-        else:
-            rm_train, rm_eval = _pairs(cfg, task, policy, judge, root)
-        rm_train = rm_train[: cfg.reward.max_pairs]
-        data["reward_model"], data["reward_model_metrics"] = stages.reward_model(
-            policy, rm_train, rm_eval, cfg.reward.model, root, cfg.train.progress
-        )
+        pairs = (data["train"], data["eval"]) if "train" in data else None
+        data["reward_model"], data["reward_model_metrics"] = run_reward_model(cfg, task, policy, judge, root, pairs)
     if online and cfg.reward.kind == "gold" and judge is None:
         raise ConfigError("reward.kind", f"task {task.name!r} has no gold judge: use reward.kind: model")
     return data
+
+
+def run_reward_model(
+    cfg: RunConfig,
+    task: Task,
+    policy: Any,
+    judge: Any,
+    root: Path,
+    pairs: tuple[list[PreferencePair], list[PreferencePair]] | None = None,
+) -> tuple[Any, dict[str, Any]]:
+    """The run's reward model — PPO's reward, best-of-N's ranker, the win-rate judge — and its metrics:
+    Bradley–Terry from the SFT policy on the run's train pairs (at most ``reward.max_pairs``),
+    built once and cached (:func:`alignlab.stages.reward_model`).
+
+    ``pairs``: the run's (train, held-out) pairs when already read (an offline method's); they are
+    the same pairs :func:`_pairs` reads. Generated pairs are used whole (before ``data.pairs``).
+    """
+    if cfg.data.source == "generated":
+        path, _ = stages.generated_pairs(task, policy, judge, cfg.data.generate, root, cfg.train.progress)
+        rm_train, rm_eval = stages.load_generated(path, task)
+    else:
+        rm_train, rm_eval = pairs if pairs is not None else _pairs(cfg, task, policy, judge, root)
+    return stages.reward_model(
+        policy, rm_train[: cfg.reward.max_pairs], rm_eval, cfg.reward.model, root, cfg.train.progress
+    )

@@ -141,4 +141,6 @@ def llm_judge(name: str, task_name: str, seed: int, batch_size: int = 8) -> Caus
 
     model, tokenizer = load_pretrained(ModelConfig(name_or_path=name))
     template = SUMMARY_TEMPLATE if task_name in ("tldr", "cnndm") else DIALOGUE_TEMPLATE
-    return CausalLMJudge(model, tokenizer, template, batch_size=batch_size, seed=seed)
+    judge = CausalLMJudge(model, tokenizer, template, batch_size=batch_size, seed=seed)
+    judge.name = f"llm:{name}"  # as the YAML names it, not a machine's path (the GGUF's package directory)
+    return judge

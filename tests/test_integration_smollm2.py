@@ -73,3 +73,12 @@ def test_smollm2_as_a_pairwise_judge(smollm2):
     # the four rows are one question shown in both orders (the coin decides): the judge must still
     # prefer the right answer on average once the positions are mapped back
     assert float(p.mean()) > 0.5
+
+
+def test_the_win_rate_llm_judge_is_named_as_the_yaml_names_it(smollm2):
+    """eval.winrate.judge_model: smollm2-135m gives the judge column 'llm:smollm2-135m', not the path of
+    the package directory holding the GGUF on this machine."""
+    from alignlab.rewards.judges import SUMMARY_TEMPLATE, llm_judge
+
+    judge = llm_judge("smollm2-135m", "tldr", seed=0)
+    assert judge.name == "llm:smollm2-135m" and judge.template == SUMMARY_TEMPLATE

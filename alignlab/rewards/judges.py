@@ -124,6 +124,23 @@ class CausalLMJudge(LLMJudge):
         out = []
         for start in range(0, len(texts), self.batch_size):
             enc = {k: v.to(self.model.device) for k, v in self.encode(texts[start : start + self.batch_size]).items()}
-            logits = self.model(**enc).logits[:, -1, self.choices].float()
-            out.append(torch.softmax(logits, dim=-1)[:, 0].cpu())
+            # positions count from each row's first real token, so the left padding a row gets from
+            # its batch neighbours does not move it (absolute position embeddings, e.g. GPT-2); the
+            # vocabulary projection runs on the last position only
+            position_ids = (enc["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)
+            logits = self.model(**enc, position_ids=position_ids, logits_to_keep=1).logits[:, -1, self.choices]
+            out.append(torch.softmax(logits.float(), dim=-1)[:, 0].cpu())
         return torch.cat(out)
+
+
+def llm_judge(name: str, task_name: str, seed: int, batch_size: int = 8) -> CausalLMJudge:
+    """The win-rate tables' LLM judge (``eval.winrate.judge: llm``): the pretrained model ``name``
+    (a Hub id, a directory, or ``smollm2-135m``) asked with the DPO paper's prompt for the task —
+    summaries for TL;DR and CNN/DM, dialogue otherwise — positions randomised with ``seed``."""
+    from alignlab.models import ModelConfig, load_pretrained
+
+    model, tokenizer = load_pretrained(ModelConfig(name_or_path=name))
+    template = SUMMARY_TEMPLATE if task_name in ("tldr", "cnndm") else DIALOGUE_TEMPLATE
+    judge = CausalLMJudge(model, tokenizer, template, batch_size=batch_size, seed=seed)
+    judge.name = f"llm:{name}"  # as the YAML names it, not a machine's path (the GGUF's package directory)
+    return judge

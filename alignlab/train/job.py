@@ -40,6 +40,7 @@ from alignlab.rewards.model import RewardModelConfig
 from alignlab.schema import Config, knob
 from alignlab.sft import SFTConfig, code_version, prepare_policy
 from alignlab.tasks import TASKS, Task, build_task, task_config
+from alignlab.tasks.base import PreferencePair
 from alignlab.train.config import TrainConfig, check_batch
 from alignlab.train.ppo import RolloutConfig, check_ppo_batch
 from alignlab.train.sources import DataConfig, check_data, flip_labels, offline_rows, read_rows
@@ -402,20 +403,39 @@ def _method_data(cfg: RunConfig, method: Method, task: Task, policy: Any, judge:
         data = offline_rows(cfg, task, policy, judge, root, method.objective)
     judged_by_rm = bool(cfg.eval.winrate.temperatures) and cfg.eval.winrate.judge == "reward_model"
     if ((online and cfg.reward.kind == "model") or judged_by_rm) and "reward_model" not in data:
-        if cfg.data.source != "generated" and "train" in data:  # an offline method already read the same pairs
-            rm_train, rm_eval = data["train"], data["eval"]
-        else:
-            if cfg.data.source == "generated":
-                path, _ = stages.generated_pairs(task, policy, judge, cfg.data.generate, root, cfg.train.progress)
-                rm_train, rm_eval = stages.load_generated(path, task)
-            else:
-                rm_train, rm_eval = read_rows(cfg, task, policy, judge, root, unpaired=False)
-            if cfg.data.label_noise > 0:  # the noisy training pairs, as an offline method sees them
-                rm_train = flip_labels(rm_train, cfg.data.label_noise, cfg.data.label_noise_seed)
-        rm_train = rm_train[: cfg.reward.max_pairs]
-        data["reward_model"], data["reward_model_metrics"] = stages.reward_model(
-            policy, rm_train, rm_eval, cfg.reward.model, root, cfg.train.progress
-        )
+        pairs = (data["train"], data["eval"]) if cfg.data.source != "generated" and "train" in data else None
+        data["reward_model"], data["reward_model_metrics"] = run_reward_model(cfg, task, policy, judge, root, pairs)
     if online and cfg.reward.kind == "gold" and judge is None:
         raise ConfigError("reward.kind", f"task {task.name!r} has no gold judge: use reward.kind: model")
     return data
+
+
+def run_reward_model(
+    cfg: RunConfig,
+    task: Task,
+    policy: Any,
+    judge: Any,
+    root: Path,
+    pairs: tuple[list[PreferencePair], list[PreferencePair]] | None = None,
+) -> tuple[Any, dict[str, Any]]:
+    """The run's reward model — PPO's reward, best-of-N's ranker, the win-rate judge — and its metrics:
+    Bradley–Terry from the SFT policy on the run's train pairs (at most ``reward.max_pairs``),
+    built once and cached (:func:`alignlab.stages.reward_model`).
+
+    ``pairs``: the run's (train, held-out) pairs when already read (an offline method's); they are
+    read from a file (generated pairs are read again whole, before ``data.pairs``); label noise
+    flips the training pairs as an offline method sees them.
+    """
+    if pairs is not None:  # an offline method already read the same (noisy) pairs
+        rm_train, rm_eval = pairs
+    else:
+        if cfg.data.source == "generated":
+            path, _ = stages.generated_pairs(task, policy, judge, cfg.data.generate, root, cfg.train.progress)
+            rm_train, rm_eval = stages.load_generated(path, task)
+        else:
+            rm_train, rm_eval = read_rows(cfg, task, policy, judge, root, unpaired=False)  # type: ignore[assignment]
+        if cfg.data.label_noise > 0:  # the noisy training pairs, as an offline method sees them
+            rm_train = flip_labels(rm_train, cfg.data.label_noise, cfg.data.label_noise_seed)
+    return stages.reward_model(
+        policy, rm_train[: cfg.reward.max_pairs], rm_eval, cfg.reward.model, root, cfg.train.progress
+    )

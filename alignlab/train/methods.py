@@ -352,7 +352,7 @@ def win_rate_rows(
     import json
 
     from alignlab.io import atomic_write_json
-    from alignlab.rewards.judges import RewardJudge
+    from alignlab.rewards.judges import RewardJudge, llm_judge
 
     path = out / "winrate.json"
     if path.exists():
@@ -375,7 +375,8 @@ def win_rate_rows(
 
         raise AlignlabError(f"task {task.name!r} has no held-out prompt with a reference that fits the context")
     if w.judge == "llm":
-        judge_fn: Any = _llm_judge(w.judge_model, task.name, cfg.eval.seed)
+        assert w.judge_model is not None  # resolve_dict refuses the llm judge without a judge_model
+        judge_fn: Any = llm_judge(w.judge_model, task.name, cfg.eval.seed)
     else:
         judge_fn = RewardJudge(judge if w.judge == "gold" else data["reward_model"])
     rows = win_rates(
@@ -392,12 +393,3 @@ def win_rate_rows(
     if accelerator.is_main_process:
         atomic_write_json(path, rows)
     return rows
-
-
-def _llm_judge(name: str, task_name: str, seed: int) -> Any:
-    from alignlab.models import ModelConfig, load_pretrained
-    from alignlab.rewards.judges import DIALOGUE_TEMPLATE, SUMMARY_TEMPLATE, CausalLMJudge
-
-    model, tokenizer = load_pretrained(ModelConfig(name_or_path=name))
-    template = SUMMARY_TEMPLATE if task_name in ("tldr", "cnndm") else DIALOGUE_TEMPLATE
-    return CausalLMJudge(model, tokenizer, template, seed=seed)

@@ -29,15 +29,17 @@ def run_cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
     )
 
 
-def test_objectives_lists_all_eleven_with_knobs_needs_and_citations(capsys):
+def test_objectives_lists_every_builtin_with_knobs_needs_and_citations(capsys):
     assert main(["objectives"]) == 0
     out = capsys.readouterr().out
-    assert out.strip().endswith("11 objectives")
-    for name in ["dpo", "ipo", "cdpo", "rdpo", "kto", "orpo", "simpo", "slic", "sft", "unlikelihood", "ppo"]:
+    assert out.strip().endswith("16 objectives")
+    offline = ["dpo", "ipo", "cdpo", "rdpo", "kto", "orpo", "simpo", "slic", "sft", "unlikelihood"]
+    for name in [*offline, "ppo", "rloo", "grpo", "online_dpo", "iterative_dpo", "best_of_n"]:
         assert re.search(rf"^{name}\b", out, re.MULTILINE), name
     assert "beta: float = 0.1" in out and "length_normalized: bool = False" in out
     assert "needs:    reference-free, paired, token-level" in out  # unlikelihood
     assert "Rafailov et al. 2023, Direct Preference Optimization, Eq. 7" in out
+    assert "needs:    reference, online, grpo advantages" in out and "needs:    reference, online, ranked pairs" in out
 
 
 def test_objectives_with_a_plugin_file(tmp_path, capsys):

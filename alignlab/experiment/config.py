@@ -5,7 +5,7 @@ name: imdb_smoke                      # default: the file's stem
 task: {name: imdb}                    # ... every section of a run YAML (RunConfig) except objective
 train: {steps: 60, batch_size: 16}    #     and out_dir: the defaults of every run
 methods:
-  - name: dpo                         # a registered objective, or best_of_n
+  - name: dpo                         # a registered objective (best_of_n among them)
     beta: 0.1                         # its knobs
     sweep: {beta: [0.1, 1.0], seed: [0, 1]}   # the runs: the product of these lists
   - name: ppo
@@ -41,9 +41,11 @@ from typing import Any, Literal
 
 from alignlab.config import apply_overrides, load_yaml
 from alignlab.errors import ConfigError
+from alignlab.objectives.registry import samples_only
 from alignlab.schema import Config, knob
 from alignlab.tasks import task_config
-from alignlab.train.job import Method, RunConfig, resolve_dict
+from alignlab.train.job import RunConfig, resolve_dict
+from alignlab.train.trainers import Method
 
 # the keys of a methods[] entry that are not objective knobs (and `tune`, a method's TuneConfig)
 METHOD_KEYS = ("name", "label", "sweep")
@@ -78,8 +80,7 @@ class ExperimentConfig(RunConfig):
     description: str = knob("", "One line on what the experiment shows.")
     methods: list[Any] = knob(
         default_factory=list,
-        help="The methods: {name: <objective> | best_of_n, label, <knob>: <value>, sweep: {<knob>: [...]}, "
-        "<run section>: {...}}.",
+        help="The methods: {name: <objective>, label, <knob>: <value>, sweep: {<knob>: [...]}, <run section>: {...}}.",
     )
     extends: str | None = knob(None, "Another experiment YAML (relative to this one) whose keys this one overrides.")
     out_dir: str = knob("", "Results: frontier.csv, plots, tables, run configs (default: results/<name>).")
@@ -236,8 +237,8 @@ def _tune(cfg: ExperimentConfig, data: dict[str, Any], entry: Any, i: int, sourc
     own = entry.get("tune", {})
     if own is None or (cfg.tune is None and "tune" not in entry):
         return None
-    if entry.get("name") == "best_of_n" and "tune" not in entry:
-        return None  # nothing trains: an experiment-wide grid (train.lr) means nothing to it
+    if "tune" not in entry and samples_only(entry.get("name")):
+        return None  # nothing trains (best-of-N): an experiment-wide grid (train.lr) means nothing to it
     if not isinstance(own, dict):
         raise ConfigError(f"methods[{i}].tune", f"expected a mapping (or null), got {own!r}", source)
     shared: dict[str, Any] = data["tune"] if isinstance(data.get("tune"), dict) else {}

@@ -115,6 +115,30 @@ def test_readme_worked_example_is_the_shipped_files():
     assert readme_block("`examples/adding_a_loss/experiment.yaml`") == (example / "experiment.yaml").read_text()
 
 
+def test_readme_algorithm_example_is_the_shipped_files():
+    example = REPO / "examples" / "adding_an_algorithm"
+    assert readme_block("`examples/adding_an_algorithm/my_algorithm.py`") == (example / "my_algorithm.py").read_text()
+    assert readme_block("`examples/adding_an_algorithm/experiment.yaml`") == (example / "experiment.yaml").read_text()
+
+
+def test_readme_algorithm_example_runs_and_raises_the_gold_reward(data_dir, tmp_path):
+    """The README's RAFT plugin, as written (only out_dir redirected): found by name, trained through the
+    shared online iteration (4 samples per prompt, the best one fine-tuned on), and the gold reward of its
+    samples on held-out prompts rises over π_ref's."""
+    assert "\nalignlab train examples/adding_an_algorithm/experiment.yaml\n" in (REPO / "README.md").read_text()
+    out = tmp_path / "raft"
+    proc = run_cli("train", "examples/adding_an_algorithm/experiment.yaml", f"out_dir={out}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["method"] == "raft" and summary["knobs"] == {"length_normalized": True}
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    iterations = [r for r in rows if r["split"] == "train"]
+    assert len(iterations) == 8 and all(r["pairs"] == 16 - r["ties"] and "best_logps" in r for r in iterations)
+    evals = [r for r in rows if r["split"] == "eval"]
+    assert [r["step"] for r in evals] == [0, 4, 8]
+    assert evals[-1]["sample_reward"] > evals[0]["sample_reward"] + 0.1, evals
+
+
 def test_readme_worked_example_runs_and_learns(data_dir, tmp_path):
     """The README's command, as written (only out_dir redirected): the plugin's loss is found by
     name, trains, and its own held-out signal improves — loss below log 2, margins above 0."""

@@ -144,3 +144,45 @@ def test_a_plugins_online_objective_trains_through_the_shared_iteration(tmp_path
     # the moving baseline is the estimator's state, kept in the checkpoint
     state = json.loads(next((tmp_path / "my_pg" / "checkpoints").glob("step-*/state.json")).read_text())
     assert isinstance(state["estimator"]["baseline"], float)
+
+
+TRAINER_PLUGIN = textwrap.dedent(
+    '''
+    """A plugin's own trainer, and an objective that names it."""
+    from alignlab.objectives import LossOutput, Needs, ObjectiveConfig, register_objective
+    from alignlab.train.trainers import RunContext, register_trainer
+
+
+    @register_trainer("count_prompts", data=())
+    def count_prompts(ctx: RunContext) -> dict:
+        """Trains nothing: evaluates π_ref through the shared sampling evaluation and counts the task's prompts."""
+        n = len(ctx.task.prompts("train", ctx.policy.tokenizer))
+        return {"step": 0, "split": "eval", "train_prompts": n, **ctx.sampler(ctx.policy.model)}
+
+
+    @register_objective(
+        "counted", config=ObjectiveConfig, needs=Needs(reference=False, data="paired", trainer="count_prompts"),
+        citation="none",
+    )
+    def counted(batch, cfg) -> LossOutput:
+        """Never called: its trainer trains nothing."""
+        raise NotImplementedError
+    '''
+)
+
+
+def test_a_plugin_registers_a_whole_trainer_that_its_objective_names(corpus_cache, tmp_path):
+    (tmp_path / "count.py").write_text(TRAINER_PLUGIN)
+    out = tmp_path / "counted"
+    summary = run_training(
+        "train/ok.yaml",
+        [
+            f"plugins=[{tmp_path / 'count.py'}]",
+            "objective={name: counted}",
+            "eval.prompts=2",
+            "eval.max_new_tokens=4",
+            f"out_dir={out}",
+        ],
+    )
+    assert summary["method"] == "counted" and summary["final"]["train_prompts"] == 3
+    assert summary["final"]["sample_kl"] == 0.0  # π_ref against itself, through the shared evaluation

@@ -40,10 +40,14 @@ def _run(tmp_path: Path, data_dir: Path, name: str, **sections: Any) -> list[dic
 @pytest.mark.parametrize(
     ("name", "rollout", "train"),
     [
-        ("rloo", {"kl_coef": 0.05, "epochs": 4, "minibatches": 2}, {"steps": 24, "batch_size": 64, "lr": 1.0e-3}),
+        (
+            "rloo",
+            {"kl_coef": 0.05, "minibatches": 2, "whiten_advantages": True},
+            {"steps": 32, "batch_size": 64, "lr": 2.0e-3},
+        ),
         ("grpo", {"kl_coef": 0.04, "epochs": 4, "minibatches": 2}, {"steps": 24, "batch_size": 64, "lr": 1.0e-3}),
         ("online_dpo", {"epochs": 4, "minibatches": 2}, {"steps": 24, "batch_size": 64, "lr": 1.0e-3}),
-        ("iterative_dpo", {"epochs": 2}, {"steps": 12, "batch_size": 64, "lr": 1.0e-3}),
+        ("iterative_dpo", {"epochs": 2}, {"steps": 16, "batch_size": 64, "lr": 1.0e-3}),
     ],
 )
 def test_each_online_method_raises_the_gold_reward_over_pi_ref(name, rollout, train, tmp_path, data_dir, cache):

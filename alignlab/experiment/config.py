@@ -70,6 +70,11 @@ class TuneConfig(Config):
     )
     kl: float = knob(5.0, "The KL budget (reward_at_kl) or cap (area) of the criterion, in nats.", gt=0)
     seeds: int = knob(1, "Candidates run with the first this many of the method's seeds.", ge=1)
+    sweep: Any = knob(
+        default_factory=dict,
+        help="Tune at these settings of the method's sweep only, e.g. {beta: [0.1]}: the candidates' runs use "
+        "them, and the selected grid point then runs with every setting of the sweep (empty: the whole sweep).",
+    )
 
 
 @dataclass(frozen=True)
@@ -248,6 +253,18 @@ def _tune(cfg: ExperimentConfig, data: dict[str, Any], entry: Any, i: int, sourc
     if not isinstance(grid, dict) or not grid:
         raise ConfigError(f"{prefix}grid", f"expected a mapping of key: [values], got {grid!r}", source)
     sweep = entry.get("sweep") or {}
+    if not isinstance(tune.sweep, dict):
+        raise ConfigError(f"{prefix}sweep", f"expected a mapping of key: [values], got {tune.sweep!r}", source)
+    for key, values in tune.sweep.items():
+        if key in ("seed", "train.seed"):
+            raise ConfigError(f"{prefix}sweep.{key}", "the tuning seeds are tune.seeds", source)
+        own = sweep.get(key) if isinstance(sweep, dict) else None
+        if not isinstance(values, list) or not values or own is None or any(v not in own for v in values):
+            raise ConfigError(
+                f"{prefix}sweep.{key}",
+                f"{values!r}: list some of the values of methods[{i}].sweep.{key} ({own!r})",
+                source,
+            )
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
             raise ConfigError(f"{prefix}grid.{key}", f"expected a non-empty list of values, got {values!r}", source)
@@ -270,9 +287,10 @@ def _plan_tuning(
 ) -> TunedMethod:
     """The candidates of a tuned method: per grid point, its tuning runs and its final runs.
 
-    Tuning runs are the method's sweep at the grid point with the first ``tune.seeds`` seeds, labelled
-    ``tune-<label>``, evaluated on validation prompts and without win rates; final runs are the sweep
-    at the grid point with every seed, on test prompts, their ids naming the tuned values.
+    Tuning runs are the method's sweep (narrowed to ``tune.sweep``) at the grid point with the first
+    ``tune.seeds`` seeds, labelled ``tune-<label>``, evaluated on validation prompts and without win rates;
+    final runs are the whole sweep at the grid point with every seed, on test prompts, their ids naming
+    the tuned values.
     """
     where = f"methods[{i}]"
     label = str(entry.get("label") or entry.get("name"))
@@ -285,7 +303,7 @@ def _plan_tuning(
             f"{tune.seeds} tuning seeds, but {label} runs {available} seed(s)",
             source,
         )
-    tune_sweep = dict(sweep)
+    tune_sweep = {**sweep, **tune.sweep}  # the settings tuned at (every one unless tune.sweep narrows them)
     if seed_key is not None:
         tune_sweep[seed_key] = sweep[seed_key][: tune.seeds]
     tune_seeds = seeds[: tune.seeds] if seeds is not None else None

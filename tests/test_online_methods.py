@@ -190,3 +190,23 @@ def test_a_plugin_registers_a_whole_trainer_that_its_objective_names(corpus_cach
     )
     assert summary["method"] == "counted" and summary["final"]["train_prompts"] == 3
     assert summary["final"]["sample_kl"] == 0.0  # π_ref against itself, through the shared evaluation
+
+
+def test_best_of_n_draws_other_samples_for_another_seed_and_the_same_for_the_same(tmp_path, data_dir, cache):
+    """Best-of-N trains nothing, so an experiment's seeds must be seeds of its samples: seed 0 twice gives
+    the same rows; seeds 0 and 1 draw different N-tuples (else its CI over seeds would be a fake 0)."""
+
+    def final(seed: int, name: str) -> dict:
+        rows = _run(
+            tmp_path,
+            data_dir,
+            name,
+            objective={"name": "best_of_n", "n": 4},
+            train={**TRAIN, "seed": seed},
+            eval={"prompts": 16, "max_new_tokens": 8},
+        )
+        return rows[-1]
+
+    first, again, other = final(0, "a"), final(0, "b"), final(1, "c")
+    assert first["sample_reward"] == again["sample_reward"]
+    assert first["sample_reward"] != other["sample_reward"]

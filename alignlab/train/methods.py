@@ -334,6 +334,10 @@ def sampling_trainer(ctx: RunContext) -> dict[str, Any]:
         split=cfg.eval.split,
     )
     n = int(method.cfg.n)  # type: ignore[attr-defined]
+    # nothing is trained, so the run's seed is the seed of its samples: the runs of an experiment's seeds
+    # draw different N-tuples (a trained method's evaluation keeps eval.seed: the same prompts' noise
+    # at every checkpoint, the policies differing by their training seed)
+    seed = cfg.eval.seed + 1_000_003 * cfg.train.seed
     m = best_of_n(
         policy.model,
         policy.tokenizer,
@@ -343,7 +347,7 @@ def sampling_trainer(ctx: RunContext) -> dict[str, Any]:
         rank=lambda rewards: method.objective(SampledRewards(rewards), method.cfg).losses.view(rewards.shape),
         max_new_tokens=cfg.eval.max_new_tokens,
         temperature=cfg.eval.temperature,
-        seed=cfg.eval.seed,
+        seed=seed,
         batch_size=cfg.train.eval_batch_size,
         judge=ctx.judge,
     )

@@ -87,7 +87,9 @@ def test_each_online_method_trains_through_the_shared_iteration(name, corpus_cac
     )
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in rows if r["split"] == "train"]
-    assert [r["step"] for r in train] == [1, 2] and all({"reward", "kl", "gen_s", "kl_coef"} <= set(r) for r in train)
+    assert [r["step"] for r in train] == [1, 2]
+    assert all({"reward", "kl", "gen_s", "kl_coef", "wall_s"} <= set(r) for r in train)
+    assert 0 < train[0]["wall_s"] < train[1]["wall_s"]  # seconds since the run started, at each iteration's end
     evals = [r for r in rows if r["split"] == "eval"]
     assert evals[0]["sample_kl"] == 0 and evals[-1]["sample_kl"] != 0
     saved = sorted(p.name for p in (out / "checkpoints").glob("step-*/*") if p.is_dir())

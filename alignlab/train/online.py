@@ -320,6 +320,7 @@ def train_online(
             row["step_tokens"] = float(mean_over_processes(accelerator, total)) * world
             loop.add_compute(row["step_tokens"])
             row.update(loop.compute())
+            row["wall_s"] = round(time.time() - loop.t0, 4)  # since this process started the run
             # 6. the adaptive KL controller sees the global mean KL of this iteration's rollouts
             controller.update(row["kl"], cfg.batch_size)
             loop.log.log({"step": it + 1, "split": "train", **order.position(it), **row})

@@ -11,7 +11,8 @@ temperature 1, no top-k/top-p, Hugging Face ``generate`` on both sides), the sam
 step), the same reward (alignlab's gold sentiment judge, wrapped as a TRL reward function), the same KL
 coefficient and placement (RLOO: k1 summed over the completion in the reward; GRPO: β·k3 per token in the
 loss; online DPO: DPO's β), one update per batch of rollouts (``num_iterations=1``; alignlab ``epochs: 1,
-minibatches: 1``), AdamW at a constant learning rate with the same gradient clipping, dropout off, float32.
+minibatches: 1``), AdamW at a constant learning rate with the same gradient clipping, dropout off, no gradient
+checkpointing (TRL's default turns it on), float32.
 
 Timing: each round trains ``--steps`` steps with TRL and then with alignlab (the order flips every round),
 each from a fresh copy of the initial weights; a step's time is the wall clock between consecutive step ends
@@ -202,6 +203,9 @@ def trl_trainer(work: Work, out: str, callbacks: list[Any], reward: GoldReward) 
         save_strategy="no",
         logging_steps=1,
         disable_dropout=True,
+        # TRL's configs default to gradient checkpointing (activations recomputed in the backward, to save
+        # memory; OnlineDPOTrainer then also generates without the KV cache); alignlab does not checkpoint
+        gradient_checkpointing=False,
         dataloader_num_workers=0,
         seed=0,
         temperature=TEMPERATURE,

@@ -91,7 +91,9 @@ def test_each_online_method_trains_through_the_shared_iteration(name, corpus_cac
     )
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in rows if r["split"] == "train"]
-    assert [r["step"] for r in train] == [1, 2] and all({"reward", "kl", "gen_s", "kl_coef"} <= set(r) for r in train)
+    assert [r["step"] for r in train] == [1, 2]
+    assert all({"reward", "kl", "gen_s", "kl_coef", "wall_s"} <= set(r) for r in train)
+    assert 0 < train[0]["wall_s"] < train[1]["wall_s"]  # seconds since the run started, at each iteration's end
     evals = [r for r in rows if r["split"] == "eval"]
     assert evals[0]["sample_kl"] == 0 and evals[-1]["sample_kl"] != 0
     saved = sorted(p.name for p in (out / "checkpoints").glob("step-*/*") if p.is_dir())
@@ -210,3 +212,66 @@ def test_best_of_n_draws_other_samples_for_another_seed_and_the_same_for_the_sam
     first, again, other = final(0, "a"), final(0, "b"), final(1, "c")
     assert first["sample_reward"] == again["sample_reward"]
     assert first["sample_reward"] != other["sample_reward"]
+
+
+@pytest.mark.parametrize("grad_accum", [1, 2])
+def test_old_logps_from_the_update_give_the_iteration_it_gave_with_their_own_forward(grad_accum, tmp_path, monkeypatch):
+    """GRPO with one update per batch: the rollouts skip the policy forward for the old log-probs (the
+    update's own forward gives them, detached: ratio 1), and the iteration is the one it was with that
+    forward — the same losses, rollout KL and entropy, rewards, and weights after three iterations."""
+    import copy
+
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from alignlab.models import train_tokenizer
+    from alignlab.objectives import get_objective
+    from alignlab.train import online
+    from alignlab.train.config import TrainConfig
+    from alignlab.train.loop import make_accelerator
+    from alignlab.train.online_batches import PolicyAndValue, RolloutConfig, Settings
+
+    texts = ["the film was a delight", "a boring plot and bad acting", "what a wonderful cast", "i hated it"]
+    tokenizer = train_tokenizer(texts * 10, vocab_size=120)
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=len(tokenizer), n_positions=64)
+    config.bos_token_id = config.eos_token_id = tokenizer.eos_token_id
+    config.pad_token_id = tokenizer.pad_token_id
+    start = GPT2LMHeadModel(config)
+    objective = get_objective("grpo")
+    assert objective.needs.online is not None
+    s = Settings.resolve(RolloutConfig(max_new_tokens=6, kl_coef=0.1), objective.needs.online)
+    assert s.old_logps_from_update
+    cfg = TrainConfig(
+        steps=3, batch_size=8, grad_accum=grad_accum, optimizer="adamw", lr=1e-2, warmup_steps=0, grad_clip=1.0,
+        log_with=[], progress=False,
+    )  # fmt: skip
+
+    def reward(prompts, completions):
+        return torch.tensor([float(c.count("a")) - 0.1 * len(c) for c in completions])
+
+    forwards: list[int] = []
+    policy_forward = online.forward
+    monkeypatch.setattr(online, "forward", lambda *a, **k: forwards.append(1) or policy_forward(*a, **k))
+
+    def run(name: str) -> tuple[list[dict], GPT2LMHeadModel]:
+        core = PolicyAndValue(copy.deepcopy(start), temperature=1.0)
+        rows = online.train_online(
+            core, copy.deepcopy(start), tokenizer, texts, reward, objective, objective.config(), s, cfg,
+            tmp_path / name, make_accelerator(cfg, tmp_path / name),
+        )  # fmt: skip
+        return [r for r in rows if r["split"] == "train"], core.policy
+
+    fast, fast_policy = run("fast")
+    assert forwards == []  # collect ran no forward of the policy
+    monkeypatch.setattr(Settings, "old_logps_from_update", property(lambda self: False))
+    slow, slow_policy = run("slow")
+    assert len(forwards) == cfg.steps  # one per iteration, as before
+    for a, b in zip(fast, slow, strict=True):
+        for key in ("reward", "kl", "entropy", "loss", "policy_loss", "kl_loss", "ratio", "length"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), key
+        assert a["ratio"] == 1.0
+        assert a["step_tokens"] < b["step_tokens"]  # the skipped forward is not counted as compute
+    assert fast[0]["kl"] == 0 != fast[-1]["kl"]  # π_θ = π_ref at the first iteration only: the KL stat is live
+    for p, q in zip(fast_policy.parameters(), slow_policy.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)

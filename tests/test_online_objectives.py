@@ -144,3 +144,23 @@ def test_settings_come_from_the_objectives_declared_needs_and_the_run_overrides_
         settings("rloo", samples_per_prompt=1)
     with pytest.raises(ConfigError, match=r"rollout\.advantage: this method trains on ranked pairs"):
         settings("online_dpo", advantage="gae")
+
+
+def test_old_logps_come_from_the_update_only_with_one_update_and_the_kl_in_the_loss():
+    """The rollouts skip their own forward of the policy only where nothing reads the old log-probs
+    before the update and the update's forward gives them: one optimiser step per batch, the KL in the
+    loss, no critic, advantages (ranked pairs' ties leave rows untrained)."""
+
+    def skips(name: str, **rollout) -> bool:
+        online = get_objective(name).needs.online
+        assert online is not None
+        return Settings.resolve(RolloutConfig(**rollout), online).old_logps_from_update
+
+    assert skips("grpo")  # GRPO's defaults: epochs 1, minibatches 1, β·k3 in the loss
+    assert skips("rloo", kl_penalty="loss")
+    assert not skips("grpo", epochs=2)  # the second pass needs π_old: the policy has moved
+    assert not skips("grpo", minibatches=2)
+    assert not skips("rloo")  # k1 in the reward: the advantages need them before the update
+    assert not skips("grpo", kl_penalty="reward")
+    assert not skips("ppo", epochs=1, minibatches=1, kl_penalty="loss")  # the critic's values come from that forward
+    assert not skips("online_dpo", kl_penalty="loss")

@@ -5,7 +5,8 @@ One iteration reads top to bottom like the papers (and cleanrl's ``ppo.py``):
 1. rollouts: a batch of prompts, k completions each, sampled by the current policy (rollout core);
 2. the reward r(x, y) of each completion: a reward model (PPO, RLOO, ...) or the gold judge (-GT);
 3. one forward of the policy (and its critic, if the estimator has one) for the old log-probs and
-   values; one of the training reference for its log-probs;
+   values — skipped with one update per batch and the KL in the loss, where the update's own forward
+   gives them (``Settings.old_logps_from_update``); one of the training reference for its log-probs;
 4. the signal: an advantage estimator (:mod:`alignlab.core.advantages`: GAE with the critic,
    leave-one-out, group-normalised, REINFORCE with a moving baseline), the KL to π_ref a per-token
    penalty in the reward (PPO, RLOO) or a k3 term of the loss (GRPO); or, for online and iterative
@@ -22,8 +23,8 @@ method's: always to the original π_ref.
 
 Compute (policy forward-equivalent tokens, :mod:`alignlab.train.loop`), S the real tokens of prompt +
 completion of an iteration's rollouts and ρ a network's parameters over the policy's: generation S;
-the reward model ρ_rm S (0 for the gold judge); old log-probs (and values) (1 + ρ_critic) S; the
-reference ρ_ref S; each update 3 (1 + ρ_critic) per token of the rows it trains on.
+the reward model ρ_rm S (0 for the gold judge); old log-probs (and values) (1 + ρ_critic) S (0 when
+the update gives them); the reference ρ_ref S; each update 3 (1 + ρ_critic) per token of the rows it trains on.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ from alignlab.train.online_batches import (
     check_online_batch,
     forward,
     minibatch_loss,
+    policy_stats,
     rank_pairs,
     units,
 )
@@ -117,25 +119,27 @@ def collect(
     t1 = time.time()
     # 2. the reward of each whole completion
     scores = reward(r.prompts, r.completions).to(device).float()
-    # 3. old log-probs (and values: one forward of policy + critic), reference log-probs
+    # 3. old log-probs (and values: one forward of policy + critic), unless the update's own forward gives
+    #    them (one update per batch, the KL in the loss: Settings.old_logps_from_update); reference log-probs
     seqs = r.sequences.to(device)
     mask = seqs.completion_mask.float()
     core.eval()
-    old_logps, old_values, _ = forward(model, core, seqs, rc.temperature)
+    old_logps, old_values = None, None
+    if not s.old_logps_from_update:
+        old_logps, old_values, _ = forward(model, core, seqs, rc.temperature)
     ref_logps = token_logps(
         reference, seqs.input_ids, seqs.attention_mask, seqs.completion_mask, temperature=rc.temperature
     )
     core.train()
     t2 = time.time()
     S = float(seqs.attention_mask.sum())
-    tokens = S * (1 + costs.reward + (1 + costs.critic) + costs.reference)
-    # 4. the training signal
-    kl = per_token_kl(old_logps, ref_logps, mask, rc.kl_estimator)
+    tokens = S * (1 + costs.reward + (0 if old_logps is None else 1 + costs.critic) + costs.reference)
+    # 4. the training signal (the per-token KL only enters it in the reward; without old log-probs it is in the loss)
+    kl = torch.zeros_like(ref_logps) if old_logps is None else per_token_kl(old_logps, ref_logps, mask, rc.kl_estimator)
     in_reward = kl_coef if s.kl == "reward" else 0.0
     stats = {
         "reward": float(scores.mean()),
-        "kl": float(((old_logps - ref_logps) * mask).sum(-1).mean()),
-        "entropy": float(-(old_logps * mask).sum() / mask.sum()),
+        **({} if old_logps is None else policy_stats(old_logps, ref_logps, mask)),  # else logged by the update
         "length": float(mask.sum(-1).mean()),
         "gen_s": t1 - t0,
         "score_s": t2 - t1,
@@ -180,19 +184,22 @@ def update(
     totals: dict[str, float] = {}
     count, tokens = 0, 0.0
     gen = torch.Generator().manual_seed(seed)
+    fresh = torch.zeros_like(exp.ref_logps) if exp.old_logps is None else None  # the rows' log-probs, as trained
     for _ in range(s.epochs):
         order = torch.randperm(n, generator=gen).tolist()
         for m in range(s.minibatches):
             rows = order[m * n // s.minibatches : (m + 1) * n // s.minibatches]
             micro = [part for i in range(cfg.grad_accum) if (part := shard(rows, i, cfg.grad_accum))]
-            minibatch = torch.zeros((), device=exp.old_logps.device)
+            minibatch = torch.zeros((), device=exp.ref_logps.device)
             for i, part in enumerate(micro):
                 sync = accelerator.no_sync(model) if i < len(micro) - 1 else contextlib.nullcontext()
                 with sync, accelerator.autocast():
                     try:
-                        out, trained = minibatch_loss(model, core, exp, part, objective, ocfg, s, kl_coef)
+                        out, trained, logps = minibatch_loss(model, core, exp, part, objective, ocfg, s, kl_coef)
                     except ObjectiveError as err:  # a plugin's loss: say at which iteration
                         raise err.at(f"iteration {step + 1}") from err.__cause__
+                    if fresh is not None and logps is not None:
+                        fresh[part] = logps
                     tokens += 3 * (1 + costs.critic) * trained
                     loss = out.losses.mean()
                     accelerator.backward(loss / len(micro))
@@ -207,7 +214,10 @@ def update(
             loop.guard(step, "gradient norm", torch.as_tensor(grad_norm).detach())
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-    return {k: v / max(count, 1) for k, v in totals.items()}, tokens
+    metrics = {k: v / max(count, 1) for k, v in totals.items()}
+    if fresh is not None:  # the rollouts' KL and entropy, from the log-probs the one update computed
+        metrics.update(policy_stats(fresh, exp.ref_logps, exp.sequences.completion_mask.float()))
+    return metrics, tokens
 
 
 def train_online(
@@ -320,6 +330,7 @@ def train_online(
             row["step_tokens"] = float(mean_over_processes(accelerator, total)) * world
             loop.add_compute(row["step_tokens"])
             row.update(loop.compute())
+            row["wall_s"] = round(time.time() - loop.t0, 4)  # since this process started the run
             # 6. the adaptive KL controller sees the global mean KL of this iteration's rollouts
             controller.update(row["kl"], cfg.batch_size)
             loop.log.log({"step": it + 1, "split": "train", **order.position(it), **row})

@@ -120,6 +120,20 @@ class Settings:
     def needs_critic(self) -> bool:
         return self.advantage != "pairs" and get_estimator(self.advantage).needs_critic
 
+    @property
+    def old_logps_from_update(self) -> bool:
+        """Whether the update's own forward gives the old log-probs, so that the rollouts skip a forward of
+        the policy (as TRL's ``GRPOTrainer`` does with ``num_iterations=1``): one optimiser step per batch of
+        rollouts (the policy has not moved since it sampled them), the KL in the loss (nothing reads them
+        before the update: a KL in the reward needs them for the advantages), no critic (whose values come
+        from that forward), and advantages rather than ranked pairs (whose ties leave rows untrained)."""
+        return (
+            self.epochs * self.minibatches == 1
+            and self.kl == "loss"
+            and self.advantage != "pairs"
+            and not self.needs_critic
+        )
+
 
 def check_online_batch(cfg: TrainConfig, s: Settings, num_processes: int, source: str | None = None) -> None:
     """``train.batch_size`` rollouts split into whole prompts per process, and (for advantage methods)
@@ -260,7 +274,7 @@ class Experience:
     """One iteration's rollouts and what the update needs from them, (B, T) unless noted."""
 
     sequences: EncodedBatch
-    old_logps: Tensor
+    old_logps: Tensor | None  # None: the update's forward gives them (Settings.old_logps_from_update)
     ref_logps: Tensor
     scores: Tensor  # (B,) the reward r(x, y)
     stats: dict[str, float]
@@ -295,6 +309,15 @@ def rank_pairs(
     return pairs, ties
 
 
+def policy_stats(logps: Tensor, ref_logps: Tensor, mask: Tensor) -> dict[str, float]:
+    """The rollouts' sequence KL to the training reference (log-ratio summed over each completion, mean over
+    rollouts) and the policy's entropy estimate (mean −log π of the sampled tokens); (B, T) inputs."""
+    return {
+        "kl": float(((logps - ref_logps) * mask).sum(-1).mean()),
+        "entropy": float(-(logps * mask).sum() / mask.sum()),
+    }
+
+
 def units(exp: Experience) -> int:
     """What an iteration's minibatches are drawn from: its ranked pairs, or its rollouts."""
     return len(exp.pairs) if exp.advantages is None else len(exp.sequences)
@@ -309,8 +332,10 @@ def minibatch_loss(
     ocfg: ObjectiveConfig,
     s: Settings,
     kl_coef: float,
-) -> tuple[LossOutput, float]:
-    """The objective's loss on ``part`` of the iteration's units, and the real tokens it trained on."""
+) -> tuple[LossOutput, float, Tensor | None]:
+    """The objective's loss on ``part`` of the iteration's units, the real tokens it trained on, and, when
+    ``exp`` has no old log-probs (:attr:`Settings.old_logps_from_update`), the (len(part), T) log-probs of
+    this forward, detached, that stood in for them."""
     temperature = s.rollout.temperature
     if exp.advantages is None:  # ranked pairs: DPO-style objectives on the policy's own samples
         rows = sorted({r for pair in (exp.pairs[i] for i in part) for r in pair})
@@ -323,14 +348,16 @@ def minibatch_loss(
         lo = torch.tensor([where[exp.pairs[i][1]] for i in part], device=seq.device)
         lengths = b.completion_mask.sum(-1)
         batch: Any = PairedLogps(seq[w], seq[lo], lengths[w], lengths[lo], ref[w], ref[lo])
-        return objective(batch, ocfg), float(b.attention_mask.sum())
+        return objective(batch, ocfg), float(b.attention_mask.sum()), None
     b = exp.sequences.select(part)
     want_entropy = float(getattr(ocfg, "ent_coef", 0.0)) > 0
     logps, values, entropy = forward(model, core, b, temperature, entropy=want_entropy)
     assert exp.advantages is not None
+    # one update of a policy that has not moved since it sampled: its log-probs are the old ones (ratio 1)
+    old = exp.old_logps[part] if exp.old_logps is not None else logps.detach()
     batch = RolloutBatch(
         logprobs=logps,
-        old_logprobs=exp.old_logps[part],
+        old_logprobs=old,
         advantages=exp.advantages[part],
         mask=b.completion_mask,
         values=values,
@@ -341,4 +368,4 @@ def minibatch_loss(
         kl_coef=kl_coef if s.kl == "loss" else 0.0,
         max_new_tokens=s.rollout.max_new_tokens,
     )
-    return objective(batch, ocfg), float(b.attention_mask.sum())
+    return objective(batch, ocfg), float(b.attention_mask.sum()), old if exp.old_logps is None else None

@@ -30,7 +30,7 @@ HEADER = "| key | type | default | allowed | description |\n|---|---|---|---|---
 # methods[] entries are free-form mappings (objective knobs and run sections besides these keys),
 # so their own keys are documented here; tests check this covers experiment.config.METHOD_KEYS.
 METHOD_KEY_DOCS = {
-    "name": ("str", "required", "", "A registered objective (see the objectives above) or `best_of_n`."),
+    "name": ("str", "required", "", "A registered objective (see the objectives above; `best_of_n` among them)."),
     "label": (
         "str",
         "the name",
@@ -178,13 +178,11 @@ def _tasks() -> str:
 
 
 def _objectives() -> str:
-    from alignlab.train.job import BestOfNConfig
-
     objectives = builtin_objectives()
     names = ", ".join(f"`{o.name}`" for o in objectives)
     out = [
         "## `objective`: the objectives\n\n",
-        f"`objective` is a mapping with the objective's `name` — one of {names}, or `best_of_n` — and its "
+        f"`objective` is a mapping with the objective's `name` — one of {names} — and its "
         "knobs. An objective registered by a plugin (`plugins:`) or by an installed package (the "
         "`alignlab.objectives` entry-point group) has knobs of its own: `alignlab objectives --plugin FILE` "
         "lists them. In an experiment the knobs sit in the `methods[]` entry instead.\n\n",
@@ -196,14 +194,6 @@ def _objectives() -> str:
             out += [HEADER, field_rows(o.config_cls, "objective."), "\n"]
         else:
             out.append("No knobs.\n\n")
-    out += [
-        "### `best_of_n`\n\n",
-        "The best-of-N baseline: no training; N samples per held-out prompt, the reward's favourite kept "
-        "(KL = log N − (N−1)/N).\n\n",
-        HEADER,
-        field_rows(BestOfNConfig, "objective."),
-        "\n",
-    ]
     return "".join(out)
 
 

@@ -120,10 +120,9 @@ def experiment_doc(work: Path, data_dir: str) -> dict[str, Any]:
                 "name": "ppo",
                 "label": "PPO-GT",
                 "reward": {"kind": "gold"},
-                "kl_coef": 0.05,
-                "num_minibatches": 2,
+                "rollout": {"kl_coef": 0.05, "minibatches": 2},
                 "train": {"steps": 6, "batch_size": 16, "lr": 1.0e-3, "grad_clip": 1.0, "eval_every": 3},
-                "sweep": {"target_kl": [4, 12]},
+                "sweep": {"rollout.target_kl": [4, 12]},
             },
         ],
         "out_dir": str(work / "results"),
@@ -286,15 +285,15 @@ RULES: dict[tuple[str, str], str] = {
     ("train/data.py", "cached_reference"): "reference caching",
     ("train/data.py", "attach_reference"): "reference caching",
     ("train/offline.py", "train_offline"): "training step",
-    ("train/ppo.py", "collect"): "training step",
-    ("train/ppo.py", "update"): "training step",
-    ("train/ppo.py", "train_ppo"): "training step",
+    ("train/online.py", "collect"): "training step",
+    ("train/online.py", "update"): "training step",
+    ("train/online.py", "train_online"): "training step",
     ("train/loop.py", "__init__"): "resume (loading a checkpoint)",
     ("train/methods.py", "eval_prompts"): "run setup",
     ("train/methods.py", "load_reference"): "run setup",
     ("train/methods.py", "train_method"): "run setup",
-    ("train/methods.py", "_offline"): "run setup",
-    ("train/methods.py", "_ppo"): "run setup",
+    ("train/methods.py", "offline_trainer"): "run setup",
+    ("train/methods.py", "online_trainer"): "run setup",
     ("train/job.py", "claim_out_dir"): "run setup",
     ("train/job.py", "_pairs"): "loading stages",
     ("train/job.py", "_method_data"): "loading stages",
@@ -340,7 +339,9 @@ def classify(dump: str) -> tuple[str, str]:
     main = max(blocks, key=lambda b: ("alignlab/cli.py" in b, b.count("File ")))
     frames = [(m["file"].replace("\\", "/"), m["func"], int(m["line"])) for m in FRAME.finditer(main)]
     ours = [(f.split("/alignlab/", 1)[1], fn, line) for f, fn, line in frames if "/alignlab/" in f]
-    loops = {f.split("/alignlab/", 1)[1]: _loop_line(f) for f, fn, _ in frames if fn in ("train_offline", "train_ppo")}
+    loops = {
+        f.split("/alignlab/", 1)[1]: _loop_line(f) for f, fn, _ in frames if fn in ("train_offline", "train_online")
+    }
     if not ours:
         return "startup", "imports"
     phase, detail = "other", f"{ours[0][0]}:{ours[0][1]}"
@@ -351,14 +352,14 @@ def classify(dump: str) -> tuple[str, str]:
         if module == "train/job.py" and func == "execute":
             inner = ours[0][0]
             rule = "result writing" if inner == "io.py" else "run setup"
-        if func in ("train_offline", "train_ppo") and line < loops.get(module, 0):
+        if func in ("train_offline", "train_online") and line < loops.get(module, 0):
             rule = "run setup"  # the trainer's optimiser, scheduler, resume: before its step loop
         if rule is not None:
             phase, detail = rule, f"{module}:{func}:{line}"
             break
     if phase in ("training step", "evaluation"):
         names = {(m, fn) for m, fn, _ in ours}
-        if ("train/ppo.py", "train_ppo") in names:
+        if ("train/online.py", "train_online") in names:
             phase += "/PPO"
         elif ("train/offline.py", "train_offline") in names:
             phase += "/offline"

@@ -29,12 +29,13 @@ def run_cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
     )
 
 
-def test_objectives_lists_all_fifteen_with_knobs_needs_and_citations(capsys):
+def test_objectives_lists_every_builtin_with_knobs_needs_and_citations(capsys):
     assert main(["objectives"]) == 0
     out = capsys.readouterr().out
-    assert out.strip().endswith("15 objectives")
-    names = ["dpo", "ipo", "cdpo", "rdpo", "kto", "orpo", "simpo", "slic", "sft", "unlikelihood", "ppo"]
-    for name in [*names, "madpo", "odpo", "dpop", "beta_dpo"]:
+    assert out.strip().endswith("20 objectives")
+    offline = ["dpo", "ipo", "cdpo", "rdpo", "kto", "orpo", "simpo", "slic", "sft", "unlikelihood"]
+    margin = ["madpo", "odpo", "dpop", "beta_dpo"]
+    for name in [*offline, *margin, "ppo", "rloo", "grpo", "online_dpo", "iterative_dpo", "best_of_n"]:
         assert re.search(rf"^{name}\b", out, re.MULTILINE), name
     assert "beta: float = 0.1" in out and "length_normalized: bool = False" in out
     assert "needs:    reference-free, paired, token-level" in out  # unlikelihood
@@ -43,6 +44,7 @@ def test_objectives_lists_all_fifteen_with_knobs_needs_and_citations(capsys):
     assert "c_max: float = 2.0" in out and "offset: 'log' | 'identity' | 'log_ratio' = 'log'" in out
     assert "lam: float = 50.0" in out and "rho: float = 0.2" in out
     assert "needs:    reference, paired, scores" in out and "needs:    reference, paired, stateful" in out
+    assert "needs:    reference, online, grpo advantages" in out and "needs:    reference, online, ranked pairs" in out
 
 
 def test_objectives_with_a_plugin_file(tmp_path, capsys):
@@ -116,6 +118,30 @@ def test_readme_worked_example_is_the_shipped_files():
     example = REPO / "examples" / "adding_a_loss"
     assert readme_block("`examples/adding_a_loss/my_losses.py`") == (example / "my_losses.py").read_text()
     assert readme_block("`examples/adding_a_loss/experiment.yaml`") == (example / "experiment.yaml").read_text()
+
+
+def test_readme_algorithm_example_is_the_shipped_files():
+    example = REPO / "examples" / "adding_an_algorithm"
+    assert readme_block("`examples/adding_an_algorithm/my_algorithm.py`") == (example / "my_algorithm.py").read_text()
+    assert readme_block("`examples/adding_an_algorithm/experiment.yaml`") == (example / "experiment.yaml").read_text()
+
+
+def test_readme_algorithm_example_runs_and_raises_the_gold_reward(data_dir, tmp_path):
+    """The README's RAFT plugin, as written (only out_dir redirected): found by name, trained through the
+    shared online iteration (4 samples per prompt, the best one fine-tuned on), and the gold reward of its
+    samples on held-out prompts rises over π_ref's."""
+    assert "\nalignlab train examples/adding_an_algorithm/experiment.yaml\n" in (REPO / "README.md").read_text()
+    out = tmp_path / "raft"
+    proc = run_cli("train", "examples/adding_an_algorithm/experiment.yaml", f"out_dir={out}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["method"] == "raft" and summary["knobs"] == {"length_normalized": True}
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    iterations = [r for r in rows if r["split"] == "train"]
+    assert len(iterations) == 8 and all(r["pairs"] == 16 - r["ties"] and "best_logps" in r for r in iterations)
+    evals = [r for r in rows if r["split"] == "eval"]
+    assert [r["step"] for r in evals] == [0, 4, 8]
+    assert evals[-1]["sample_reward"] > evals[0]["sample_reward"] + 0.1, evals
 
 
 def test_readme_worked_example_runs_and_learns(data_dir, tmp_path):

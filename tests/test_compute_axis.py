@@ -22,7 +22,7 @@ from alignlab.experiment.csvs import COMPUTE_COLUMNS, FRONTIER_COLUMNS, read_csv
 from alignlab.experiment.report import compute_rows, plot_dir, run_rows, table_dir
 from alignlab.objectives import get_objective
 from alignlab.tasks.base import PreferencePair
-from alignlab.train import ppo as ppo_module
+from alignlab.train import online as ppo_module
 from alignlab.train.data import PairData, UnpairedData, UnpairedExample
 from alignlab.train.job import run_training
 from alignlab.train.offline import objective_step
@@ -142,7 +142,7 @@ def test_ppo_counts_generation_scoring_and_every_update(corpus_cache, tmp_path, 
 
     def spy(*args: Any, **kwargs: Any) -> Any:
         exp = collect(*args, **kwargs)
-        seen.append((float(exp.sequences.attention_mask.sum()), args[-1]))
+        seen.append((float(exp.sequences.attention_mask.sum()), args[-2]))  # (..., costs, estimator state)
         return exp
 
     monkeypatch.setattr(ppo_module, "collect", spy)
@@ -151,7 +151,9 @@ def test_ppo_counts_generation_scoring_and_every_update(corpus_cache, tmp_path, 
         "train/ok.yaml",
         [
             f"out_dir={out}",
-            "objective={name: ppo, ppo_epochs: 2, num_minibatches: 1}",
+            "objective={name: ppo}",
+            "rollout.epochs=2",
+            "rollout.minibatches=1",
             "reward.kind=gold",
             "rollout.max_new_tokens=4",
             "train.steps=2",

@@ -45,9 +45,9 @@ METHODS = {
         "train": {**TRAIN, "steps": 3, "eval_every": 2, "save_every": 2},
     },
     "ppo": {
-        "objective": {"name": "ppo", "kl_coef": 0.05, "num_minibatches": 2, "ppo_epochs": 2},
+        "objective": {"name": "ppo"},
         "reward": {"kind": "gold"},
-        "rollout": {"max_new_tokens": 6},
+        "rollout": {"max_new_tokens": 6, "kl_coef": 0.05, "minibatches": 2, "epochs": 2},
         "train": {**TRAIN, "steps": 3, "eval_every": 2, "save_every": 2, "grad_clip": 1.0},
     },
 }

@@ -156,7 +156,9 @@ def test_ppo_evaluates_at_the_same_schedule(corpus_cache, tmp_path):
     rows = _run(
         tmp_path / "ppo",
         [
-            "objective={name: ppo, num_minibatches: 1, ppo_epochs: 1}",
+            "objective={name: ppo}",
+            "rollout.minibatches=1",
+            "rollout.epochs=1",
             "reward.kind=gold",
             "train.steps=4",
             "train.eval_points=4",

@@ -87,7 +87,7 @@ def _write(tmp_path: Path, doc: dict, name: str = "exp.yaml") -> Path:
         ({"methods": [{"name": "dpo"}, {"name": "dpo"}]}, "methods", "different labels"),
         ({"methods": [{"name": "dpo", "label": "a b"}]}, "methods[0].label", "letters"),
         ({"methods": [{"name": "dpo", "train": {"stepz": 3}}]}, "methods[0].train.stepz", "did you mean 'steps'"),
-        ({"methods": [{"name": "ppo", "num_minibatches": 3}]}, "methods[0].train.batch_size", "do not split"),
+        ({"methods": [{"name": "ppo", "rollout": {"minibatches": 3}}]}, "methods[0].train.batch_size", "do not split"),
         ({"train": {"lr": "fast"}}, "train.lr", "expected float"),
         ({"name": "a/b"}, "name", "letters"),
         ({"extends": "missing.yaml"}, "extends", "no such file"),
@@ -164,7 +164,7 @@ def test_every_shipped_experiment_validates():
     assert {"DPO", "PPO", "PPO-GT", "Unlikelihood", "Preferred-FT", "best-of-N"} <= labels
     assert {"IPO", "cDPO", "rDPO", "KTO", "ORPO", "SimPO"} <= labels
     dpo = sorted(r.method.cfg.beta for r in frontier.runs if r.label == "DPO")
-    ppo = sorted(r.method.cfg.target_kl for r in frontier.runs if r.label == "PPO")
+    ppo = sorted(r.cfg.rollout.target_kl for r in frontier.runs if r.label == "PPO")
     ul = sorted(r.method.cfg.alpha for r in frontier.runs if r.label == "Unlikelihood")
     assert dpo == [0.05, 0.1, 1.0, 5.0] and ppo == [3, 6, 9, 12] and ul == [0.05, 0.1, 0.5, 1.0]
 

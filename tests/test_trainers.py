@@ -64,7 +64,7 @@ def _train_cfg(**kw):
     return TrainConfig(**{**base, **kw})
 
 
-OFFLINE = [o.name for o in list_objectives() if o.needs.data != "online"]
+OFFLINE = [o.name for o in list_objectives() if o.needs.data in ("paired", "unpaired")]
 # DPOP's paper λ = 50 puts a slope of 51β on a chosen completion below π_ref: at this test's lr (AdamW 1e-3)
 # its own loss oscillates upwards over 25 steps (0.69 -> 0.76 measured); at λ = 5 it falls (-> 0.59)
 KNOBS = {"dpop": {"lam": 5.0}}
@@ -196,7 +196,13 @@ def _yaml(tmp_path: Path, data_dir: Path, **sections) -> Path:
         ({"objective": {"name": "dpo", "beta": 0}}, "objective.beta"),
         ({"objective": {"name": "cdpo", "epsilon": 0.5}}, "objective.epsilon"),
         ({"objective": {"name": "dpo"}, "train": {"batch_size": 16, "grad_accum": 3}}, "train.batch_size"),
-        ({"objective": {"name": "ppo", "num_minibatches": 3}, "train": {"batch_size": 16}}, "train.batch_size"),
+        (
+            {"objective": {"name": "ppo"}, "rollout": {"minibatches": 3}, "train": {"batch_size": 16}},
+            "train.batch_size",
+        ),
+        ({"objective": {"name": "ppo", "num_minibatches": 2}}, "objective.num_minibatches"),  # moved to rollout
+        ({"objective": {"name": "rloo"}, "rollout": {"samples_per_prompt": 1}}, "rollout.samples_per_prompt"),
+        ({"objective": {"name": "grpo"}, "train": {"batch_size": 18}}, "train.batch_size"),  # not whole prompts of 4
         ({"objective": {"name": "dpo"}, "train": {"optimizer": "sgd"}}, "train.optimizer"),
         ({"objective": {"name": "dpo"}, "data": {"source": "reviews"}, "task": {"name": "hh"}}, "data.source"),
     ],
@@ -215,9 +221,9 @@ def test_ppo_gt_raises_the_gold_reward_of_its_samples(tmp_path, data_dir, cache)
     path = _yaml(
         tmp_path,
         data_dir,
-        objective={"name": "ppo", "kl_coef": 0.05, "num_minibatches": 2},
+        objective={"name": "ppo"},
         reward={"kind": "gold"},
-        rollout={"max_new_tokens": 24},
+        rollout={"max_new_tokens": 24, "kl_coef": 0.05, "minibatches": 2},
         train={
             "steps": 24,
             "batch_size": 64,
@@ -266,10 +272,10 @@ def test_ppo_with_a_reward_model_raises_that_models_score(tmp_path, data_dir, ca
     path = _yaml(
         tmp_path,
         data_dir,
-        objective={"name": "ppo", "kl_coef": 0.05, "target_kl": 4.0, "num_minibatches": 2},
+        objective={"name": "ppo"},
         data={"source": "reviews", "pairs": 512, "eval_pairs": 64, "completion_words": 12},
         reward={"kind": "model", "model": {"epochs": 3, "batch_size": 16, "lr": 1.0e-3}},
-        rollout={"max_new_tokens": 16},
+        rollout={"max_new_tokens": 16, "kl_coef": 0.05, "target_kl": 4.0, "minibatches": 2},
         train={
             "steps": 16,
             "batch_size": 64,
@@ -300,7 +306,7 @@ def test_adaptive_kl_controller_arithmetic():
     """Ziegler et al. 2019: e = clip(KL/target − 1, ±0.2), β ← β(1 + e·n/horizon).
     KL 6, target 4: e = 0.5 → 0.2; n/horizon = 100/1000: β = 0.1 × 1.02 = 0.102.
     KL 3: e = −0.25 → −0.2: β = 0.102 × 0.98 = 0.09996. No target: β stays."""
-    from alignlab.train.ppo import KLController
+    from alignlab.train.online import KLController
 
     c = KLController(0.1, 4.0, 1000)
     c.update(6.0, 100)
@@ -338,9 +344,9 @@ def test_ppo_gt_tiny_s_raises_the_gold_reward(tmp_path, data_dir):
         "task": {**prepare["task"], "data_dir": str(data_dir)},
         "model": prepare["model"],
         "sft": prepare["sft"],
-        "objective": {"name": "ppo", "kl_coef": 0.05, "num_minibatches": 2},
+        "objective": {"name": "ppo"},
         "reward": {"kind": "gold"},
-        "rollout": {"max_new_tokens": 32, "critic": "sft"},
+        "rollout": {"max_new_tokens": 32, "critic": "sft", "kl_coef": 0.05, "minibatches": 2},
         "train": {
             "steps": 20,
             "batch_size": 64,

@@ -7,7 +7,11 @@ Two kinds of entry point, the smallest that computes each loss:
   core and objective on the other — this checks scoring and loss together. TRL's fused LM head
   computes in float32 whatever the model's dtype, so these compare at float32 precision;
 - TRL's tensor-level loss methods (ORPO's ``odds_ratio_loss``, CPO's ``cpo_loss``) called
-  unbound on the same tensors, in float64 where TRL keeps the dtype.
+  unbound on the same tensors, in float64 where TRL keeps the dtype;
+- the real ``RLOOTrainer`` / ``GRPOTrainer`` on alignlab's own rollouts: the online trainer's
+  ``collect`` samples them, and TRL's ``_generate_and_score_completions`` is fed the same tokens
+  (its model's ``generate`` replays them), then its ``_compute_loss``: advantages, loss and every
+  parameter's gradient at float32 precision.
 
 Every known convention difference is its own named test below, never a looser tolerance.
 """
@@ -17,6 +21,8 @@ from __future__ import annotations
 import copy
 import math
 import os
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from types import SimpleNamespace
 
 import pytest
@@ -25,10 +31,13 @@ from torch.testing import assert_close
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
-from alignlab.core.scoring import sequence_logps, token_logps
+from alignlab.core.scoring import position_ids, sequence_logps, token_logps
 from alignlab.models import train_tokenizer
 from alignlab.objectives import PairedLogps, UnpairedLogps, get_objective
 from alignlab.objectives.kto import kl_baseline
+from alignlab.train.config import disable_dropout
+from alignlab.train.online import collect
+from alignlab.train.online_batches import Costs, PolicyAndValue, RolloutConfig, Settings, minibatch_loss
 
 trl = pytest.importorskip("trl")
 
@@ -421,3 +430,256 @@ def test_simpo_matches_trl_cpo_simpo(beta, gamma):
     report(f"simpo beta={beta} gamma={gamma} vs CPOTrainer.cpo_loss(simpo)", out.losses, theirs)
     assert_close(out.losses, theirs, rtol=0, atol=1e-12)
     assert_close(out.metrics["chosen_rewards"], chosen_rewards, rtol=0, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# RLOO and GRPO through the real RLOOTrainer / GRPOTrainer, on alignlab's own rollouts
+# ---------------------------------------------------------------------------------------------
+
+SAME_LENGTH_PROMPTS = ["The movie was a", "I hated", "Two plus"]  # 5 tokens each: no left padding
+RAGGED_PROMPTS = ["The", "I hated every", "What is the capital"]  # 1, 9 and 6 tokens
+K, KL_COEF, TEMPERATURE, MAX_NEW_TOKENS = 4, 0.1, 0.7, 12
+
+
+def text_score(prompts, completions) -> torch.Tensor:
+    """A reward on texts standing in for the gold judge: varied, deterministic, with occasional ties."""
+    return torch.tensor(
+        [c.count("e") - 0.1 * len(c) + 0.5 * ("a" in p) for p, c in zip(prompts, completions, strict=True)]
+    )
+
+
+def trl_text_score(prompts, completions, **_):
+    """``text_score`` as a TRL reward function; TRL's prompts carry the BOS token as text."""
+    return text_score([p.removeprefix("<|endoftext|>") for p in prompts], completions).tolist()
+
+
+def perturbed(model, seed: int, scale: float):
+    out = copy.deepcopy(model)
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(seed)
+        for p in out.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g))
+    return out
+
+
+@pytest.fixture(scope="module")
+def online_weights(tokenizer, tmp_path_factory):
+    """π_ref, saved where TRL reloads its reference from (the policy's ``name_or_path``); π_old, which
+    samples; π_θ, the policy after an update on those samples (the second epoch: ratios away from 1)."""
+    from transformers import GPT2LMHeadModel
+
+    path = tmp_path_factory.mktemp("pi_ref")
+    make_model(tokenizer, seed=0).save_pretrained(path)
+    reference = GPT2LMHeadModel.from_pretrained(path).eval()
+    old = perturbed(reference, seed=1, scale=0.3)
+    return reference, old, perturbed(old, seed=2, scale=0.05)
+
+
+@contextmanager
+def replayed(model, completions: list[list[int]], prompts: list[list[int]], pad: int):
+    """``model.generate`` answers TRL's own prompt ids (checked to be alignlab's) with the given completions."""
+
+    def generate(input_ids, attention_mask, **_):
+        assert [ids[m.bool()].tolist() for ids, m in zip(input_ids, attention_mask, strict=True)] == prompts
+        width = max(len(c) for c in completions)
+        return torch.cat([input_ids, torch.tensor([c + [pad] * (width - len(c)) for c in completions])], dim=1)
+
+    model.generate = generate
+    try:
+        yield
+    finally:
+        del model.generate
+
+
+@contextmanager
+def counted_positions(*models):
+    """The models' forwards given position ids counted over real tokens (as ``generate`` and alignlab count them)."""
+    saved = [m.forward for m in models]
+    for m, forward in zip(models, saved, strict=True):
+
+        def with_positions(*args, _forward=forward, **kwargs):
+            if kwargs.get("position_ids") is None and kwargs.get("attention_mask") is not None:
+                kwargs["position_ids"] = position_ids(kwargs["attention_mask"])
+            return _forward(*args, **kwargs)
+
+        m.forward = with_positions
+    try:
+        yield
+    finally:
+        for m, forward in zip(models, saved, strict=True):
+            m.forward = forward
+
+
+@dataclass
+class OnlineSides:
+    ours_loss: torch.Tensor
+    ours_advantages: torch.Tensor  # (B,) the advantage of each rollout
+    ours_grads: list[torch.Tensor]
+    metrics: dict[str, torch.Tensor]
+    trl_loss: torch.Tensor
+    trl_advantages: torch.Tensor
+    trl_grads: list[torch.Tensor]
+
+
+def online_sides(
+    method, tokenizer, weights, tmp_path_factory, prompts=SAME_LENGTH_PROMPTS, moved=False, positions=True, **trl_kw
+) -> OnlineSides:
+    """One batch of rollouts sampled by π_old through alignlab's ``collect`` (reward, old and reference
+    log-probs, advantages), then the loss and its gradient at π_θ (= π_old unless ``moved``): alignlab's
+    ``minibatch_loss`` on one side; on the other, TRL's ``_generate_and_score_completions`` fed the same
+    tokens (its ``generate`` replays them) and its ``_compute_loss``, run as they are."""
+    from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
+
+    reference, old, new = weights
+    objective = get_objective(method)
+    ocfg = objective.config(clip_ratio=0.2)
+    rc = RolloutConfig(
+        max_new_tokens=MAX_NEW_TOKENS,
+        temperature=TEMPERATURE,
+        samples_per_prompt=K,
+        epochs=2 if moved else 1,
+        kl_coef=KL_COEF,
+    )
+    s = Settings.resolve(rc, objective.needs.online)
+    policy = copy.deepcopy(old)
+    disable_dropout(policy)
+    core = PolicyAndValue(policy, temperature=TEMPERATURE)
+    exp = collect(
+        policy, core, reference, tokenizer, prompts, text_score, KL_COEF, s, 0, Costs.of(core, reference, None), {}
+    )
+    if moved:
+        policy.load_state_dict(new.state_dict())
+    out, _, _ = minibatch_loss(policy, core, exp, list(range(len(exp.sequences))), objective, ocfg, s, KL_COEF)
+    out.losses.mean().backward()
+    mask = exp.sequences.completion_mask.float()
+    assert exp.advantages is not None
+
+    config, trainer_cls = (RLOOConfig, RLOOTrainer) if method == "rloo" else (GRPOConfig, GRPOTrainer)
+    args = config(
+        output_dir=str(tmp_path_factory.mktemp("trl")),
+        per_device_train_batch_size=K * len(prompts),
+        num_generations=K,
+        max_completion_length=MAX_NEW_TOKENS,
+        temperature=TEMPERATURE,
+        beta=KL_COEF,
+        epsilon=0.2,
+        num_iterations=2 if moved else 1,
+        report_to=[],
+        use_cpu=True,
+        bf16=False,
+        save_strategy="no",
+        logging_strategy="no",
+        disable_dropout=True,
+        seed=0,
+        **trl_kw,
+    )
+    from datasets import Dataset
+
+    data = Dataset.from_dict({"prompt": [tokenizer.bos_token + p for p in prompts]})
+    trainer = trainer_cls(
+        model=copy.deepcopy(old), reward_funcs=trl_text_score, args=args, train_dataset=data, processing_class=tokenizer
+    )
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 1
+    seqs = exp.sequences
+    real, comp = seqs.attention_mask.bool(), seqs.completion_mask.bool()
+    prompt_ids = [ids[r & ~c].tolist() for ids, r, c in zip(seqs.input_ids, real, comp, strict=True)]
+    completion_ids = [ids[c].tolist() for ids, c in zip(seqs.input_ids, comp, strict=True)]
+    numbering = counted_positions(trainer.model, trainer.ref_model) if positions else nullcontext()
+    with numbering:
+        with replayed(trainer.model, completion_ids, prompt_ids, tokenizer.pad_token_id):
+            batch = trainer._generate_and_score_completions([{"prompt": p} for p in data["prompt"] for _ in range(K)])
+        if moved:
+            trainer.model.load_state_dict(new.state_dict())
+        theirs = trainer._compute_loss(trainer.model, batch)
+        theirs.backward()
+    return OnlineSides(
+        ours_loss=out.losses.mean().detach(),
+        ours_advantages=(exp.advantages * mask).sum(-1) / mask.sum(-1),
+        ours_grads=[p.grad for p in policy.parameters()],
+        metrics=out.metrics,
+        trl_loss=theirs.detach(),
+        trl_advantages=batch["advantages"],
+        trl_grads=[p.grad for p in trainer.model.parameters()],
+    )
+
+
+def assert_grads_close(name: str, sides: OnlineSides) -> None:
+    """Every parameter's gradient, to float32 rounding of sums over a few hundred tokens whose terms
+    cancel: within 1e-5 of the largest gradient entry of the model (elementwise, plus 1e-5 relative)."""
+    ours = torch.cat([g.flatten() for g in sides.ours_grads])
+    theirs = torch.cat([g.flatten() for g in sides.trl_grads])
+    scale = ours.abs().max().item()
+    diff = report(f"{name} gradient (max |∇| {scale:.2e})", ours, theirs)
+    assert scale > 1e-3  # a gradient to compare
+    assert_close(ours, theirs, rtol=1e-5, atol=1e-5 * scale)
+    assert diff < 1e-5 * scale
+
+
+@pytest.mark.parametrize("moved", [False, True], ids=["ratio-1", "second-epoch"])
+def test_rloo_matches_trl_rloo_trainer(tokenizer, online_weights, tmp_path_factory, moved):
+    """RLOO, KL k1 in the reward: the leave-one-out advantages, the clipped sequence-ratio loss and every
+    parameter's gradient. At ratio 1 the loss is 0 on both sides (the leave-one-out advantages of a prompt
+    sum to 0), so the gradient is what says they agree; the second epoch (ratios off 1) exercises the clip."""
+    sides = online_sides("rloo", tokenizer, online_weights, tmp_path_factory, moved=moved)
+    assert_close(sides.ours_advantages, sides.trl_advantages, **F32)
+    report(f"rloo loss ({'second epoch' if moved else 'ratio 1'}) vs RLOOTrainer", sides.ours_loss, sides.trl_loss)
+    assert_close(sides.ours_loss, sides.trl_loss, **F32)
+    assert_grads_close(f"rloo ({'second epoch' if moved else 'ratio 1'})", sides)
+    clipped = sides.metrics["clipfrac"].mean()
+    assert (0 < clipped < 1 and abs(sides.ours_loss) > 1e-2) if moved else clipped == 0
+
+
+@pytest.mark.parametrize("moved", [False, True], ids=["ratio-1", "second-epoch"])
+def test_grpo_matches_trl_grpo_trainer(tokenizer, online_weights, tmp_path_factory, moved):
+    """GRPO, β·k3 in the loss: the group-normalised advantages (std with Bessel's correction, + 1e-4),
+    the per-token clipped loss with the KL term, each sequence's mean then the batch mean (TRL's
+    ``loss_type="grpo"``), and every parameter's gradient. TRL's KL term is multiplied by the ratio by
+    default (``use_bias_correction_kl``, next test): off here, as in GRPO's Eq. 3."""
+    sides = online_sides(
+        "grpo",
+        tokenizer,
+        online_weights,
+        tmp_path_factory,
+        moved=moved,
+        loss_type="grpo",
+        scale_rewards="group",
+        use_bias_correction_kl=False,
+    )
+    assert_close(sides.ours_advantages, sides.trl_advantages, **F32)
+    report(f"grpo loss ({'second epoch' if moved else 'ratio 1'}) vs GRPOTrainer", sides.ours_loss, sides.trl_loss)
+    assert_close(sides.ours_loss, sides.trl_loss, **F32)
+    assert_grads_close(f"grpo ({'second epoch' if moved else 'ratio 1'})", sides)
+    assert sides.metrics["kl_loss"] > 0  # π_θ ≠ π_ref: the KL term is live
+    clipped = sides.metrics["clipfrac"]
+    assert (0 < clipped < 1 and abs(sides.ours_loss) > 1e-2) if moved else clipped == 0
+
+
+def test_grpo_trl_default_kl_bias_correction_changes_the_gradient_not_the_loss(
+    tokenizer, online_weights, tmp_path_factory
+):
+    """Named convention difference: TRL's GRPO multiplies β·k3 by the probability ratio by default
+    (``use_bias_correction_kl=True``). At ratio 1 (one update per batch) the loss is the same, but the
+    ratio's gradient ∇log π_θ adds β·k3·∇log π_θ per token: the gradients differ."""
+    sides = online_sides("grpo", tokenizer, online_weights, tmp_path_factory, loss_type="grpo")
+    assert_close(sides.ours_loss, sides.trl_loss, **F32)
+    assert not all(
+        torch.allclose(a, b, rtol=1e-3, atol=1e-5) for a, b in zip(sides.ours_grads, sides.trl_grads, strict=True)
+    )
+
+
+@pytest.mark.parametrize(
+    "method,trl_kw", [("rloo", {}), ("grpo", {"loss_type": "grpo", "use_bias_correction_kl": False})]
+)
+def test_trl_position_ids_on_left_padded_prompts(tokenizer, online_weights, tmp_path_factory, method, trl_kw):
+    """Named convention difference: TRL's RLOO/GRPO training forwards pass no position ids, so a GPT-2
+    (absolute position embeddings) numbers a left-padded prompt's positions from its padding, whereas
+    ``generate`` (which sampled the tokens) and alignlab's scoring count real tokens only. Prompts of
+    unequal length: TRL's own numbering gives other gradients; given counted position ids, the same."""
+    own = online_sides(method, tokenizer, online_weights, tmp_path_factory, RAGGED_PROMPTS, positions=False, **trl_kw)
+    assert not all(
+        torch.allclose(a, b, rtol=1e-3, atol=1e-5) for a, b in zip(own.ours_grads, own.trl_grads, strict=True)
+    )
+    counted = online_sides(method, tokenizer, online_weights, tmp_path_factory, RAGGED_PROMPTS, **trl_kw)
+    assert_close(counted.ours_advantages, counted.trl_advantages, **F32)
+    assert_grads_close(f"{method}, prompts of unequal length, counted position ids", counted)

@@ -158,6 +158,17 @@ def test_unfinished_candidates_are_never_picked_ties_go_first_and_seeds_are_aver
         ("{name: dpo, tune: {grid: {train.lr: [0.1]}, seeds: 3}}", "methods[0].tune.seeds", "runs 2 seed"),
         ("{name: dpo, tune: {grid: {}}}", "methods[0].tune.grid", "expected a mapping"),
         ("{name: dpo, tune: {grid: {train.lr: [0.1]}, criterion: auc}}", "methods[0].tune.criterion", ""),
+        (
+            "{name: dpo, sweep: {beta: [0.1, 1]}, tune: {grid: {train.lr: [0.1]}, sweep: {beta: [0.5]}}}",
+            "methods[0].tune.sweep.beta",
+            "some of the values of methods[0].sweep.beta",
+        ),
+        ("{name: dpo, tune: {grid: {train.lr: [0.1]}, sweep: {tau: [1]}}}", "methods[0].tune.sweep.tau", "some of"),
+        (
+            "{name: dpo, tune: {grid: {train.lr: [0.1]}, sweep: {seed: [0]}}}",
+            "methods[0].tune.sweep.seed",
+            "tune.seeds",
+        ),
     ],
 )
 def test_a_bad_tune_block_names_its_key(method: str, key: str, said: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -165,6 +176,22 @@ def test_a_bad_tune_block_names_its_key(method: str, key: str, said: str, monkey
     with pytest.raises(ConfigError) as err:
         load_experiment("run/ok.yaml", ["seeds=2", f"methods=[{method}]"])
     assert err.value.key == key and said in err.value.message
+
+
+def test_tune_sweep_tunes_at_some_settings_and_the_choice_runs_at_every_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """DPO β ∈ {0.05, 0.1, 1}, lr grid of 2, tuned at β 0.1 only, 2 seeds, 1 tuning seed: 2 tuning runs
+    (β 0.1, seed 0, each lr); each candidate's final runs are every β with both seeds (6)."""
+    monkeypatch.chdir(CORPUS)
+    method = "{name: dpo, sweep: {beta: [0.05, 0.1, 1]}, tune: {grid: {train.lr: [0.01, 0.001]}, sweep: {beta: [0.1]}}}"
+    exp = load_experiment("run/ok.yaml", ["seeds=2", f"methods=[{method}]"])
+    (tuned,) = exp.tuned
+    assert [c.values for c in tuned.candidates] == [{"train.lr": 0.01}, {"train.lr": 0.001}]
+    for candidate in tuned.candidates:
+        assert [(r.setting["beta"], r.setting["seed"]) for r in candidate.tune_runs] == [(0.1, 0)]
+        assert sorted((r.setting["beta"], r.setting["seed"]) for r in candidate.final_runs) == [
+            (b, s) for b in (0.05, 0.1, 1) for s in (0, 1)
+        ]
+        assert all(r.cfg.eval.split == "validation" for r in candidate.tune_runs)
 
 
 # ------------------------------------------------------------------------------------------ end to end

@@ -94,22 +94,37 @@ def token_logps(
         raise ValueError("completion_mask marks position 0, which has no preceding token to condition on")
     if (completion & ~attention_mask.bool()).any():
         raise ValueError("completion_mask marks tokens that the attention mask treats as padding")
-    position_ids = (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)
+    positions = position_ids(attention_mask)
     split = backbone_and_head(model)
     if split is not None:
-        return _completion_head_logps(*split, input_ids, attention_mask, position_ids, completion, temperature)
+        return _completion_head_logps(*split, input_ids, attention_mask, positions, completion, temperature)
+    if not completion.any():
+        return torch.zeros(input_ids.shape, device=input_ids.device, dtype=torch.float32)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=False).logits
+    return logps_from_logits(logits, input_ids, completion_mask, temperature=temperature)
+
+
+def position_ids(attention_mask: Tensor) -> Tensor:
+    """(B, T) position ids counted over real tokens only, so left and right padding give the same numbers."""
+    return (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)
+
+
+def logps_from_logits(
+    logits: Tensor, input_ids: Tensor, completion_mask: Tensor, *, temperature: float = 1.0
+) -> Tensor:
+    """:func:`token_logps` from the logits (B, T, V) of a forward already run over ``input_ids`` (B, T) with
+    :func:`position_ids`: for a module whose forward returns more than logits (the policy and its critic
+    behind one forward). The same arithmetic; the same contract.
+    """
+    completion = completion_mask.bool()
     T = input_ids.shape[1]
     columns = completion.any(dim=0).nonzero()
     if columns.numel() == 0:
         return torch.zeros(input_ids.shape, device=input_ids.device, dtype=torch.float32)
-    # Logits at t−1 predict token t: only columns [first − 1, last) of the output are needed,
-    # which skips the log-softmax over long prompts.
+    # Logits at t−1 predict token t: only columns [first − 1, last) are needed, which skips the
+    # log-softmax over long prompts.
     first, last = int(columns[0]), int(columns[-1]) + 1
-    logits = model(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
-    ).logits[:, first - 1 : last - 1]
-    targets = input_ids[:, first:last]
-    picked = _picked_logps(logits, targets, temperature)
+    picked = _picked_logps(logits[:, first - 1 : last - 1], input_ids[:, first:last], temperature)
     # where, not multiply: logits at padded positions may be NaN (fully masked attention rows)
     picked = torch.where(completion[:, first:last], picked, torch.zeros_like(picked))
     return F.pad(picked, (first, T - last))

@@ -5,7 +5,7 @@ name: imdb_smoke                      # default: the file's stem
 task: {name: imdb}                    # ... every section of a run YAML (RunConfig) except objective
 train: {steps: 60, batch_size: 16}    #     and out_dir: the defaults of every run
 methods:
-  - name: dpo                         # a registered objective, or best_of_n
+  - name: dpo                         # a registered objective (best_of_n among them)
     beta: 0.1                         # its knobs
     sweep: {beta: [0.1, 1.0], seed: [0, 1]}   # the runs: the product of these lists
   - name: ppo
@@ -41,9 +41,11 @@ from typing import Any, Literal
 
 from alignlab.config import apply_overrides, load_yaml
 from alignlab.errors import ConfigError
+from alignlab.objectives.registry import samples_only
 from alignlab.schema import Config, knob
 from alignlab.tasks import task_config
-from alignlab.train.job import Method, RunConfig, resolve_dict
+from alignlab.train.job import RunConfig, resolve_dict
+from alignlab.train.trainers import Method
 
 # the keys of a methods[] entry that are not objective knobs (and `tune`, a method's TuneConfig)
 METHOD_KEYS = ("name", "label", "sweep")
@@ -68,6 +70,11 @@ class TuneConfig(Config):
     )
     kl: float = knob(5.0, "The KL budget (reward_at_kl) or cap (area) of the criterion, in nats.", gt=0)
     seeds: int = knob(1, "Candidates run with the first this many of the method's seeds.", ge=1)
+    sweep: Any = knob(
+        default_factory=dict,
+        help="Tune at these settings of the method's sweep only, e.g. {beta: [0.1]}: the candidates' runs use "
+        "them, and the selected grid point then runs with every setting of the sweep (empty: the whole sweep).",
+    )
 
 
 @dataclass(frozen=True)
@@ -78,8 +85,7 @@ class ExperimentConfig(RunConfig):
     description: str = knob("", "One line on what the experiment shows.")
     methods: list[Any] = knob(
         default_factory=list,
-        help="The methods: {name: <objective> | best_of_n, label, <knob>: <value>, sweep: {<knob>: [...]}, "
-        "<run section>: {...}}.",
+        help="The methods: {name: <objective>, label, <knob>: <value>, sweep: {<knob>: [...]}, <run section>: {...}}.",
     )
     extends: str | None = knob(None, "Another experiment YAML (relative to this one) whose keys this one overrides.")
     out_dir: str = knob("", "Results: frontier.csv, plots, tables, run configs (default: results/<name>).")
@@ -236,8 +242,8 @@ def _tune(cfg: ExperimentConfig, data: dict[str, Any], entry: Any, i: int, sourc
     own = entry.get("tune", {})
     if own is None or (cfg.tune is None and "tune" not in entry):
         return None
-    if entry.get("name") == "best_of_n" and "tune" not in entry:
-        return None  # nothing trains: an experiment-wide grid (train.lr) means nothing to it
+    if "tune" not in entry and samples_only(entry.get("name")):
+        return None  # nothing trains (best-of-N): an experiment-wide grid (train.lr) means nothing to it
     if not isinstance(own, dict):
         raise ConfigError(f"methods[{i}].tune", f"expected a mapping (or null), got {own!r}", source)
     shared: dict[str, Any] = data["tune"] if isinstance(data.get("tune"), dict) else {}
@@ -247,6 +253,18 @@ def _tune(cfg: ExperimentConfig, data: dict[str, Any], entry: Any, i: int, sourc
     if not isinstance(grid, dict) or not grid:
         raise ConfigError(f"{prefix}grid", f"expected a mapping of key: [values], got {grid!r}", source)
     sweep = entry.get("sweep") or {}
+    if not isinstance(tune.sweep, dict):
+        raise ConfigError(f"{prefix}sweep", f"expected a mapping of key: [values], got {tune.sweep!r}", source)
+    for key, values in tune.sweep.items():
+        if key in ("seed", "train.seed"):
+            raise ConfigError(f"{prefix}sweep.{key}", "the tuning seeds are tune.seeds", source)
+        own = sweep.get(key) if isinstance(sweep, dict) else None
+        if not isinstance(values, list) or not values or own is None or any(v not in own for v in values):
+            raise ConfigError(
+                f"{prefix}sweep.{key}",
+                f"{values!r}: list some of the values of methods[{i}].sweep.{key} ({own!r})",
+                source,
+            )
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
             raise ConfigError(f"{prefix}grid.{key}", f"expected a non-empty list of values, got {values!r}", source)
@@ -269,9 +287,10 @@ def _plan_tuning(
 ) -> TunedMethod:
     """The candidates of a tuned method: per grid point, its tuning runs and its final runs.
 
-    Tuning runs are the method's sweep at the grid point with the first ``tune.seeds`` seeds, labelled
-    ``tune-<label>``, evaluated on validation prompts and without win rates; final runs are the sweep
-    at the grid point with every seed, on test prompts, their ids naming the tuned values.
+    Tuning runs are the method's sweep (narrowed to ``tune.sweep``) at the grid point with the first
+    ``tune.seeds`` seeds, labelled ``tune-<label>``, evaluated on validation prompts and without win rates;
+    final runs are the whole sweep at the grid point with every seed, on test prompts, their ids naming
+    the tuned values.
     """
     where = f"methods[{i}]"
     label = str(entry.get("label") or entry.get("name"))
@@ -284,7 +303,7 @@ def _plan_tuning(
             f"{tune.seeds} tuning seeds, but {label} runs {available} seed(s)",
             source,
         )
-    tune_sweep = dict(sweep)
+    tune_sweep = {**sweep, **tune.sweep}  # the settings tuned at (every one unless tune.sweep narrows them)
     if seed_key is not None:
         tune_sweep[seed_key] = sweep[seed_key][: tune.seeds]
     tune_seeds = seeds[: tune.seeds] if seeds is not None else None

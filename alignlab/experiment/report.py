@@ -55,6 +55,7 @@ from alignlab.experiment.summary import (
 )
 from alignlab.experiment.summary import pareto_front as pareto_front  # re-exported
 from alignlab.io import atomic_file, atomic_write_text, scan_jsonl
+from alignlab.objectives.registry import samples_only
 
 
 def setting_text(setting: dict[str, Any]) -> str:
@@ -205,7 +206,7 @@ def plot_frontier(
             rows = means[means["method"] == method].reset_index(drop=True)
             _draw_method(ax, rows, frame[frame["method"] == method], colours[method], use_p, error_bars)
             if fit and base is not None:
-                kind = "bon" if (rows["objective"] == "best_of_n").all() else "rl"
+                kind = "bon" if rows["objective"].map(samples_only).all() else "rl"
                 kl, reward = rows["kl"].to_numpy(float), rows["reward"].to_numpy(float)
                 params = fit_gao(kl, reward - base, kind)
                 if params is not None:

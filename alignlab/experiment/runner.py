@@ -225,8 +225,8 @@ def _held() -> Iterator[bool]:
 
 
 def _describe(run: PlannedRun) -> str:
-    steps = run.cfg.train.steps if run.method.objective is not None else 0
-    kind = "best-of-N sampling" if run.method.objective is None else f"{steps} steps"
+    sampling = run.method.objective.needs.data == "sampling"
+    kind = "sampling, no training" if sampling else f"{run.cfg.train.steps} steps"
     return f"{run.method.name} ({kind}), {run.cfg.out_dir}"
 
 

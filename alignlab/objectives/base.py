@@ -23,9 +23,13 @@ __all__ = [
     "Needs",
     "ObjectiveConfig",
     "ObjectiveState",
+    "Online",
     "PPOBatch",
     "PairedLogps",
+    "RolloutBatch",
+    "SampledRewards",
     "UnpairedLogps",
+    "aggregate",
     "knob",
     "log1mexp",
     "pairwise_metrics",
@@ -62,14 +66,39 @@ class ObjectiveState:
 
 
 @dataclass(frozen=True)
+class Online:
+    """How an online objective's rollouts become its batches, and the trainer settings it defaults to.
+
+    The online trainer (:mod:`alignlab.train.online`) reads these where the run's ``rollout`` section
+    leaves a setting at ``null``/``auto``; a run may override each one.
+    """
+
+    advantage: str = "gae"
+    """The advantage estimator (:mod:`alignlab.core.advantages`: gae, rloo, grpo, reinforce), or
+    ``pairs``: each prompt's samples are ranked by the reward into preference pairs (:class:`PairedLogps`)."""
+    kl: Literal["reward", "loss"] = "reward"
+    """Where the KL to π_ref goes: a per-token penalty in the reward, or a k3 term of the loss."""
+    samples_per_prompt: int = 1
+    """k samples of each prompt per iteration."""
+    epochs: int = 4
+    """Passes over an iteration's rollouts."""
+    minibatches: int = 1
+    """Optimiser steps per pass."""
+    pairs: Literal["best_worst", "all"] = "best_worst"
+    """``pairs``: the best against the worst sample of a prompt, or all k(k−1)/2 pairs (DPO §6.1)."""
+
+
+@dataclass(frozen=True)
 class Needs:
     """What an objective needs from the trainer. Trainers read this, never the objective's name."""
 
     reference: bool
     """Reference-model log-probs (π_ref) are required."""
-    data: Literal["paired", "unpaired", "online"]
+    data: Literal["paired", "unpaired", "online", "sampling"]
     """paired: (prompt, chosen, rejected) -> :class:`PairedLogps`; unpaired: labelled single
-    completions -> :class:`UnpairedLogps`; online: rollouts from the policy -> :class:`PPOBatch`."""
+    completions -> :class:`UnpairedLogps`; online: rollouts from the policy, as :class:`RolloutBatch`
+    (or :class:`PairedLogps` with ``online.advantage: pairs``); sampling: nothing is trained, samples
+    are ranked (:class:`SampledRewards`, best-of-N)."""
     token_level: bool = False
     """Per-token policy log-probs and masks are required, not only sequence sums."""
     scores: bool = False
@@ -77,9 +106,20 @@ class Needs:
     a run whose pairs carry none is refused before training, naming the objective and the data."""
     state: ObjectiveState | None = None
     """A running state the trainer keeps, checkpoints and hands to the loss (``PairedLogps.state``)."""
+    online: Online | None = None
+    """Online objectives: the estimator, KL placement and default rollout settings (default :class:`Online`)."""
+    trainer: str | None = None
+    """The trainer that runs the objective (:mod:`alignlab.train.trainers`): None for the one registered
+    for its ``data`` kind; a plugin may name its own."""
+
+    def __post_init__(self) -> None:
+        if self.data == "online" and self.online is None:
+            object.__setattr__(self, "online", Online())
 
     def describe(self) -> str:
         parts = ["reference" if self.reference else "reference-free", self.data]
+        if self.online is not None:
+            parts.append(f"{self.online.advantage} advantages" if self.online.advantage != "pairs" else "ranked pairs")
         if self.token_level:
             parts.append("token-level")
         if self.scores:
@@ -177,25 +217,61 @@ class UnpairedLogps:
 
 
 @dataclass(frozen=True)
-class PPOBatch:
-    """A minibatch of B rollouts of up to T completion tokens, for the PPO update."""
+class RolloutBatch:
+    """A minibatch of B rollouts of up to T completion tokens, for a policy-gradient update."""
 
     logprobs: Tensor
     """(B, T) log π_θ of the sampled tokens under the current policy (with grad)."""
     old_logprobs: Tensor
     """(B, T) log π_θ_old of the same tokens at rollout time."""
     advantages: Tensor
-    """(B, T) GAE advantages (already whitened if the trainer whitens)."""
-    values: Tensor
-    """(B, T) the critic's current values (with grad)."""
-    old_values: Tensor
-    """(B, T) the critic's values at rollout time."""
-    returns: Tensor
-    """(B, T) value targets: advantages + old values, before whitening."""
+    """(B, T) advantages of the run's estimator (the same on every token of a row for sequence-level ones)."""
     mask: Tensor
     """(B, T) 1 on completion tokens."""
+    values: Tensor | None = None
+    """(B, T) the critic's current values (with grad), when the estimator has a critic (gae)."""
+    old_values: Tensor | None = None
+    """(B, T) the critic's values at rollout time."""
+    returns: Tensor | None = None
+    """(B, T) value targets: advantages + old values, before whitening."""
     entropy: Tensor | None = None
-    """(B, T) per-token policy entropy (with grad), for the optional entropy bonus."""
+    """(B, T) per-token policy entropy (with grad), for an entropy bonus."""
+    ref_logprobs: Tensor | None = None
+    """(B, T) log π_ref of the same tokens, when the KL to π_ref is a term of the loss."""
+    kl_coef: float = 0.0
+    """β of the KL term of the loss (0: the KL is in the reward, or absent)."""
+    max_new_tokens: int = 0
+    """The rollouts' length limit (Dr. GRPO's constant normaliser)."""
+
+    def critic(self) -> tuple[Tensor, Tensor, Tensor]:
+        """(values, old_values, returns), or a clear error if the estimator had no critic."""
+        fields = (self.values, self.old_values, self.returns)
+        if any(t is None for t in fields):
+            raise ValueError("this objective needs a critic's values (the gae estimator); the batch has none")
+        return typing.cast(tuple[Tensor, Tensor, Tensor], fields)
+
+    def kl_term(self) -> Tensor:
+        """(B, T) β · k3(π_θ, π_ref) per token, the KL term of the loss (zeros when it is in the reward).
+
+        k3 = exp(log π_ref − log π_θ) − (log π_ref − log π_θ) − 1 ≥ 0, unbiased for KL(π_θ ‖ π_ref) on
+        samples of π_θ (Schulman 2020; GRPO, Shao et al. 2024, Eq. 4).
+        """
+        if self.kl_coef == 0 or self.ref_logprobs is None:
+            return torch.zeros_like(self.logprobs)
+        delta = self.ref_logprobs - self.logprobs
+        return self.kl_coef * (torch.exp(delta) - delta - 1) * self.mask.to(self.logprobs.dtype)
+
+
+PPOBatch = RolloutBatch
+"""The name of :class:`RolloutBatch` before RLOO and GRPO shared it."""
+
+
+@dataclass(frozen=True)
+class SampledRewards:
+    """The rewards of N samples of each of B prompts (best-of-N ranks them; nothing is trained)."""
+
+    rewards: Tensor
+    """(B, N) the ranking reward of each sample."""
 
 
 @dataclass(frozen=True)
@@ -221,6 +297,25 @@ def pairwise_metrics(chosen_rewards: Tensor, rejected_rewards: Tensor) -> dict[s
         "margins": chosen_rewards - rejected_rewards,
         "reward_accuracy": (chosen_rewards > rejected_rewards).to(chosen_rewards.dtype),
     }
+
+
+def aggregate(per_token: Tensor, mask: Tensor, aggregation: str, max_new_tokens: int = 0) -> Tensor:
+    """Per-example losses (B,) whose mean over the batch is the requested aggregate of ``per_token`` (B, T).
+
+    token-mean: every completion token of the batch weighs the same; sequence-mean: each sequence's mean
+    token loss, so every rollout weighs the same; constant: each sequence's sum over ``max_new_tokens``
+    (Dr. GRPO's constant normaliser: no length bias).
+    """
+    mask = mask.to(per_token.dtype)
+    per_sequence = (per_token * mask).sum(dim=-1)
+    if aggregation == "sequence-mean":
+        return per_sequence / mask.sum(dim=-1).clamp(min=1)
+    if aggregation == "constant":
+        if max_new_tokens < 1:
+            raise ValueError("the constant aggregation needs the rollouts' max_new_tokens")
+        return per_sequence / max_new_tokens
+    # token-mean: scale each sequence's sum by B / (total tokens), so mean_b = Σ_bt / Σ mask
+    return per_sequence * (mask.shape[0] / mask.sum().clamp(min=1))
 
 
 def log1mexp(x: Tensor) -> Tensor:

@@ -2,7 +2,8 @@
 
 The loss here is the update step only (Schulman et al. 2017). Everything stateful — rollouts,
 the reward r_φ(x, y) − β·KL per token, the adaptive KL controller, the critic, GAE and
-whitening — is the online trainer's, which reads the rollout knobs below from this config.
+whitening, epochs and minibatches — is the online trainer's (:mod:`alignlab.train.online`), set in
+the run's ``rollout`` section.
 """
 
 from __future__ import annotations
@@ -11,16 +12,14 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from torch import Tensor
 
 from alignlab.core.stats import masked_mean
-from alignlab.objectives.base import LossOutput, Needs, ObjectiveConfig, PPOBatch, knob
+from alignlab.objectives.base import LossOutput, Needs, ObjectiveConfig, Online, RolloutBatch, aggregate, knob
 from alignlab.objectives.registry import register_objective
 
 
 @dataclass(frozen=True)
 class PPOConfig(ObjectiveConfig):
-    # --- the update (used by the loss) ---
     clip_ratio: float = knob(0.2, "ε: clip range of the probability ratio π_θ/π_θ_old.", gt=0)
     clip_value: float = knob(0.2, "Clip range of the value update around the rollout-time values.", gt=0)
     vf_coef: float = knob(0.1, "Weight of the value loss (lm-human-preferences: 0.1).", ge=0)
@@ -30,42 +29,18 @@ class PPOConfig(ObjectiveConfig):
         "token-mean: every completion token weighs the same (cleanrl, TRL); sequence-mean: average "
         "per sequence first, so every rollout weighs the same.",
     )
-    # --- the rollout and reward shaping (used by the online trainer) ---
-    kl_coef: float = knob(0.05, "β: initial coefficient of the per-token KL penalty r − β·KL.", ge=0)
-    target_kl: float | None = knob(
-        None,
-        "Target sequence KL for the adaptive controller (Ziegler et al. 2019); null keeps β fixed.",
-        gt=0,
-    )
-    kl_horizon: float = knob(10000.0, "Horizon (in episodes) of the adaptive KL controller.", gt=0)
-    kl_estimator: Literal["k1", "k2", "k3"] = knob("k1", "Per-token KL estimator of the penalty.")
-    gamma: float = knob(1.0, "Discount γ of GAE.", ge=0, le=1)
-    lam: float = knob(0.95, "λ of GAE.", ge=0, le=1)
-    whiten_advantages: bool = knob(True, "Whiten advantages over the batch's completion tokens.")
-    ppo_epochs: int = knob(4, "Optimisation epochs over each batch of rollouts.", gt=0)
-    num_minibatches: int = knob(1, "Minibatches per epoch.", gt=0)
-
-
-def _aggregate(per_token: Tensor, mask: Tensor, aggregation: str) -> Tensor:
-    """Per-example losses (B,) whose mean over the batch is the requested aggregate."""
-    mask = mask.to(per_token.dtype)
-    per_sequence = (per_token * mask).sum(dim=-1)
-    if aggregation == "sequence-mean":
-        return per_sequence / mask.sum(dim=-1).clamp(min=1)
-    # token-mean: scale each sequence's sum by B / (total tokens), so mean_b = Σ_bt / Σ mask
-    return per_sequence * (mask.shape[0] / mask.sum().clamp(min=1))
 
 
 @register_objective(
     "ppo",
     config=PPOConfig,
-    needs=Needs(reference=True, data="online"),
+    needs=Needs(reference=True, data="online", online=Online(advantage="gae", kl="reward")),
     citation=(
         "Schulman et al. 2017, Proximal Policy Optimization, Eqs. 7 and 9; for RLHF: Ziegler et al. 2019, "
         "Stiennon et al. 2020"
     ),
 )
-def ppo_loss(batch: PPOBatch, cfg: PPOConfig) -> LossOutput:
+def ppo_loss(batch: RolloutBatch, cfg: PPOConfig) -> LossOutput:
     """−min(ρ A, clip(ρ, 1±ε) A) + c_v · ½ max((V − R)², (V_clip − R)²) − c_e · H, per token."""
     mask = batch.mask
     log_ratio = batch.logprobs - batch.old_logprobs
@@ -76,17 +51,18 @@ def ppo_loss(batch: PPOBatch, cfg: PPOConfig) -> LossOutput:
     pg_losses = torch.maximum(pg_unclipped, pg_clipped)
     # value clipping as in OpenAI baselines / lm-human-preferences: the critic may not move more
     # than clip_value from its rollout-time prediction in one update
-    values_clipped = batch.old_values + torch.clamp(batch.values - batch.old_values, -cfg.clip_value, cfg.clip_value)
-    vf_unclipped = (batch.values - batch.returns) ** 2
-    vf_clipped = (values_clipped - batch.returns) ** 2
+    values, old_values, returns = batch.critic()
+    values_clipped = old_values + torch.clamp(values - old_values, -cfg.clip_value, cfg.clip_value)
+    vf_unclipped = (values - returns) ** 2
+    vf_clipped = (values_clipped - returns) ** 2
     vf_losses = 0.5 * torch.maximum(vf_unclipped, vf_clipped)
     # Eq. 9: L^{CLIP+VF+S} = L^CLIP − c_1 L^VF + c_2 S, negated
-    per_token = pg_losses + cfg.vf_coef * vf_losses
+    per_token = pg_losses + cfg.vf_coef * vf_losses + batch.kl_term()  # the KL term: 0 when it is in the reward
     if cfg.ent_coef > 0:
         if batch.entropy is None:
             raise ValueError("ent_coef > 0 needs the per-token entropy in the batch")
         per_token = per_token - cfg.ent_coef * batch.entropy
-    losses = _aggregate(per_token, mask, cfg.aggregation)
+    losses = aggregate(per_token, mask, cfg.aggregation)
 
     with torch.no_grad():
         metrics = {

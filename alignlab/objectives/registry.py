@@ -235,6 +235,15 @@ def get_objective(name: str) -> Objective:
     raise UnknownObjectiveError(f"unknown objective {name!r}{hint} (registered: {', '.join(sorted(_REGISTRY))})")
 
 
+def samples_only(name: object) -> bool:
+    """Whether ``name`` is a registered objective that trains nothing (``Needs.data: sampling``, best-of-N);
+    False for a name not registered (in this process)."""
+    try:
+        return get_objective(str(name)).needs.data == "sampling"
+    except UnknownObjectiveError:
+        return False
+
+
 def list_objectives() -> list[Objective]:
     """Every registered objective, sorted by name."""
     _load_entry_points()

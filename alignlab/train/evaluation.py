@@ -116,16 +116,19 @@ def best_of_n(
     reward: RewardFn,
     n: int,
     *,
+    rank: Callable[[Tensor], Tensor] | None = None,
     max_new_tokens: int,
     temperature: float = 1.0,
     seed: int = 0,
     batch_size: int = 64,
     judge: RewardFn | None = None,
 ) -> dict[str, Any]:
-    """Best-of-N: sample ``n`` completions per prompt, keep the one ``reward`` ranks highest.
+    """Best-of-N: sample ``n`` completions per prompt, keep the one ranked first.
 
-    ``judge`` (default: ``reward``) scores the kept completions, e.g. the gold reward when
-    ``reward`` is a learned reward model. The KL is the analytic log n − (n−1)/n.
+    ``rank`` maps the rewards (P, n) to losses (P, n) and each prompt keeps its lowest-loss sample
+    (the ``best_of_n`` objective: −reward); default: the highest reward. ``judge`` (default:
+    ``reward``) scores the kept completions, e.g. the gold reward when ``reward`` is a learned reward
+    model. The KL is the analytic log n − (n−1)/n.
     """
     r = rollout(
         policy,
@@ -139,7 +142,9 @@ def best_of_n(
         batch_size=batch_size,
     )
     assert r.rewards is not None
-    best = r.rewards.view(len(prompts), n).argmax(dim=-1) + torch.arange(len(prompts)) * n
+    rewards = r.rewards.view(len(prompts), n)
+    losses = rank(rewards) if rank is not None else -rewards
+    best = losses.argmin(dim=-1) + torch.arange(len(prompts)) * n
     kept = [r.completions[i] for i in best.tolist()]
     scores = judge(list(prompts), kept) if judge is not None else r.rewards[best]
     return {

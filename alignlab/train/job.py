@@ -32,8 +32,7 @@ from alignlab.data import cache_root, check_cache_writable
 from alignlab.errors import AlignlabError, ConfigError
 from alignlab.io import atomic_write_json, atomic_write_yaml, clear_temps
 from alignlab.models import ModelConfig, model_context
-from alignlab.objectives import Objective, ObjectiveConfig, get_objective
-from alignlab.objectives.ppo import PPOConfig
+from alignlab.objectives import get_objective
 from alignlab.ownership import check_claimable, mark, remove_owned, training_lock
 from alignlab.plugins import load_plugins
 from alignlab.rewards.model import RewardModelConfig
@@ -41,10 +40,11 @@ from alignlab.schema import Config, knob
 from alignlab.sft import SFTConfig, code_version, prepare_policy
 from alignlab.tasks import TASKS, Task, build_task, task_config
 from alignlab.tasks.base import PreferencePair
-from alignlab.train.config import TrainConfig, check_batch
-from alignlab.train.ppo import RolloutConfig, check_ppo_batch
+from alignlab.train.config import TrainConfig
+from alignlab.train.online_batches import RolloutConfig
 from alignlab.train.sources import DataConfig, check_data, flip_labels, offline_rows, read_rows
 from alignlab.train.state import read_summary
+from alignlab.train.trainers import Method, trainer_for
 
 
 @dataclass(frozen=True)
@@ -93,11 +93,6 @@ class EvalConfig(Config):
 
 
 @dataclass(frozen=True)
-class BestOfNConfig(ObjectiveConfig):
-    n: int = knob(4, "Completions sampled per prompt; the reward's favourite is kept.", ge=1)
-
-
-@dataclass(frozen=True)
 class RunConfig(Config):
     task: Any = knob(default_factory=lambda: {"name": "imdb"}, help="The task: {name: imdb | hh | tldr | cnndm, ...}.")
     model: ModelConfig = knob(default_factory=ModelConfig, help="The policy's model.")
@@ -106,10 +101,13 @@ class RunConfig(Config):
     reward: RewardConfig = knob(default_factory=RewardConfig, help="The reward of PPO and best-of-N.")
     objective: Any = knob(
         default_factory=lambda: {"name": "dpo"},
-        help="{name: <registered objective> | best_of_n, <knob>: <value>, ...}; see `alignlab objectives`.",
+        help="{name: <registered objective>, <knob>: <value>, ...}; see `alignlab objectives` (best_of_n included).",
     )
     train: TrainConfig = knob(default_factory=TrainConfig, help="Optimiser, batch, schedule, checkpoints, logging.")
-    rollout: RolloutConfig = knob(default_factory=RolloutConfig, help="PPO's rollouts and critic.")
+    rollout: RolloutConfig = knob(
+        default_factory=RolloutConfig,
+        help="The online methods' rollouts: sampling, k per prompt, epochs, minibatches, the KL term, the estimator.",
+    )
     eval: EvalConfig = knob(default_factory=EvalConfig, help="Sampling evaluation: mean reward and KL.")
     plugins: list[str] = knob(
         default_factory=list, help="Modules or .py files (relative to the YAML) that register objectives."
@@ -117,37 +115,27 @@ class RunConfig(Config):
     out_dir: str = knob("runs/run", "The run directory: config, metrics, checkpoints, summary.")
 
 
-@dataclass(frozen=True)
-class Method:
-    """A resolved method: a registry objective, or the best-of-N baseline (objective is None)."""
-
-    name: str
-    objective: Objective | None
-    cfg: ObjectiveConfig
+# PPO's rollout settings that were objective knobs before the online methods shared one trainer
+MOVED_TO_ROLLOUT = {
+    "kl_coef": "kl_coef",
+    "target_kl": "target_kl",
+    "kl_horizon": "kl_horizon",
+    "kl_estimator": "kl_estimator",
+    "gamma": "gamma",
+    "lam": "lam",
+    "whiten_advantages": "whiten_advantages",
+    "ppo_epochs": "epochs",
+    "num_minibatches": "minibatches",
+}
 
 
 def check_split(cfg: RunConfig, method: Method, num_processes: int, source: str | None = None) -> None:
-    """The batch must split evenly over processes × accumulation (× PPO minibatches)."""
-    if method.objective is None:
-        return
-    if method.objective.needs.data == "online":
-        if method.objective is not get_objective("ppo"):  # the PPO trainer runs the built-in ppo loss
-            raise ConfigError(
-                "objective.name",
-                f"{method.name!r} ({method.objective.defined_in}) needs online data, but alignlab's online "
-                "trainer runs the built-in ppo objective only: it would train PPO under another name",
-                source,
-            )
-        if not isinstance(method.cfg, PPOConfig):
-            raise ConfigError(
-                "objective.name",
-                f"{method.name!r} needs online data, but alignlab's online trainer runs PPO (its config is "
-                f"PPOConfig) and {method.name!r}'s config is {type(method.cfg).__name__}",
-                source,
-            )
-        check_ppo_batch(cfg.train, method.cfg, num_processes, source)
-    else:
-        check_batch(cfg.train, num_processes, source)
+    """The run's batch settings fit its trainer and processes (the trainer's own check)."""
+    try:
+        trainer = trainer_for(method.objective.needs)
+    except AlignlabError as err:
+        raise ConfigError("objective.name", f"{method.name!r} ({method.objective.defined_in}): {err}", source) from None
+    trainer.check(cfg, method, num_processes, source)
 
 
 def resolve(path: str | Path, overrides: list[str]) -> tuple[RunConfig, Method]:
@@ -168,14 +156,19 @@ def resolve_dict(data: dict[str, Any], source: str, base_dir: Path, prefix: str 
     if "name" not in spec:
         raise ConfigError(f"{prefix}objective.name", "required key is missing", source)
     knobs = {k: v for k, v in spec.items() if k != "name"}
-    if spec["name"] == "best_of_n":
-        method = Method("best_of_n", None, BestOfNConfig.from_dict(knobs, source, f"{prefix}objective."))
-    else:
-        try:
-            objective = get_objective(str(spec["name"]))
-        except AlignlabError as err:
-            raise ConfigError(f"{prefix}objective.name", str(err), source) from err
-        method = Method(objective.name, objective, objective.config_cls.from_dict(knobs, source, f"{prefix}objective."))
+    try:
+        objective = get_objective(str(spec["name"]))
+    except AlignlabError as err:
+        raise ConfigError(f"{prefix}objective.name", str(err), source) from err
+    own = {f.name for f in dataclasses.fields(objective.config_cls)}
+    for key in knobs:
+        if key in MOVED_TO_ROLLOUT and key not in own:
+            raise ConfigError(
+                f"{prefix}objective.{key}",
+                f"moved to rollout.{MOVED_TO_ROLLOUT[key]} (a setting of the online trainer, for every online method)",
+                source,
+            )
+    method = Method(objective.name, objective, objective.config_cls.from_dict(knobs, source, f"{prefix}objective."))
     try:
         check_split(cfg, method, 1, source)
     except ConfigError as err:
@@ -352,7 +345,7 @@ def execute(
         summary = {
             "method": method.name,
             "knobs": method.cfg.to_dict(),
-            "citation": method.objective.citation if method.objective else "Stiennon et al. 2020 (best-of-N)",
+            "citation": method.objective.citation,
             "task": task.name,
             "policy": str(policy.path),
             "sft": {k: policy.metrics.get(k) for k in ("held_out_ppl_before", "held_out_ppl", "parameters")},
@@ -375,8 +368,9 @@ def execute(
 
 def check_lengths(cfg: RunConfig, method: Method, context: int, source: str) -> None:
     """Every sampling length leaves room for a prompt (a BOS and a token) in the model's context."""
-    online = method.objective is not None and method.objective.needs.data == "online"
-    lengths = {"eval.max_new_tokens": cfg.eval.max_new_tokens if cfg.eval.prompts or method.objective is None else 0}
+    online = method.objective.needs.data == "online"
+    sampling = method.objective.needs.data == "sampling"
+    lengths = {"eval.max_new_tokens": cfg.eval.max_new_tokens if cfg.eval.prompts or sampling else 0}
     lengths["rollout.max_new_tokens"] = cfg.rollout.max_new_tokens if online else 0
     if cfg.eval.winrate.temperatures:
         lengths["eval.winrate.max_new_tokens"] = cfg.eval.winrate.max_new_tokens or 0
@@ -398,8 +392,8 @@ def check_lengths(cfg: RunConfig, method: Method, context: int, source: str) -> 
 def _method_data(cfg: RunConfig, method: Method, task: Task, policy: Any, judge: Any, root: Path) -> dict[str, Any]:
     """Steps 2–3: whatever this method needs, built or loaded from the cache."""
     data: dict[str, Any] = {}
-    online = method.objective is None or method.objective.needs.data == "online"
-    if method.objective is not None and not online:
+    online = method.objective.needs.data in ("online", "sampling")  # prompts, not a dataset of pairs
+    if not online:
         data = offline_rows(cfg, task, policy, judge, root, method.objective)
     judged_by_rm = bool(cfg.eval.winrate.temperatures) and cfg.eval.winrate.judge == "reward_model"
     if ((online and cfg.reward.kind == "model") or judged_by_rm) and "reward_model" not in data:

@@ -10,7 +10,7 @@ the KV cache). Attention's share, padding and the LM head's skipped prompt posit
 modelled. Evaluation is not counted, nor the stages every method shares or that come before it
 (tokenizer, SFT, the reward model's training) or the gold judge (a linear n-gram classifier that
 stands in for the environment's reward). Each trainer says what it adds (``compute_tokens`` of
-:mod:`alignlab.train.offline` and :mod:`alignlab.train.ppo`); :class:`RunLoop` keeps the running
+:mod:`alignlab.train.offline` and :mod:`alignlab.train.online`); :class:`RunLoop` keeps the running
 total, writes it into every train and eval row as ``compute_tokens`` and carries it across resume.
 """
 

@@ -1,10 +1,11 @@
-"""Step 3–4 of ``alignlab train``: build the method's data from its needs, then run its trainer.
+"""Step 3–4 of ``alignlab train``: the trainer the method's needs select (:mod:`alignlab.train.trainers`),
+and the three built-in ones:
 
-- paired objectives: :class:`~alignlab.train.data.PairData`, reference log-probs cached if needed;
-- unpaired objectives (KTO): pairs split into desirable/undesirable rows with mismatched twins;
-- online (PPO): the train prompts, the reward (gold judge or reward model), a frozen reference,
-  and the critic;
-- best-of-N: no training; its samples are evaluated like every other method's.
+- ``offline``: paired objectives get :class:`~alignlab.train.data.PairData`, reference log-probs cached
+  if needed; unpaired ones (KTO) pairs split into desirable/undesirable rows with mismatched twins;
+- ``online``: the train prompts, the reward (gold judge or reward model), a frozen reference, and the
+  critic when the method's advantage estimator has one (:mod:`alignlab.train.online`);
+- ``sampling`` (best-of-N): no training; samples ranked by the objective, evaluated like every other.
 
 Every method is evaluated the same way (:func:`~alignlab.train.evaluation.sample_metrics`): mean
 reward of samples on held-out prompts and their sequence KL to the reference.
@@ -26,15 +27,17 @@ from transformers import AutoModelForCausalLM
 from alignlab.core import scoring
 from alignlab.encoding import encode_text
 from alignlab.models import model_context
-from alignlab.objectives.ppo import PPOConfig
+from alignlab.objectives.base import SampledRewards
 from alignlab.sft import code_version
 from alignlab.tasks import Task
 from alignlab.train import data as data_module
 from alignlab.train.data import PairData, UnpairedData, UnpairedExample, unpaired_from_pairs
 from alignlab.train.evaluation import best_of_n, bootstrap_ci, sample_metrics, win_rates
 from alignlab.train.offline import evaluate_step, objective_step, train_offline
-from alignlab.train.ppo import PolicyAndValue, critic_from, train_ppo
+from alignlab.train.online import PolicyAndValue, train_online
+from alignlab.train.online_batches import Settings, check_online_batch
 from alignlab.train.state import MetricsLog
+from alignlab.train.trainers import Method, RunContext, register_trainer, trainer_for
 
 # Per-process memos: consecutive runs of an experiment share the task, the tokenizer's prompts and
 # the evaluation of π_ref itself (every run's step 0). Each entry keeps the objects its key names
@@ -150,36 +153,45 @@ def load_reference(policy: Any) -> torch.nn.Module:
 
 
 def train_method(
-    cfg: Any, method: Any, task: Task, policy: Any, judge: Any, data: dict[str, Any], accelerator: Any, out: Path
+    cfg: Any, method: Method, task: Task, policy: Any, judge: Any, data: dict[str, Any], accelerator: Any, out: Path
 ) -> dict[str, Any]:
-    """Train (or, for best-of-N, evaluate) the method; returns the last evaluation row, with
-    ``models_held``: the networks it kept in memory (role, parameters, trainable)."""
+    """Train (or, for a sampling method, evaluate) the method with the trainer its needs select; returns
+    the last evaluation row, with ``models_held``: the networks it kept in memory (role, parameters,
+    trainable)."""
     # every global RNG from the run's seed: fresh heads (critic, value head) start the same in every
     # run, and the RNG states a checkpoint saves are the same in every run of this config
     random.seed(cfg.train.seed)
     np.random.seed(cfg.train.seed)
     torch.manual_seed(cfg.train.seed)
+    trainer = trainer_for(method.objective.needs)
+    trains = method.objective.needs.data != "sampling"
     reward = judge if judge is not None else data.get("reward_model")
-    needs_sampling_eval = reward is not None and cfg.eval.prompts > 0 and method.objective is not None
-    online = method.objective is not None and method.objective.needs.data == "online"
-    # one frozen π_ref per run, shared by the sampling evaluation, PPO and the reference cache
-    reference = load_reference(policy).to(accelerator.device) if needs_sampling_eval or online else None
+    needs_sampling_eval = reward is not None and cfg.eval.prompts > 0 and trains
+    # one frozen π_ref per run, shared by the sampling evaluation, the online trainer and the reference cache
+    wanted = needs_sampling_eval or trainer.needs_reference
+    reference = load_reference(policy).to(accelerator.device) if wanted else None
     sampler = _sampler(cfg, task, policy, reward, reference) if reference is not None and needs_sampling_eval else None
-    extra = {"tokenizer": policy.tokenizer}
-    held = [_held("policy", policy.model, trainable=method.objective is not None)]
+    held = [_held("policy", policy.model, trainable=trains)]
     if reference is not None:
         held.append(_held("reference", reference, trainable=False))
     rm = data.get("reward_model")
-    if rm is not None and cfg.reward.kind == "model" and (online or method.objective is None):
+    if rm is not None and cfg.reward.kind == "model" and method.objective.needs.data in ("online", "sampling"):
         held.append(_held("reward_model", rm.model, trainable=False))
-    if method.objective is None:
-        final = _best_of_n(cfg, method, task, policy, judge, data, accelerator, out)
-    elif online:
-        assert reference is not None
-        final = _ppo(cfg, method, task, policy, judge, data, reference, accelerator, out, sampler, extra, held)
-    else:
-        final = _offline(cfg, method, policy, data, reference, accelerator, out, sampler, extra)
-    return final | {"models_held": held}
+    ctx = RunContext(
+        cfg,
+        method,
+        task,
+        policy,
+        judge,
+        data,
+        accelerator,
+        out,
+        reference,
+        sampler,
+        {"tokenizer": policy.tokenizer},
+        held,
+    )
+    return trainer.run(ctx) | {"models_held": held}
 
 
 def _held(role: str, model: torch.nn.Module, trainable: bool) -> dict[str, Any]:
@@ -187,27 +199,27 @@ def _held(role: str, model: torch.nn.Module, trainable: bool) -> dict[str, Any]:
     return {"role": role, "parameters": sum(p.numel() for p in model.parameters()), "trainable": trainable}
 
 
-def _offline(
-    cfg: Any,
-    method: Any,
-    policy: Any,
-    data: dict[str, Any],
-    reference: torch.nn.Module | None,
-    accelerator: Any,
-    out: Path,
-    sampler: Any,
-    extra: dict[str, Any],
-) -> dict[str, Any]:
-    objective, needs = method.objective, method.objective.needs
+def _check_offline(cfg: Any, method: Method, num_processes: int, source: str | None) -> None:
+    from alignlab.train.config import check_batch
+
+    check_batch(cfg.train, num_processes, source)
+
+
+@register_trainer("offline", data=("paired", "unpaired"), check=_check_offline)
+def offline_trainer(ctx: RunContext) -> dict[str, Any]:
+    """Paired or unpaired objectives on a fixed dataset of pairs (:func:`~alignlab.train.offline.train_offline`)."""
+    cfg, policy, accelerator = ctx.cfg, ctx.policy, ctx.accelerator
+    objective, needs = ctx.method.objective, ctx.method.objective.needs
     context = cfg.train.max_length or model_context(policy.model)
+    reference = ctx.reference
     split: dict[str, PairData | UnpairedData] = {}
     for name in ("train", "eval"):
         if needs.data == "unpaired":  # KTO: unpaired rows of a file, or pairs split in two
-            rows = data[name] if data[name] and isinstance(data[name][0], UnpairedExample) else None
-            rows = rows or unpaired_from_pairs(data[name])
+            rows = ctx.data[name] if ctx.data[name] and isinstance(ctx.data[name][0], UnpairedExample) else None
+            rows = rows or unpaired_from_pairs(ctx.data[name])
             split[name] = UnpairedData.build(policy.tokenizer, rows, context, cfg.train.seed)
         else:
-            split[name] = PairData.build(policy.tokenizer, data[name], context)
+            split[name] = PairData.build(policy.tokenizer, ctx.data[name], context)
         if needs.reference:
             key = [str(policy.path), context, code_version(scoring, data_module)]
             with accelerator.main_process_first():
@@ -216,8 +228,9 @@ def _offline(
                     lambda: reference if reference is not None else load_reference(policy).to(accelerator.device),
                     cfg.train.eval_batch_size,
                 )
-    held_out, train_step = split["eval"], objective_step(objective, method.cfg, split["train"], accelerator)
+    held_out, train_step = split["eval"], objective_step(objective, ctx.method.cfg, split["train"], accelerator)
     held_out_step = train_step.on(held_out)  # reads the running state of a stateful objective, never moves it
+    sampler = ctx.sampler
 
     def evaluate(model: Any) -> dict[str, float]:
         metrics = {
@@ -231,112 +244,117 @@ def _offline(
         train_step,
         len(split["train"]),
         cfg.train,
-        out,
+        ctx.out,
         accelerator,
         evaluate=evaluate,
-        name=method.name,
-        extra=extra,
+        name=ctx.method.name,
+        extra=ctx.extra,
     )
     return [r for r in rows if r["split"] == "eval"][-1]
 
 
-def _ppo(
-    cfg: Any,
-    method: Any,
-    task: Task,
-    policy: Any,
-    judge: Any,
-    data: dict[str, Any],
-    reference: torch.nn.Module,
-    accelerator: Any,
-    out: Path,
-    sampler: Any,
-    extra: dict[str, Any],
-    held: list[dict[str, Any]],
-) -> dict[str, Any]:
-    assert isinstance(method.cfg, PPOConfig)
-    rm = data.get("reward_model")
-    reward = judge if cfg.reward.kind == "gold" else rm
-    assert reward is not None
-    critic_kind = cfg.rollout.critic
-    if critic_kind == "auto":
-        critic_kind = "reward_model" if cfg.reward.kind == "model" else "sft"
-    if critic_kind == "reward_model" and rm is None:
-        from alignlab.errors import ConfigError
+def online_settings(cfg: Any, method: Method, source: str | None = None) -> Settings:
+    """The run's ``rollout`` section with its ``auto``/``null`` settings taken from the method's needs."""
+    online = method.objective.needs.online
+    assert online is not None
+    return Settings.resolve(cfg.rollout, online, source)
 
-        raise ConfigError("rollout.critic", "a critic from the reward model needs reward.kind: model")
-    critic = None
-    if critic_kind == "sft":
-        critic = critic_from(policy.path)
-    elif critic_kind == "reward_model":
-        critic = _copy_rm(rm)
-    core = PolicyAndValue(policy.model, critic, cfg.rollout.temperature)
-    value = critic if critic is not None else core.value_head
-    assert value is not None
-    held.append(_held("critic" if critic is not None else "value_head", value, trainable=True))
-    context = model_context(policy.model)
-    prompts = eval_prompts(task, policy.tokenizer, context, cfg.rollout.max_new_tokens, 0, split="train")
-    rows = train_ppo(
+
+def _check_online(cfg: Any, method: Method, num_processes: int, source: str | None) -> None:
+    check_online_batch(cfg.train, online_settings(cfg, method, source), num_processes, source)
+
+
+@register_trainer("online", data=("online",), check=_check_online, needs_reference=True)
+def online_trainer(ctx: RunContext) -> dict[str, Any]:
+    """Rollouts from the current policy, every iteration (:func:`~alignlab.train.online.train_online`)."""
+    cfg, policy = ctx.cfg, ctx.policy
+    reward = ctx.ranking_reward
+    assert reward is not None and ctx.reference is not None
+    s = online_settings(cfg, ctx.method)
+    core = PolicyAndValue(policy.model, *_critic(cfg, s, ctx.data.get("reward_model"), policy), cfg.rollout.temperature)
+    if core.has_critic:
+        value = core.critic if core.critic is not None else core.value_head
+        assert value is not None
+        ctx.held.append(_held("critic" if core.critic is not None else "value_head", value, trainable=True))
+    prompts = eval_prompts(
+        ctx.task, policy.tokenizer, model_context(policy.model), cfg.rollout.max_new_tokens, 0, split="train"
+    )
+    rows = train_online(
         core,
-        reference,
+        ctx.reference,
         policy.tokenizer,
         prompts,
         reward,
-        method.cfg,
-        cfg.rollout,
+        ctx.method.objective,
+        ctx.method.cfg,
+        s,
         cfg.train,
-        out,
-        accelerator,
-        evaluate=sampler,
-        name=method.name,
-        extra=extra,
+        ctx.out,
+        ctx.accelerator,
+        evaluate=ctx.sampler,
+        name=ctx.method.name,
+        extra=ctx.extra,
     )
     evals = [r for r in rows if r["split"] == "eval"]
     return evals[-1] if evals else rows[-1]
 
 
-def _copy_rm(rm: Any) -> torch.nn.Module:
+def _critic(cfg: Any, s: Settings, rm: Any, policy: Any) -> tuple[torch.nn.Module | None, bool]:
+    """(critic model, value head on the policy?) for an estimator that has a critic; (None, False) otherwise."""
+    if not s.needs_critic:
+        return None, False
+    kind = cfg.rollout.critic
+    if kind == "auto":
+        kind = "reward_model" if cfg.reward.kind == "model" else "sft"
+    if kind == "reward_model" and rm is None:
+        from alignlab.errors import ConfigError
+
+        raise ConfigError("rollout.critic", "a critic from the reward model needs reward.kind: model")
+    if kind == "value_head":
+        return None, True
+    if kind == "sft":
+        from transformers import AutoModelForSequenceClassification
+
+        return AutoModelForSequenceClassification.from_pretrained(policy.path, num_labels=1), False
     import copy
 
-    return copy.deepcopy(rm.model).train().requires_grad_(True)
+    return copy.deepcopy(rm.model).train().requires_grad_(True), False
 
 
-def _best_of_n(
-    cfg: Any,
-    method: Any,
-    task: Task,
-    policy: Any,
-    judge: Any,
-    data: dict[str, Any],
-    accelerator: Any,
-    out: Path,
-) -> dict[str, Any]:
-    """Best-of-N on the held-out prompts: ranked by the configured reward, judged by the gold one."""
-    ranker = judge if cfg.reward.kind == "gold" else data["reward_model"]
+@register_trainer("sampling", data=("sampling",))
+def sampling_trainer(ctx: RunContext) -> dict[str, Any]:
+    """Best-of-N on the held-out prompts: ranked by the objective over the configured reward, judged by the gold one."""
+    cfg, policy, method = ctx.cfg, ctx.policy, ctx.method
     prompts = eval_prompts(
-        task,
+        ctx.task,
         policy.tokenizer,
         model_context(policy.model),
         cfg.eval.max_new_tokens,
         cfg.eval.prompts,
         split=cfg.eval.split,
     )
+    n = int(method.cfg.n)  # type: ignore[attr-defined]
+    # nothing is trained, so the run's seed is the seed of its samples: the runs of an experiment's seeds
+    # draw different N-tuples (a trained method's evaluation keeps eval.seed: the same prompts' noise
+    # at every checkpoint, the policies differing by their training seed)
+    seed = cfg.eval.seed + 1_000_003 * cfg.train.seed
     m = best_of_n(
         policy.model,
         policy.tokenizer,
         prompts,
-        ranker,
-        method.cfg.n,
+        ctx.ranking_reward,
+        n,
+        rank=lambda rewards: method.objective(SampledRewards(rewards), method.cfg).losses.view(rewards.shape),
         max_new_tokens=cfg.eval.max_new_tokens,
         temperature=cfg.eval.temperature,
-        seed=cfg.eval.seed,
+        seed=seed,
         batch_size=cfg.train.eval_batch_size,
-        judge=judge,
+        judge=ctx.judge,
     )
     low, high = bootstrap_ci(m["rewards"], seed=cfg.eval.seed)
     m |= {"reward_ci": (low, high), "kl_ci": (m["kl"], m["kl"])}  # the KL is analytic: no interval
-    row = {"step": 0, "split": "eval", **_sample_row(m, len(prompts)), "n": method.cfg.n}
-    log = MetricsLog(out, accelerator, None)
+    row = {"step": 0, "split": "eval", **_sample_row(m, len(prompts)), "n": n}
+    log = MetricsLog(ctx.out, ctx.accelerator, None)
     log.log(row)
     log.flush()
     return row

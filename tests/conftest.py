@@ -23,6 +23,22 @@ def tiny_gpt2(vocab_size: int = 64, seed: int = 0, dtype: torch.dtype = torch.fl
     return GPT2LMHeadModel(config).to(dtype).eval()
 
 
+@pytest.fixture(autouse=True)
+def _registries_restored():
+    """Each test sees the built-in objectives, trainers and estimators only: what a test's plugin
+    registers is dropped after it (a plugin in one test must not change another's listing)."""
+    from alignlab.core import advantages
+    from alignlab.objectives import registry
+    from alignlab.train import trainers
+
+    tables = [registry._REGISTRY, registry._ALIASES, trainers.TRAINERS, advantages.ESTIMATORS]
+    saved = [dict(t) for t in tables]
+    yield
+    for table, before in zip(tables, saved, strict=True):
+        table.clear()
+        table.update(before)
+
+
 @pytest.fixture
 def model() -> GPT2LMHeadModel:
     return tiny_gpt2()

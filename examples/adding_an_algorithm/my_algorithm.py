@@ -20,7 +20,7 @@ class RAFTConfig(ObjectiveConfig):
     needs=Needs(
         reference=False,
         data="online",
-        online=Online(advantage="pairs", samples_per_prompt=4, pairs="best_worst", epochs=1, minibatches=1),
+        online=Online(advantage="pairs", samples_per_prompt=4, pairs="best_worst", epochs=2, minibatches=2),
     ),
     citation="Dong et al. 2023, RAFT: Reward rAnked FineTuning, Algorithm 1",
 )

@@ -29,6 +29,7 @@ from alignlab.objectives.base import (
 from alignlab.objectives.registry import (
     Objective,
     ObjectiveError,
+    display_name,
     get_objective,
     list_objectives,
     register_objective,
@@ -43,6 +44,7 @@ __all__ = [
     "PPOBatch",
     "PairedLogps",
     "UnpairedLogps",
+    "display_name",
     "get_objective",
     "knob",
     "list_objectives",

@@ -58,6 +58,7 @@ def _aggregate(per_token: Tensor, mask: Tensor, aggregation: str) -> Tensor:
 
 @register_objective(
     "ppo",
+    display_name="PPO",
     config=PPOConfig,
     needs=Needs(reference=True, data="online"),
     citation=(

@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from alignlab import progress
 from alignlab.core.scoring import EncodedBatch, score_pairs, sequence_logps, token_logps
 from alignlab.data import cache_root
 from alignlab.encoding import encode_completions
@@ -68,21 +69,23 @@ def shard(rows: list[int], index: int, parts: int) -> list[int]:
 
 
 def cached_reference(
-    key_parts: Sequence[Any], compute: Callable[[], dict[str, Tensor]], cache: Path | None = None
+    key_parts: Sequence[Any], compute: Callable[[], dict[str, Tensor]], cache: Path | None = None, what: str = ""
 ) -> dict[str, Tensor]:
     """Reference log-probs from the disk cache, or computed once and written there atomically.
 
     The file's ``.sha256`` sidecar is checked on every load; a damaged file is moved aside and
-    computed again (:func:`alignlab.io.load_intact`).
+    computed again (:func:`alignlab.io.load_intact`). ``what`` says what is scored, for the progress line.
     """
     path = (cache or cache_root()) / "reference" / f"{fingerprint(*key_parts)}.safetensors"
     with file_lock(path.with_suffix(".lock")):
-        cached = load_intact(path, lambda p: load_file(str(p)), "the cached reference log-probs", "recomputing them")
-        if cached is not None:
-            return cached
+        found = load_intact(path, lambda p: load_file(str(p)), "the cached reference log-probs", "recomputing them")
+        if found is not None:
+            progress.cached("reference log-probs", path, what)
+            return found
         for name in (path.name, checksum_path(path).name):
             clear_temps(path.parent, name)  # what a killed pass left half-written
-        tensors = compute()
+        with progress.stage("reference log-probs", f"scoring {what} with π_ref" if what else "scoring with π_ref"):
+            tensors = compute()
         with atomic_file(path, checksum=True) as tmp:
             save_file({k: v.contiguous().float() for k, v in tensors.items()}, str(tmp))
     return tensors
@@ -150,7 +153,7 @@ class PairData:
             tuple(self.chosen.input_ids.shape),
             tuple(self.rejected.input_ids.shape),
         ]
-        self.ref = cached_reference(key, compute)
+        self.ref = cached_reference(key, compute, what=f"{len(self):,} pairs (chosen and rejected)")
 
     def logps(self, model: torch.nn.Module, rows: list[int], needs: Needs) -> PairedLogps:
         """The objective's input for ``rows``: chosen and rejected scored in one forward pass."""
@@ -255,7 +258,7 @@ class UnpairedData:
             }
 
         key = [*reference_key, "unpaired", self.key(), tuple(self.mismatched.input_ids.shape)]
-        self.ref = cached_reference(key, compute)
+        self.ref = cached_reference(key, compute, what=f"{len(self):,} completions and their mismatched twins")
 
     def logps(self, model: torch.nn.Module, rows: list[int], reduce_mean: Callable[[Tensor], Tensor]) -> UnpairedLogps:
         """KTO's input for ``rows``; ``reduce_mean`` averages z0's estimate over processes before the clamp."""

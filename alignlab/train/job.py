@@ -10,7 +10,9 @@ In numbered steps:
    reference log-probs cached once when needed;
 4. training: the offline trainer or PPO, checkpointed and resumable, evaluated every
    ``train.eval_every`` steps (held-out loss and metrics; mean reward and KL of samples);
-5. ``summary.json`` (written last: its presence marks the run finished) beside ``config.yaml``.
+5. ``final/``, the trained policy alone (model, tokenizer, generation config: ``from_pretrained``
+   loads it), then ``summary.json`` (written last: its presence marks the run finished) beside
+   ``config.yaml``.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from alignlab import stages
-from alignlab.config import apply_overrides, load_yaml, parse_yaml
+from alignlab.config import apply_overrides, blaming, load_yaml, parse_override, parse_yaml
 from alignlab.data import cache_root, check_cache_writable
 from alignlab.errors import AlignlabError, ConfigError
 from alignlab.io import atomic_write_json, atomic_write_yaml, clear_temps
@@ -37,6 +39,7 @@ from alignlab.objectives.ppo import PPOConfig
 from alignlab.ownership import check_claimable, mark, remove_owned, training_lock
 from alignlab.pairs import PairGenConfig
 from alignlab.plugins import load_plugins
+from alignlab.progress import say
 from alignlab.rewards.model import RewardModelConfig
 from alignlab.schema import Config, knob
 from alignlab.sft import SFTConfig, code_version, prepare_policy
@@ -44,7 +47,7 @@ from alignlab.tasks import TASKS, Task, build_task, task_config
 from alignlab.tasks.base import PreferencePair
 from alignlab.train.config import TrainConfig, check_batch
 from alignlab.train.ppo import RolloutConfig, check_ppo_batch
-from alignlab.train.state import read_summary
+from alignlab.train.state import publish_final, read_summary
 
 
 @dataclass(frozen=True)
@@ -171,7 +174,10 @@ def check_split(cfg: RunConfig, method: Method, num_processes: int, source: str 
 def resolve(path: str | Path, overrides: list[str]) -> tuple[RunConfig, Method]:
     """Step 1: read, override and validate a run YAML; load its plugins; check its knobs and the
     batch split for one process (:func:`check_split` again once the process count is known)."""
-    return resolve_dict(apply_overrides(load_yaml(path), overrides), str(path), Path(path).parent)
+    parsed = [parse_override(item) for item in overrides]
+    data = apply_overrides(load_yaml(path), parsed)
+    with blaming(parsed):  # a key an override set is the argument's mistake, not the file's
+        return resolve_dict(data, str(path), Path(path).parent)
 
 
 def resolve_dict(data: dict[str, Any], source: str, base_dir: Path, prefix: str = "") -> tuple[RunConfig, Method]:
@@ -385,6 +391,10 @@ def execute(
 
         final = train_method(cfg, method, task, policy, judge, data, accelerator, out)
         models_held = final.pop("models_held", [])
+        if accelerator.is_main_process and method.objective is not None:  # the trained policy, alone
+            final_dir = publish_final(out)
+            if final_dir is not None:
+                say(f"{out}: the trained policy is in {final_dir} (AutoModelForCausalLM.from_pretrained loads it)")
         winrate = None
         if cfg.eval.winrate.temperatures:
             winrate = win_rate_rows(cfg, task, policy, judge, data, out, accelerator)

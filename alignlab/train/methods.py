@@ -165,7 +165,6 @@ def train_method(
     # one frozen π_ref per run, shared by the sampling evaluation, PPO and the reference cache
     reference = load_reference(policy).to(accelerator.device) if needs_sampling_eval or online else None
     sampler = _sampler(cfg, task, policy, reward, reference) if reference is not None and needs_sampling_eval else None
-    extra = {"tokenizer": policy.tokenizer}
     held = [_held("policy", policy.model, trainable=method.objective is not None)]
     if reference is not None:
         held.append(_held("reference", reference, trainable=False))
@@ -176,9 +175,9 @@ def train_method(
         final = _best_of_n(cfg, method, task, policy, judge, data, accelerator, out)
     elif online:
         assert reference is not None
-        final = _ppo(cfg, method, task, policy, judge, data, reference, accelerator, out, sampler, extra, held)
+        final = _ppo(cfg, method, task, policy, judge, data, reference, accelerator, out, sampler, held)
     else:
-        final = _offline(cfg, method, policy, data, reference, accelerator, out, sampler, extra)
+        final = _offline(cfg, method, policy, data, reference, accelerator, out, sampler)
     return final | {"models_held": held}
 
 
@@ -196,7 +195,6 @@ def _offline(
     accelerator: Any,
     out: Path,
     sampler: Any,
-    extra: dict[str, Any],
 ) -> dict[str, Any]:
     objective, needs = method.objective, method.objective.needs
     context = cfg.train.max_length or model_context(policy.model)
@@ -233,7 +231,7 @@ def _offline(
         accelerator,
         evaluate=evaluate,
         name=method.name,
-        extra=extra,
+        tokenizer=policy.tokenizer,
     )
     return [r for r in rows if r["split"] == "eval"][-1]
 
@@ -249,7 +247,6 @@ def _ppo(
     accelerator: Any,
     out: Path,
     sampler: Any,
-    extra: dict[str, Any],
     held: list[dict[str, Any]],
 ) -> dict[str, Any]:
     assert isinstance(method.cfg, PPOConfig)
@@ -287,7 +284,6 @@ def _ppo(
         accelerator,
         evaluate=sampler,
         name=method.name,
-        extra=extra,
     )
     evals = [r for r in rows if r["split"] == "eval"]
     return evals[-1] if evals else rows[-1]

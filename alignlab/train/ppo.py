@@ -337,7 +337,6 @@ def train_ppo(
     *,
     evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
     name: str = "ppo",
-    extra: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """``cfg.steps`` PPO iterations of ``cfg.batch_size`` rollouts each; resumes from ``out_dir``.
 
@@ -352,9 +351,11 @@ def train_ppo(
     reference.requires_grad_(False).eval().to(accelerator.device)
     optimizer = build_optimizer(core.parameters(), cfg)
     scheduler = build_scheduler(optimizer, cfg)
-    modules: dict[str, nn.Module] = {"policy": core.policy}
-    modules.update({"critic": core.critic} if core.critic is not None else {"value_head": core.value_head})  # type: ignore[dict-item]
-    loop = RunLoop(out_dir, modules, optimizer, scheduler, accelerator, cfg, extra)
+    # a checkpoint is the policy with its tokenizer; the critic (or value head) beside it, in its own directory
+    value: nn.Module | None = core.critic if core.critic is not None else core.value_head
+    assert value is not None
+    aside = {"critic" if core.critic is not None else "value_head": value}
+    loop = RunLoop(out_dir, core.policy, optimizer, scheduler, accelerator, cfg, tokenizer=tokenizer, aside=aside)
     controller = KLController(loop.state.get("kl_coef", ppo.kl_coef), ppo.target_kl, ppo.kl_horizon)
     model, optimizer = accelerator.prepare(core, optimizer)
     core = accelerator.unwrap_model(model)

@@ -1,4 +1,4 @@
-"""The ``alignlab`` command line.
+"""The ``alignlab`` command line (``alignlab --help``).
 
 User errors (:class:`alignlab.errors.AlignlabError`) print one line and exit with status 2;
 ``--debug`` shows the traceback instead.
@@ -12,6 +12,7 @@ import sys
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from alignlab.errors import AlignlabError
 
@@ -119,13 +120,18 @@ def _list(args: argparse.Namespace) -> int:
 
     if args.file:
         from alignlab.experiment.config import load_experiment
-        from alignlab.experiment.runner import status
+        from alignlab.experiment.runner import listed_status
 
         exp = load_experiment(args.file, args.overrides)
         more = f" (+ {len(exp.tuned)} tuned methods)" if exp.tuned else ""
         print(f"{exp.name}: {len(exp.runs)} runs{more}; results in {exp.out_dir}, runs in {exp.runs_dir}")
-        for run in exp.runs:
-            print(f"  {status(run):9s} {run.run_id}")
+
+        def status(run: Any) -> str:
+            return listed_status(run, exp.source)
+
+        states = [status(run) for run in exp.runs]
+        for run, state in zip(exp.runs, states, strict=True):
+            print(f"  {state:9s} {run.run_id}")
         for tuned in exp.tuned:  # tuning runs on validation prompts, then the selected candidate's runs
             how = f"tuned by {tuned.tune.criterion} at KL {tuned.tune.kl:g}"
             print(f"  {tuned.label}: {how}, {len(tuned.candidates)} candidates")
@@ -134,6 +140,11 @@ def _list(args: argparse.Namespace) -> int:
                     print(f"    {status(run):9s} {run.run_id}")
                 finals = ", ".join(f"{r.run_id} ({status(r)})" for r in candidate.final_runs)
                 print(f"      if selected: {finals}")
+        if "changed" in states:
+            print(
+                "changed: the run directory holds a run of another config (the YAML or an override changed): "
+                "alignlab run refuses it; give another runs_dir, or pass --force to train it again"
+            )
         return 0
     short = {v: k for k, v in ALIASES.items()}
     for name, path in shipped().items():
@@ -142,70 +153,156 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
+def error_line(err: AlignlabError, overrides: Sequence[str] = ()) -> str:
+    """The one line a user error prints. A setting's error about a key that a command-line override set
+    names that argument rather than the YAML file (``command line: out_dir=.: ...``): most are named
+    so where they are raised (:func:`alignlab.config.blaming`); this catches those found later, at work."""
+    from alignlab.config import Override, blame
+    from alignlab.errors import ConfigError, flatten
+
+    if isinstance(err, ConfigError):
+        err = blame(err, [Override(item, item.partition("=")[0], None) for item in overrides if "=" in item])
+    return flatten(str(err))  # one line, even when a message carries another library's newlines
+
+
+DESCRIPTION = """\
+alignlab: RLHF-PPO (reward model + critic) against DPO and its variants on one footing -
+one scoring core, one KL, one evaluation. Run an experiment YAML to get a reward-KL frontier.
+
+Data: $ALIGNLAB_DATA_DIR (or data_dir: in a YAML) names a directory holding the task's files
+in the Hub datasets' schema; unset, alignlab reads the Hugging Face Hub. Shared stages are
+cached under $ALIGNLAB_CACHE_DIR (default ~/.cache/alignlab)."""
+
+EPILOG = """\
+examples:
+  alignlab run experiments/imdb_smoke.yaml         the main job: DPO, IPO and PPO-GT on IMDb
+  alignlab run X.yaml methods.DPO.sweep.beta=[0.2]  override a method's keys (or methods[0]....)
+  alignlab train experiments/quickstart.yaml objective.beta=0.2 out_dir=runs/b02
+  alignlab list experiments/imdb_smoke.yaml        its runs: finished, started, pending, changed
+  alignlab plot results/imdb_smoke --fit           redraw the plots, and the fits beside them
+
+'alignlab COMMAND --help' describes each command; docs/yaml_reference.md every YAML key."""
+
+OVERRIDES_HELP = (
+    "dotted overrides KEY=VALUE (values are YAML), e.g. train.steps=100; a method's keys by index "
+    "or label: methods[0].sweep.beta=[0.2], methods.DPO.train.lr=1e-3"
+)
+
+# name -> (one line for `alignlab --help`, the description of `alignlab NAME --help`)
+COMMANDS = {
+    "objectives": (
+        "list the registered objectives: knobs, needs, citation",
+        "List every registered objective (the built-in losses, and those of --plugin modules) with its "
+        "knobs and their defaults, what it needs from the trainer, the paper it implements and where it is defined.",
+    ),
+    "train": (
+        "one training run from a YAML: any objective, PPO, or best-of-N",
+        "Train one run from a run YAML: the shared stages (tokenizer, SFT, gold judge, pairs, reward model, "
+        "reference log-probs; cached), then the objective's trainer, evaluated on held-out prompts. It writes "
+        "out_dir: config.yaml, metrics.jsonl, checkpoints/step-N/ and final/ (each loads with "
+        "AutoModelForCausalLM.from_pretrained), summary.json. Run it again to resume an interrupted run.",
+    ),
+    "prepare": (
+        "build a task's shared stages (SFT, gold judge, pairs, reward model)",
+        "Build the shared stages of a prepare YAML into the cache and write out_dir/stages.json with their "
+        "wall times and metrics, so later runs start from them.",
+    ),
+    "run": (
+        "run an experiment YAML: every method x sweep, then the frontier, plots, tables",
+        "Run every run of an experiment YAML (methods x sweeps x seeds; tuning first where asked), skipping "
+        "finished runs and resuming unfinished ones, then write the results directory: frontier.csv, "
+        "frontier.png/.svg, frontier.md, summary.csv (and win rates, compute).",
+    ),
+    "reproduce": (
+        "run a shipped experiment by name (imdb, smoke, tldr, hh, ...)",
+        "Run one of the shipped experiments (see 'alignlab list') by its name, as 'alignlab run' would.",
+    ),
+    "plot": (
+        "redraw the plots of a results directory from its CSVs",
+        "Draw frontier.png/.svg, frontier_compute.png/.svg (and winrate.png/.svg) from the CSVs of a results "
+        "directory; --fit also writes frontier_fit.png/.svg with the Gao et al. (2023) fits.",
+    ),
+    "table": (
+        "rewrite the tables of a results directory from its CSVs",
+        "Write frontier.md, summary.csv (and winrate.md, compute.md) from the CSVs of a results directory.",
+    ),
+    "list": (
+        "list the shipped experiments, or the runs of one experiment and their state",
+        "Without a file: the shipped experiments. With an experiment YAML (and overrides): each of its runs, "
+        "finished, started, pending, diverged, or changed (its directory holds a run of another config).",
+    ),
+}
+
+
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """The top-level help: the description and examples as written, one line per command (without
+    argparse's ``{objectives,train,...}`` header line above them)."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=16)
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if isinstance(action, argparse._SubParsersAction):
+            return "".join(self._format_action(a) for a in action._get_subactions())
+        return super()._format_action(action)
+
+
+def _command(sub: Any, name: str) -> argparse.ArgumentParser:
+    short, description = COMMANDS[name]
+    return sub.add_parser(name, help=short, description=description)
+
+
 def _experiment_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=100 eval.prompts=32")
+    p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
     p.add_argument("--workers", type=int, default=1, help="split the runs over this many processes (default 1)")
     p.add_argument("--force", action="store_true", help="delete the experiment's runs and run them again")
 
 
-def error_line(err: AlignlabError, overrides: Sequence[str] = ()) -> str:
-    """The one line a user error prints: its message, with the command-line override that set the
-    offending key named (the message names the YAML file the override was applied to)."""
-    from alignlab.errors import ConfigError, flatten
-
-    message = flatten(str(err))  # one line, even when a message carries another library's newlines
-    if isinstance(err, ConfigError):
-        for item in overrides:
-            key = item.partition("=")[0]
-            if key and (err.key == key or err.key.startswith(key + ".")) and item not in message:
-                return f"{message} (set on the command line: {item})"
-    return message
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="alignlab", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(prog="alignlab", description=DESCRIPTION, epilog=EPILOG, formatter_class=_Help)
     parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, title="commands", metavar="COMMAND")
 
-    p = sub.add_parser("objectives", help="list every registered objective with its knobs, needs and citation")
+    p = _command(sub, "objectives")
     p.add_argument("--plugin", action="append", default=[], help="a module or .py file to load first (repeatable)")
     p.add_argument("--names-only", action="store_true", help="print the names only")
     p.set_defaults(func=_objectives)
 
-    p = sub.add_parser("train", help="one training run from a YAML: any objective, PPO, or best-of-N")
-    p.add_argument("file", help="the YAML file, e.g. experiments/quickstart.yaml")
-    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. objective.beta=0.2 train.steps=100")
+    p = _command(sub, "train")
+    p.add_argument("file", help="the run YAML, e.g. experiments/quickstart.yaml")
+    p.add_argument("overrides", nargs="*", help="dotted overrides KEY=VALUE, e.g. objective.beta=0.2 train.steps=100")
     p.add_argument("--force", action="store_true", help="run again even if out_dir holds a finished run")
     p.set_defaults(func=_train)
-    p = sub.add_parser("prepare", help="build a task's shared stages (SFT, gold judge, pairs, reward model)")
-    p.add_argument("file", help="the YAML file, e.g. experiments/prepare_imdb.yaml")
-    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. sft.steps=100 model.preset=smoke")
+
+    p = _command(sub, "prepare")
+    p.add_argument("file", help="the prepare YAML, e.g. experiments/prepare_imdb.yaml")
+    p.add_argument("overrides", nargs="*", help="dotted overrides KEY=VALUE, e.g. sft.steps=100 model.preset=smoke")
     p.set_defaults(func=_prepare)
 
-    p = sub.add_parser("run", help="run an experiment YAML: every method × sweep, then frontier, plots, tables")
+    p = _command(sub, "run")
     p.add_argument("file", help="the experiment YAML, e.g. experiments/imdb_smoke.yaml")
     _experiment_options(p)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=_run)
 
-    p = sub.add_parser("reproduce", help="run a shipped experiment by name (imdb, smoke, tldr, hh, ...)")
+    p = _command(sub, "reproduce")
     p.add_argument("name", help="a name from `alignlab list`")
     _experiment_options(p)
     p.set_defaults(func=_reproduce)
 
-    p = sub.add_parser("plot", help="draw frontier.png/.svg (and winrate.png/.svg) from a results directory")
+    p = _command(sub, "plot")
     p.add_argument("dir", help="a results directory, e.g. results/imdb_smoke")
-    p.add_argument("--fit", action="store_true", help="overlay Gao et al. (2023) over-optimisation fits")
+    p.add_argument("--fit", action="store_true", help="also draw frontier_fit.png/.svg: Gao et al. (2023) fits")
     p.set_defaults(func=_plot)
 
-    p = sub.add_parser("table", help="write frontier.md (and winrate.md) from a results directory")
+    p = _command(sub, "table")
     p.add_argument("dir", help="a results directory, e.g. results/imdb_smoke")
     p.add_argument("--print", action="store_true", help="also print the tables")
     p.set_defaults(func=_table)
 
-    p = sub.add_parser("list", help="list the shipped experiments, or the runs of one experiment and their state")
-    p.add_argument("file", nargs="?", help="an experiment YAML: show its runs (finished / started / pending)")
-    p.add_argument("overrides", nargs="*", help="dotted overrides")
+    p = _command(sub, "list")
+    p.add_argument("file", nargs="?", help="an experiment YAML: show its runs and their state")
+    p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
     p.set_defaults(func=_list)
     return parser
 

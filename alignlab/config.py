@@ -18,6 +18,10 @@ every key, type and range and name the file and dotted key in their errors.
 from __future__ import annotations
 
 import copy
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -161,31 +165,112 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str], source: str = "command line") -> dict[str, Any]:
+COMMAND_LINE = "command line"
+_PART = re.compile(r"^([^\[\]]*)((?:\[-?\d+\])*)$")  # a key and its list indices: methods[0], a[1][2]
+
+
+@dataclass(frozen=True)
+class Override:
+    """One ``key.sub=value`` argument of the command line.
+
+    ``argument`` is the argument as typed, which every error about it names; ``key`` the dotted key
+    it sets, list items as ``name[i]`` (``methods[0].sweep.beta``; a caller may have resolved another
+    spelling, such as a method's label, into it); ``value`` the value parsed as YAML.
+    """
+
+    argument: str
+    key: str
+    value: Any
+
+    def error(self, message: str) -> ConfigError:
+        """A :class:`ConfigError` naming this argument: ``command line: <argument>: <message>``."""
+        return ConfigError(self.argument, message, COMMAND_LINE)
+
+
+def parse_override(item: str) -> Override:
+    """``key.sub=value`` → an :class:`Override` (the value parsed as YAML; text YAML cannot parse stays text).
+
+    Raises:
+        ConfigError: no ``=`` or no key; a value beyond the YAML limits.
+    """
+    key, sep, raw = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(item, "an override must look like key.sub=value", COMMAND_LINE)
+    try:
+        value = parse_yaml(raw) if raw else ""
+    except YAMLLimitError as err:
+        raise ConfigError(item, f"YAML refused: {err.problem}", COMMAND_LINE) from None
+    except yaml.YAMLError:
+        value = raw
+    return Override(item, key, value)
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str | Override]) -> dict[str, Any]:
     """Return a copy of ``data`` with ``key.sub=value`` overrides applied (values parsed as YAML).
 
-    ``objective.beta=0.2`` sets ``data["objective"]["beta"] = 0.2``; missing intermediate
-    mappings are created, so the usual unknown-key check still catches typos.
+    ``objective.beta=0.2`` sets ``data["objective"]["beta"] = 0.2``; missing intermediate mappings are
+    created, so the usual unknown-key check still catches typos. ``name[i]`` is item ``i`` of the list
+    ``name`` (``methods[0].sweep.beta=[0.2]``), which must exist.
+
+    Raises:
+        ConfigError: naming the argument (``command line: <argument>: ...``).
     """
     data = copy.deepcopy(data)
     for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(item, "an override must look like key.sub=value", source)
-        try:
-            value = parse_yaml(raw) if raw else ""
-        except YAMLLimitError as err:
-            raise ConfigError(key, f"YAML refused: {err.problem}", source) from None
-        except yaml.YAMLError:
-            value = raw
-        node = data
-        parts = key.split(".")
-        for i, part in enumerate(parts[:-1]):
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(
-                    ".".join(parts[: i + 1]), f"is {child!r}, not a mapping, so {key} cannot be set", source
-                )
-            node = child
-        node[parts[-1]] = value
+        override = parse_override(item) if isinstance(item, str) else item
+        node: Any = data
+        parts = override.key.split(".")
+        for i, part in enumerate(parts):
+            node = _step(node, part, ".".join(parts[:i]), i == len(parts) - 1, override)
     return data
+
+
+def _step(node: Any, part: str, above: str, last: bool, override: Override) -> Any:
+    """One dotted part of an override's key (``train``, ``methods[0]``): the child of ``node`` it
+    names, a mapping created if missing; for the last part, the value is set there instead.
+    ``above`` is the key up to ``node``."""
+    match = _PART.match(part)
+    if not part or match is None:
+        raise override.error(f"{part!r} is not a key (keys look like train.lr or methods[0].sweep.beta)")
+    if not isinstance(node, dict):
+        raise override.error(f"{above} is {node!r}, not a mapping, so {override.key} cannot be set")
+    name, path = match.group(1), f"{above}.{match.group(1)}" if above else match.group(1)
+    container: Any = node
+    slot: Any = name
+    for index in (int(i) for i in re.findall(r"-?\d+", match.group(2))):  # methods[0]: the list, then its item
+        items = container.get(slot) if isinstance(container, dict) else container[slot]
+        if not isinstance(items, list):
+            raise override.error(f"{path} is {'missing' if items is None else repr(items)}, not a list")
+        if not 0 <= index < len(items):
+            n = len(items)
+            have = "none" if not n else f"{path}[0]" if n == 1 else f"{path}[0] .. {path}[{n - 1}]"
+            raise override.error(f"there is no {path}[{index}]: {path} has {n} item{'s' * (n != 1)} ({have})")
+        container, slot, path = items, index, f"{path}[{index}]"
+    if last:
+        container[slot] = override.value
+        return container
+    return container.setdefault(slot, {}) if isinstance(container, dict) else container[slot]
+
+
+def blame(err: ConfigError, overrides: Sequence[Override]) -> ConfigError:
+    """``err`` naming the command-line argument that set its key (the file it names has that key only
+    because of the argument), when one did: ``command line: objective.beta=-1: must be > 0, got -1``.
+    Otherwise ``err`` itself."""
+    for override in reversed(overrides):  # the last override of a key is the one that holds
+        key = override.key
+        if err.source != COMMAND_LINE and (err.key == key or err.key.startswith((key + ".", key + "["))):
+            inner = "" if err.key == key else f"{err.key}: "
+            return override.error(f"{inner}{err.message}")
+    return err
+
+
+@contextmanager
+def blaming(overrides: Sequence[Override]) -> Iterator[None]:
+    """Re-raise a :class:`ConfigError` of the block naming the command-line argument behind it (:func:`blame`)."""
+    try:
+        yield
+    except ConfigError as err:
+        blamed = blame(err, overrides)
+        if blamed is err:
+            raise
+        raise blamed from err

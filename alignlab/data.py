@@ -8,6 +8,7 @@ first read.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -105,6 +106,71 @@ def find_local_file(data_dir: Path, stem: str) -> Path:
     raise DataError(f"no file for {stem!r} in data directory {data_dir}: looked for {', '.join(str(p) for p in tried)}")
 
 
+OFFLINE_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
+"""Environment variables that turn the Hugging Face Hub off (``1``, ``true``, ``yes`` or ``on``)."""
+HUB_PROBE_TIMEOUT_S = 5.0
+"""How long the Hub may take to answer one request before alignlab says it cannot be reached (the
+Hub's own clients retry for half a minute and more before they give up)."""
+
+
+def hub_endpoint() -> str:
+    """The Hub's address: ``$HF_ENDPOINT``, else https://huggingface.co."""
+    return (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+
+
+def hub_problem() -> str | None:
+    """Why the Hugging Face Hub cannot be used, or None: an environment variable that turns it off, or no
+    answer to one request to :func:`hub_endpoint` within :data:`HUB_PROBE_TIMEOUT_S` (once per process)."""
+    for name in OFFLINE_ENV:
+        if os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on"):
+            return f"the Hub is offline ({name}={os.environ[name]})"
+    endpoint = hub_endpoint()
+    reason = _probe(endpoint, HUB_PROBE_TIMEOUT_S)
+    return None if reason is None else f"the Hugging Face Hub ({endpoint}) cannot be reached ({reason})"
+
+
+@functools.lru_cache(maxsize=8)
+def _probe(endpoint: str, timeout: float) -> str | None:
+    """None when ``endpoint`` answers a HEAD request (any HTTP status) within ``timeout`` seconds, else why
+    not. The request runs in a daemon thread, so a name lookup that hangs is bounded by the timeout too."""
+    import threading
+    import urllib.error
+    import urllib.request
+
+    said: list[str | None] = []
+
+    def ask() -> None:
+        try:
+            urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=timeout).close()
+            said.append(None)
+        except urllib.error.HTTPError:  # it answered
+            said.append(None)
+        except (urllib.error.URLError, OSError, ValueError) as err:
+            reason = getattr(err, "reason", err)
+            said.append(f"no answer within {timeout:g} s" if isinstance(reason, TimeoutError) else str(reason))
+
+    thread = threading.Thread(target=ask, name="alignlab-hub-probe", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return said[0] if said else f"no answer within {timeout:g} s"
+
+
+def check_hub(what: str, why: str, instead: str) -> None:
+    """Before ``what`` is read from the Hub (``why``: what sent alignlab there): one :class:`DataError`
+    at once when the Hub is off or cannot be reached, naming ``instead`` (what to do); otherwise a
+    line saying that it reads the Hub, before the download starts.
+
+    Raises:
+        DataError: ``<why> and <the problem>, so <what> cannot be downloaded: <instead>``.
+    """
+    from alignlab.progress import say
+
+    problem = hub_problem()
+    if problem is not None:
+        raise DataError(f"{why} and {problem}, so {what} cannot be downloaded: {instead}")
+    say(f"{why}: reading {what} from the Hugging Face Hub ({hub_endpoint()})")
+
+
 def load_records(data_dir: Path | None, stem: str, hub_id: str, split: str) -> Any:
     """A ``datasets.Dataset``: from ``<data_dir>/<stem>.*`` if a data directory is set, else from the Hub.
 
@@ -126,11 +192,8 @@ def load_records(data_dir: Path | None, stem: str, hub_id: str, split: str) -> A
                 return datasets.load_dataset(builder, data_files=str(path), split="train")
         except Exception as err:
             raise DataError(f"{path}: cannot be read as {builder}: {one_line(err)}") from err
-    if os.environ.get("HF_HUB_OFFLINE") == "1":
-        raise DataError(
-            f"no data directory is set and the Hub is offline (HF_HUB_OFFLINE=1), so {hub_id!r} cannot be "
-            f"downloaded: set data_dir in the YAML or ${DATA_DIR_ENV} to a directory holding {stem}.jsonl.gz"
-        )
+    instead = f"set data_dir in the YAML or ${DATA_DIR_ENV} to a directory holding {stem}.jsonl.gz"
+    check_hub(f"{hub_id!r} ({split})", "no data directory is set", instead)
     try:
         with quiet_datasets():
             return datasets.load_dataset(hub_id, split=split)

@@ -163,12 +163,11 @@ def load_pretrained(cfg: ModelConfig) -> tuple[PreTrainedModel, PreTrainedTokeni
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     where, gguf = _resolve_pretrained(cfg)
-    local = os.path.isdir(where)
-    if not local and os.environ.get("HF_HUB_OFFLINE") == "1":
-        raise AlignlabError(
-            f"model.name_or_path: {where!r} is not a local directory and the Hub is offline (HF_HUB_OFFLINE=1): "
-            "give a directory saved with save_pretrained, or a preset"
-        )
+    if not os.path.isdir(where):
+        from alignlab.data import check_hub
+
+        why = f"model.name_or_path: {where!r} is not a local directory"
+        check_hub("it", why, "give a directory saved with save_pretrained, or a preset")
     kwargs: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code}
     if gguf:
         kwargs["gguf_file"] = gguf

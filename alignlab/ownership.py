@@ -39,7 +39,7 @@ from alignlab.io import atomic_write_json
 Kind = Literal["run", "results"]
 MARKER = ".alignlab.json"
 """The marker of a directory alignlab owns: ``{"written_by": "alignlab", "kind": "run" | "results"}``."""
-_RUN_NAMES = r"config\.yaml|summary\.json|metrics\.jsonl|diverged\.txt|winrate\.json|checkpoints|alignlab"
+_RUN_NAMES = r"config\.yaml|summary\.json|metrics\.jsonl|diverged\.txt|winrate\.json|checkpoints|final|alignlab"
 RUN_ENTRIES = re.compile(
     rf"^(?:{_RUN_NAMES}|\.alignlab\.json"  # what a run writes, and the marker
     rf"|damaged-(?:\d+-)?(?:{_RUN_NAMES})"  # its results moved aside as damaged (alignlab.io.quarantine)

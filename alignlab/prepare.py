@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from alignlab import stages as shared
-from alignlab.config import apply_overrides, load_yaml
+from alignlab.config import apply_overrides, blaming, load_yaml, parse_override
 from alignlab.core.rollout import rollout
 from alignlab.data import check_cache_writable
 from alignlab.encoding import encode_text
@@ -66,8 +66,11 @@ def fits(tokenizer: Any, prompt: str, limit: int) -> bool:
 def run_prepare(path: str | Path, overrides: list[str] | None = None, progress: bool = True) -> dict[str, Any]:
     """Run the stages of the YAML at ``path``; returns the report also written to ``out_dir/stages.json``."""
     source = str(path)
-    cfg: PrepareConfig = PrepareConfig.from_dict(apply_overrides(load_yaml(path), overrides or []), source)
-    task = build_task(cfg.task, source)
+    parsed = [parse_override(item) for item in overrides or []]
+    data = apply_overrides(load_yaml(path), parsed)
+    with blaming(parsed):  # a key an override set is the argument's mistake, not the file's
+        cfg: PrepareConfig = PrepareConfig.from_dict(data, source)
+        task = build_task(cfg.task, source)
     if cfg.pairs is not None and not (cfg.gold and task.name == "imdb"):
         raise ConfigError(
             "pairs", "pair generation needs a gold judge: only the imdb task has one (gold: true)", source

@@ -33,18 +33,19 @@ METHOD_KEY_DOCS = {
     "name": ("str", "required", "", "A registered objective (see the objectives above; `best_of_n` among them)."),
     "label": (
         "str",
-        "the name",
+        "the objective's display name (`DPO`, `SimPO`, `Preferred-FT`, `best-of-N`)",
         "letters, digits, `_ - + .`",
-        "The method's name on the plot, in the tables and in its run ids; two methods with the same "
-        "objective need different labels.",
+        "The method's name on the plot, in the tables and in `methods.<label>.<key>=...` overrides on the "
+        "command line; run ids start with it when it is given (else with the objective's name). Two methods "
+        "with the same objective need different labels.",
     ),
     "sweep": (
         "mapping of lists",
         "{}",
         "non-empty lists",
         "The runs: the product of these lists. A key is one of the objective's knobs, `seed` "
-        "(= `train.seed`), or a dotted run key (`train.lr`). Run ids are built from the label and the "
-        "swept values (`dpo-beta0.1-seed1`).",
+        "(= `train.seed`), or a dotted run key (`train.lr`). Run ids are built from the label as written "
+        "(else the objective's name) and the swept values (`dpo-beta0.1-seed1`).",
     ),
 }
 
@@ -242,8 +243,11 @@ def render() -> str:
         "(`python -m alignlab.reference` rewrites this file; `tests/test_docs.py` fails when it is out of "
         "date). Unknown keys, wrong types and values outside *allowed* are errors that name the file and "
         "the dotted key. Any key can be overridden on the command line as `key.sub=value` "
-        "(`alignlab train run.yaml train.lr=1.0e-4 objective.beta=0.5`). PyYAML reads `1e-3` as a string; "
-        "float keys accept it, but `1.0e-3` is a float everywhere.\n\n"
+        "(`alignlab train run.yaml train.lr=1.0e-4 objective.beta=0.5`); an experiment's methods by index or "
+        "by label, `methods[0].sweep.beta=[0.2]` or `methods.DPO.sweep.beta=[0.2]` (the label the plots show: "
+        "`label`, else the objective's display name). An error about a key an override set names the "
+        "argument (`command line: methods.DPO.sweep.betta=[0.2]: unknown key; did you mean 'beta'?`). "
+        "PyYAML reads `1e-3` as a string; float keys accept it, but `1.0e-3` is a float everywhere.\n\n"
         "- [Run YAML (`alignlab train`)](#run-yaml-alignlab-train)\n"
         "- [`task`: the tasks](#task-the-tasks)\n"
         "- [`objective`: the objectives](#objective-the-objectives)\n"

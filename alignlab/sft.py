@@ -36,6 +36,7 @@ from alignlab.data import DataError, cache_root
 from alignlab.encoding import encode_text
 from alignlab.io import atomic_dir, atomic_write_json, clear_temps, file_lock, load_intact
 from alignlab.models import ModelConfig, build_preset, load_pretrained, model_context, train_tokenizer
+from alignlab.progress import cached, say, stage
 from alignlab.schema import Config, knob
 from alignlab.tasks.base import Task
 
@@ -96,10 +97,13 @@ def _tokenizer(texts: list[str], cfg: ModelConfig, seed: int, root: Path, data_k
     path = root / "tokenizer" / fingerprint(data_key, cfg.vocab_size, cfg.tokenizer_texts, seed, code_version(models))
     with file_lock(path.parent / f".{path.name}.lock"):  # SFT stages with different keys may share it
         tokenizer = load_intact(path, PreTrainedTokenizerFast.from_pretrained, "the cached tokenizer")
-        if tokenizer is None:  # not built yet, or damaged (moved aside)
+        if tokenizer is not None:
+            cached("tokenizer", path)
+        else:  # not built yet, or damaged (moved aside)
             clear_temps(path.parent, path.name)  # a build killed half-way
             sample = random.Random(seed).sample(texts, min(cfg.tokenizer_texts, len(texts)))
-            with atomic_dir(path) as tmp:
+            doing = f"training a {cfg.vocab_size}-token BPE on {len(sample):,} texts"
+            with stage("tokenizer", doing), atomic_dir(path) as tmp:
                 train_tokenizer(sample, cfg.vocab_size).save_pretrained(tmp)
             tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
     return tokenizer
@@ -190,20 +194,22 @@ def prepare_policy(
     key = fingerprint(data_key, model_cfg.to_dict(), sft_cfg.to_dict(), code_version(models, sft))
     path = root / "sft" / key
 
-    def load(at: Path, cached: bool = True) -> Policy:
+    def load(at: Path, from_cache: bool = True) -> Policy:
         metrics = json.loads((at / "sft.json").read_text())["metrics"]
         model, tokenizer = AutoModelForCausalLM.from_pretrained(at), AutoTokenizer.from_pretrained(at)
-        return Policy(model, tokenizer, at, {**metrics, "cached": cached})
+        return Policy(model, tokenizer, at, {**metrics, "cached": from_cache})
 
     with file_lock(path.parent / f".{key}.lock"):  # another process building it: wait, then load
         policy = load_intact(path, load, "the cached SFT policy")
-        if policy is None:  # not built yet, or damaged (moved aside)
+        if policy is not None:
+            cached("SFT policy", path, f"held-out perplexity {policy.metrics.get('held_out_ppl', math.nan):,.1f}")
+        else:  # not built yet, or damaged (moved aside)
             clear_temps(path.parent, key)  # a build killed half-way
             _build_policy(task, model_cfg, sft_cfg, texts, data_key, path, root, progress)
             # the policy as saved: the trained object would carry SFT's last gradients and training
             # mode into the next stage, and a run that built the stage must see exactly what a run
             # that found it cached (or resumed after a kill) sees
-            policy = load(path, cached=False)
+            policy = load(path, from_cache=False)
         return policy
 
 
@@ -238,18 +244,22 @@ def _build_policy(
     except DataError as err:
         raise DataError(f"task {task.name!r} ({task.source}), held-out split: {err}") from None
     held_out = held_out[: sft_cfg.eval_blocks]
-    metrics: dict[str, Any] = {"held_out_ppl_before": perplexity(model, held_out, sft_cfg.batch_size)}
-    # 3. SFT
-    if sft_cfg.steps > 0:
-        need = int(sft_cfg.steps * sft_cfg.batch_size * context * 1.05)
-        try:
-            train = pack(tokenizer, shuffled, need, context)
-        except DataError as err:
-            raise DataError(f"task {task.name!r} ({task.source}), train split: {err}") from None
-        metrics.update(train_sft(model, train, sft_cfg, progress), train_blocks=len(train))
-    # 4. held-out perplexity
+    doing = f"{sft_cfg.steps} steps of {sft_cfg.batch_size} blocks of {context} tokens, held-out perplexity on "
+    with stage("SFT", f"{doing}{len(held_out)} blocks before and after"):
+        metrics: dict[str, Any] = {"held_out_ppl_before": perplexity(model, held_out, sft_cfg.batch_size)}
+        # 3. SFT
+        if sft_cfg.steps > 0:
+            need = int(sft_cfg.steps * sft_cfg.batch_size * context * 1.05)
+            try:
+                train = pack(tokenizer, shuffled, need, context)
+            except DataError as err:
+                raise DataError(f"task {task.name!r} ({task.source}), train split: {err}") from None
+            metrics.update(train_sft(model, train, sft_cfg, progress), train_blocks=len(train))
+        # 4. held-out perplexity
+        after = perplexity(model, held_out, sft_cfg.batch_size)
+        say(f"SFT: held-out perplexity {metrics['held_out_ppl_before']:,.1f} -> {after:,.1f}")
     metrics.update(
-        held_out_ppl=perplexity(model, held_out, sft_cfg.batch_size),
+        held_out_ppl=after,
         held_out_tokens=int(held_out.numel()),
         parameters=sum(p.numel() for p in model.parameters()),
         tokenizer_seconds=round(tokenizer_seconds, 2),

@@ -23,6 +23,7 @@ from alignlab.errors import AlignlabError
 from alignlab.io import atomic_dir, atomic_write_json, clear_temps, file_lock, load_intact
 from alignlab.models import model_context
 from alignlab.pairs import PairGenConfig, generate_pairs, load_pairs
+from alignlab.progress import cached, stage
 from alignlab.rewards.model import RewardModel, RewardModelConfig, train_reward_model
 from alignlab.sft import Policy, code_version, fingerprint, texts_fingerprint
 from alignlab.tasks import Task
@@ -38,9 +39,12 @@ def gold_judge(task: Task, seed: int, root: Path) -> Any:
     path = root / "gold" / fingerprint(task.name, task.source, seed, code_version(gold))
     with file_lock(path.parent / f".{path.name}.lock"):
         judge = load_intact(path, gold.GoldSentiment.load, "the cached gold judge")
-        if judge is None:  # not built yet, or damaged (moved aside)
+        if judge is not None:
+            cached("gold judge", path)
+        else:  # not built yet, or damaged (moved aside)
             clear_temps(path.parent, path.name)  # a build killed half-way
-            with atomic_dir(path) as tmp:
+            doing = "training the sentiment classifier on the IMDb train labels"
+            with stage("gold judge", doing), atomic_dir(path) as tmp:
                 gold.train_gold_sentiment(task.cfg.data_dir, tmp, seed=seed)
             judge = gold.GoldSentiment.load(path)
     return judge
@@ -55,20 +59,23 @@ def generated_pairs(
     key = fingerprint(str(policy.path), used, judge.name, cfg.to_dict(), code_version(pairs_module))
     path = root / "pairs" / key
     with file_lock(path.parent / f".{key}.lock"):
-        cached = load_intact(path, _pairs_info, "the cached preference pairs")
-        if cached is not None:
-            return path, {**cached, "cached": True}
+        found = load_intact(path, _pairs_info, "the cached preference pairs")
+        if found is not None:
+            cached("preference pairs", path, f"{found.get('pairs', '?')} pairs")
+            return path, {**found, "cached": True}
         clear_temps(path.parent, key)  # a generation killed half-way
-        info = generate_pairs(
-            policy.model,
-            policy.tokenizer,
-            prompts,
-            judge,
-            cfg,
-            path,
-            meta={"policy": str(policy.path), "reward": judge.name},
-            progress=progress,
-        )
+        doing = f"{cfg.samples_per_prompt} samples for each of {len(used):,} train prompts, ranked by {judge.name}"
+        with stage("preference pairs", doing):
+            info = generate_pairs(
+                policy.model,
+                policy.tokenizer,
+                prompts,
+                judge,
+                cfg,
+                path,
+                meta={"policy": str(policy.path), "reward": judge.name},
+                progress=progress,
+            )
     return path, info
 
 
@@ -111,14 +118,16 @@ def reward_model(
     key = fingerprint(str(policy.path), texts_fingerprint(texts), cfg.to_dict(), code_version(rm_module, offline))
     path = root / "reward_model" / key
     with file_lock(path.parent / f".{key}.lock"):  # one builder; the others wait, then load
-        cached = load_intact(path, _reward_model_and_metrics, "the cached reward model")
-        if cached is not None:
-            return cached[0], {**cached[1], "cached": True}
+        found = load_intact(path, _reward_model_and_metrics, "the cached reward model")
+        if found is not None:
+            cached("reward model", path)
+            return found[0], {**found[1], "cached": True}
         clear_temps(path.parent, key)  # a build killed half-way (its .run directory resumes)
         context = cfg.max_length or model_context(policy.model)
         rm = RewardModel.from_policy(str(policy.path), policy.tokenizer, seed=cfg.seed)
         run_dir = root / "reward_model" / f".{key}.run"
-        metrics = train_reward_model(rm, list(train), list(held_out), cfg, progress=progress, out_dir=run_dir)
+        with stage("reward model", f"Bradley-Terry on {len(train):,} pairs, {cfg.epochs} epochs"):
+            metrics = train_reward_model(rm, list(train), list(held_out), cfg, progress=progress, out_dir=run_dir)
         metrics["context"] = context
         with atomic_dir(path) as tmp:
             rm.model.save_pretrained(tmp)

@@ -501,8 +501,11 @@ def inspect(roots: Iterable[Path], base: Path) -> Inspection:
 
 def _check_checkpoint(path: Path, base: Path, out: Inspection) -> None:
     rel = path.relative_to(base)
-    missing = [f for f in ("state.json", "trainer_state.pt", "tokenizer") if not (path / f).exists()]
-    if missing or not any(path.glob("*/*.safetensors")):
+    # a checkpoint is a model: weights, config and tokenizer at its top, run state beside them
+    missing = [
+        f for f in ("state.json", "trainer_state.pt", "config.json", "tokenizer_config.json") if not (path / f).exists()
+    ]
+    if missing or not any(path.glob("*.safetensors")):
         out.problems.append(f"{rel}: incomplete checkpoint (lacks {missing or 'model weights'})")
     elif json.loads((path / "state.json").read_text()).get("step") != int(path.name[5:]):
         out.problems.append(f"{rel}: state.json names another step")

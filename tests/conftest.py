@@ -106,3 +106,48 @@ def stop_after(monkeypatch: pytest.MonkeyPatch) -> dict[int, Any]:
 
     monkeypatch.setattr(RunLoop, "_stop_requested", requested)
     return stop
+
+
+# Two small runs on the small IMDb, DPO and PPO-GT, each 3 steps with the sampling evaluation at 0, 2
+# and 3 and checkpoints at 0, 2 and 3: what tests/test_determinism.py trains twice and
+# tests/test_checkpoints.py loads back.
+SMALL_TRAIN = {
+    "batch_size": 8,
+    "optimizer": "adamw",
+    "lr": 1.0e-3,
+    "warmup_steps": 0,
+    "log_with": [],
+    "progress": False,
+}
+SMALL_RUNS = {
+    "dpo": {
+        "objective": {"name": "dpo", "beta": 0.1},
+        "data": {"source": "reviews", "pairs": 32, "eval_pairs": 8, "prompt_words": 3, "completion_words": 6},
+        "train": {**SMALL_TRAIN, "steps": 3, "eval_every": 2, "save_every": 2},
+    },
+    "ppo": {
+        "objective": {"name": "ppo"},
+        "reward": {"kind": "gold"},
+        "rollout": {"max_new_tokens": 6, "kl_coef": 0.05, "minibatches": 2, "epochs": 2},
+        "train": {**SMALL_TRAIN, "steps": 3, "eval_every": 2, "save_every": 2, "grad_clip": 1.0},
+    },
+}
+
+
+def train_small(small_imdb: Path, out: Path, method: str) -> dict:
+    """``alignlab train`` of the small ``method`` run (:data:`SMALL_RUNS`) into ``out``; its summary."""
+    import yaml
+
+    from alignlab.train.job import run_training
+
+    doc = {
+        "task": {"name": "imdb", "data_dir": str(small_imdb), "use_unsup": False},
+        "model": {"preset": "smoke", "vocab_size": 500, "tokenizer_texts": 300},
+        "sft": {"steps": 4, "batch_size": 8, "seq_len": 32, "lr": 2.0e-3, "warmup_steps": 1, "eval_blocks": 2},
+        "eval": {"prompts": 6, "max_new_tokens": 6},
+        "out_dir": str(out),
+        **SMALL_RUNS[method],
+    }
+    path = out.with_suffix(".yaml")
+    path.write_text(yaml.safe_dump(doc))
+    return run_training(path)

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import json
 import math
 import os
 import re
+import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -105,6 +110,96 @@ def test_offline_hub_without_data_dir_says_what_to_do(tmp_path, monkeypatch, cap
     assert main(["train", str(path)]) == 2
     err = capsys.readouterr().err
     assert "the Hub is offline" in err and "ALIGNLAB_DATA_DIR" in err
+
+
+# ------------------------------------------------------------------------ no data directory, no Hub (issue 18)
+
+
+@pytest.fixture
+def no_data_dir(monkeypatch: pytest.MonkeyPatch):
+    """No data directory and no variable that turns the Hub off: alignlab has to find out about the Hub."""
+    from alignlab import data
+
+    monkeypatch.delenv("ALIGNLAB_DATA_DIR", raising=False)
+    for name in data.OFFLINE_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(data, "HUB_PROBE_TIMEOUT_S", 1.0)
+    data._probe.cache_clear()
+    yield data
+    data._probe.cache_clear()
+
+
+@contextlib.contextmanager
+def hub_at(answer: bool):
+    """A fake Hub endpoint on this machine: one that answers every request with 404, or one that
+    accepts connections and never answers (as a Hub behind a dead network route hangs)."""
+    if answer:
+        server = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield f"http://127.0.0.1:{server.server_address[1]}"
+        finally:
+            server.shutdown()
+            server.server_close()
+        return
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        yield f"http://127.0.0.1:{silent.getsockname()[1]}"
+
+
+def _train_without_data(tmp_path: Path, capsys) -> tuple[int, float, list[str]]:
+    path = write(tmp_path, f"objective: {{name: dpo}}\nout_dir: {tmp_path / 'out'}\n")
+    t0 = time.monotonic()
+    code = main(["train", str(path)])
+    return code, time.monotonic() - t0, capsys.readouterr().err.splitlines()
+
+
+def test_an_unreachable_hub_is_one_line_at_once_not_half_a_minute_of_retries(
+    no_data_dir, tmp_path, monkeypatch, capsys
+):
+    import datasets
+
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: pytest.fail("the Hub's own client was called"))
+    with hub_at(answer=False) as endpoint:
+        monkeypatch.setenv("HF_ENDPOINT", endpoint)
+        code, seconds, err = _train_without_data(tmp_path, capsys)
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith("alignlab: error: no data directory is set and the Hugging Face Hub")
+    assert f"({endpoint}) cannot be reached (no answer within 1 s), so stanfordnlp/imdb[train]" in err[0]
+    assert "ALIGNLAB_DATA_DIR" in err[0]
+    assert seconds < 20  # a 1 s probe, not the Hub clients' 35-50 s of retries (they were never called)
+
+
+def test_a_refused_connection_and_each_offline_variable_are_said_at_once(no_data_dir, tmp_path, monkeypatch, capsys):
+    with hub_at(answer=False) as endpoint:  # bound, then closed: nothing listens there any more
+        pass
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    code, _, err = _train_without_data(tmp_path, capsys)
+    assert code == 2 and f"({endpoint}) cannot be reached (" in err[-1] and "refused" in err[-1], err
+    for name in no_data_dir.OFFLINE_ENV:
+        with monkeypatch.context() as env:
+            env.setenv(name, "true")
+            code, _, err = _train_without_data(tmp_path, capsys)
+        assert code == 2 and f"no data directory is set and the Hub is offline ({name}=true)" in err[-1], err
+
+
+def test_a_reachable_hub_is_announced_before_the_download(no_data_dir, tmp_path, monkeypatch, capsys):
+    import datasets
+
+    def load_dataset(*args, **kwargs):
+        raise ConnectionError("the download failed")
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    with hub_at(answer=True) as endpoint:
+        monkeypatch.setenv("HF_ENDPOINT", endpoint)
+        code, _, err = _train_without_data(tmp_path, capsys)
+    assert code == 2
+    assert err[-2] == (
+        f"alignlab: no data directory is set: reading stanfordnlp/imdb[train] from the Hugging Face Hub ({endpoint})"
+    )
+    assert err[-1].startswith("alignlab: error: could not load stanfordnlp/imdb[train]")
 
 
 def readme_block(title: str) -> str:

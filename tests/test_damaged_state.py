@@ -122,11 +122,11 @@ def _resume_damaged(whole: Any, tmp_path: Path, damage: Callable[[Path], None]) 
 @pytest.mark.parametrize(
     ("file", "damage", "legacy"),
     [
-        ("model/model.safetensors", _truncate, False),
-        ("model/model.safetensors", _flip_a_byte, False),
+        ("model.safetensors", _truncate, False),
+        ("model.safetensors", _flip_a_byte, False),
         ("trainer_state.pt", _truncate, False),
         ("state.json", _garble, False),
-        ("model/model.safetensors", _truncate, True),  # an older alignlab's checkpoint: no manifest
+        ("model.safetensors", _truncate, True),  # an older alignlab's checkpoint: no manifest
     ],
 )
 def test_a_damaged_checkpoint_falls_back_to_the_previous_one(whole, tmp_path, capsys, file, damage, legacy):
@@ -148,6 +148,28 @@ def test_a_damaged_checkpoint_falls_back_to_the_previous_one(whole, tmp_path, ca
         "step-0000006",
         "step-0000008",
     ]
+    assert _untimed(rows) == _untimed(whole[2])
+
+
+def test_a_checkpoint_of_the_older_layout_resumes_exactly(whole, tmp_path, capsys):
+    """Before checkpoints were models, the model was saved in ``model/`` and the tokenizer in
+    ``tokenizer/``: such a checkpoint (its own manifest) still resumes to the uninterrupted run's weights."""
+    from alignlab.io import write_manifest
+
+    def to_older_layout(out: Path) -> None:
+        newest = out / "checkpoints" / "step-0000008"
+        (newest / "model").mkdir()
+        for name in ("config.json", "generation_config.json", "model.safetensors"):
+            (newest / name).rename(newest / "model" / name)
+        (newest / MANIFEST).unlink()
+        write_manifest(newest)
+        assert not (newest / "config.json").exists()
+        for older in (out / "checkpoints").glob("step-000000[0-7]"):  # only the older one can be resumed from
+            shutil.rmtree(older)
+
+    out, rows = _resume_damaged(whole, tmp_path, to_older_layout)
+    err = capsys.readouterr().err
+    assert "alignlab: warning" not in err and f"alignlab: resuming {out} from step 8 of 8" in err
     assert _untimed(rows) == _untimed(whole[2])
 
 
@@ -407,7 +429,8 @@ def test_a_garbage_frontier_csv_is_one_line_from_plot_and_table(tmp_path, capsys
 def test_the_frontier_csv_itself_still_plots_and_tabulates(tmp_path, capsys):
     (tmp_path / "frontier.csv").write_text(FRONTIER)
     assert main(["plot", str(tmp_path)]) == 0 and main(["table", str(tmp_path)]) == 0
-    assert "| dpo | - | 0 | 2 | 0.50 [0.40, 0.60] | 0.30 [0.20, 0.40] |" in (tmp_path / "frontier.md").read_text()
+    # its method column holds the objective's name (an unlabelled method of an older alignlab): shown as DPO
+    assert "| DPO | - | 0 | 2 | 0.50 [0.40, 0.60] | 0.30 [0.20, 0.40] |" in (tmp_path / "frontier.md").read_text()
 
 
 @pytest.mark.parametrize(

@@ -12,15 +12,12 @@ runs of an experiment share them.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-import yaml
+from conftest import SMALL_RUNS, train_small
 from safetensors.torch import load_file
-
-from alignlab.train.job import run_training
 
 TIMING = {"peak_rss_mb", "wall_time_s"}
 
@@ -37,39 +34,9 @@ def _without_timing(obj: Any) -> Any:
     return obj
 
 
-TRAIN = {"batch_size": 8, "optimizer": "adamw", "lr": 1.0e-3, "warmup_steps": 0, "log_with": [], "progress": False}
-METHODS = {
-    "dpo": {
-        "objective": {"name": "dpo", "beta": 0.1},
-        "data": {"source": "reviews", "pairs": 32, "eval_pairs": 8, "prompt_words": 3, "completion_words": 6},
-        "train": {**TRAIN, "steps": 3, "eval_every": 2, "save_every": 2},
-    },
-    "ppo": {
-        "objective": {"name": "ppo"},
-        "reward": {"kind": "gold"},
-        "rollout": {"max_new_tokens": 6, "kl_coef": 0.05, "minibatches": 2, "epochs": 2},
-        "train": {**TRAIN, "steps": 3, "eval_every": 2, "save_every": 2, "grad_clip": 1.0},
-    },
-}
-
-
-def _train(small_imdb: Path, out: Path, method: str) -> dict[str, Any]:
-    doc = {
-        "task": {"name": "imdb", "data_dir": str(small_imdb), "use_unsup": False},
-        "model": {"preset": "smoke", "vocab_size": 500, "tokenizer_texts": 300},
-        "sft": {"steps": 4, "batch_size": 8, "seq_len": 32, "lr": 2.0e-3, "warmup_steps": 1, "eval_blocks": 2},
-        "eval": {"prompts": 6, "max_new_tokens": 6},
-        "out_dir": str(out),
-        **METHODS[method],
-    }
-    path = out.with_suffix(".yaml")
-    path.write_text(yaml.safe_dump(doc))
-    return run_training(path)
-
-
-@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("method", sorted(SMALL_RUNS))
 def test_the_same_config_and_seed_train_to_the_same_numbers(method, small_imdb, cache, tmp_path):
-    summaries = [_train(small_imdb, tmp_path / name, method) for name in ("first", "second")]
+    summaries = [train_small(small_imdb, tmp_path / name, method) for name in ("first", "second")]
     first, second = (
         [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
         for name in ("first", "second")

@@ -72,26 +72,62 @@ def test_every_evaluates_where_eval_every_always_did(steps, every):
 
 
 @pytest.mark.parametrize(
-    ("overrides", "key", "said"),
+    ("overrides", "key", "source", "said"),
     [
-        (["train.eval_schedule=log"], "train.eval_points", "required with eval_schedule: log"),
-        (["train.eval_schedule=log", "train.eval_points=2"], "train.eval_points", "must be >= 3"),
-        (["train.eval_points=12"], "train.eval_points", "applies to eval_schedule: log, but eval_schedule is every"),
-        (["train.eval_steps=[1]"], "train.eval_steps", "applies to eval_schedule: list, but eval_schedule is every"),
-        (["train.eval_schedule=list", "train.eval_steps=[1, 3]"], "train.eval_steps", "3 is not a step of this run"),
-        (["train.eval_schedule=list", "train.eval_steps=[-1]"], "train.eval_steps", "must be >= 0, got -1"),
-        (["train.eval_schedule=list", "train.eval_steps=[2, 1]"], "train.eval_steps", "strictly increasing"),
-        (["train.eval_schedule=list", "train.eval_steps=[1, 1]"], "train.eval_steps", "got 1 after 1"),
-        (["train.eval_schedule=list", "train.eval_steps=[1.5]"], "train.eval_steps", "expected list[int]"),
-        (["train.eval_schedule=list", "train.eval_steps=2"], "train.eval_steps", "expected list[int]"),
-        (["train.eval_schedule=geometric"], "train.eval_schedule", "'every' | 'log' | 'list'"),
+        (["train.eval_schedule=log"], "train.eval_points", "train/ok.yaml", "required with eval_schedule: log"),
+        # a key set on the command line: the error names the argument
+        (["train.eval_schedule=log", "train.eval_points=2"], "train.eval_points=2", "command line", "must be >= 3"),
+        (["train.eval_points=12"], "train.eval_points=12", "command line", "applies to eval_schedule: log, but"),
+        (["train.eval_steps=[1]"], "train.eval_steps=[1]", "command line", "applies to eval_schedule: list, but"),
+        (
+            ["train.eval_schedule=list", "train.eval_steps=[1, 3]"],
+            "train.eval_steps=[1, 3]",
+            "command line",
+            "3 is not a step of this run",
+        ),
+        (
+            ["train.eval_schedule=list", "train.eval_steps=[-1]"],
+            "train.eval_steps=[-1]",
+            "command line",
+            "must be >= 0, got -1",
+        ),
+        (
+            ["train.eval_schedule=list", "train.eval_steps=[2, 1]"],
+            "train.eval_steps=[2, 1]",
+            "command line",
+            "strictly increasing",
+        ),
+        (
+            ["train.eval_schedule=list", "train.eval_steps=[1, 1]"],
+            "train.eval_steps=[1, 1]",
+            "command line",
+            "got 1 after 1",
+        ),
+        (
+            ["train.eval_schedule=list", "train.eval_steps=[1.5]"],
+            "train.eval_steps=[1.5]",
+            "command line",
+            "expected list[int]",
+        ),
+        (
+            ["train.eval_schedule=list", "train.eval_steps=2"],
+            "train.eval_steps=2",
+            "command line",
+            "expected list[int]",
+        ),
+        (
+            ["train.eval_schedule=geometric"],
+            "train.eval_schedule=geometric",
+            "command line",
+            "'every' | 'log' | 'list'",
+        ),
     ],
 )
-def test_bad_schedules_are_config_errors_naming_the_key(overrides, key, said, monkeypatch):
+def test_bad_schedules_are_config_errors_naming_the_key(overrides, key, source, said, monkeypatch):
     monkeypatch.chdir(CORPUS)
     with pytest.raises(ConfigError) as err:
         resolve("train/ok.yaml", overrides)
-    assert (err.value.key, err.value.source) == (key, "train/ok.yaml") and said in err.value.message
+    assert (err.value.key, err.value.source) == (key, source) and said in err.value.message
 
 
 def test_an_experiment_checks_each_runs_steps_against_its_own_length(monkeypatch):
@@ -101,7 +137,9 @@ def test_an_experiment_checks_each_runs_steps_against_its_own_length(monkeypatch
     assert len(load_experiment("run/ok.yaml", shared).runs) == 3
     with pytest.raises(ConfigError) as err:
         load_experiment("run/ok.yaml", [*shared, "methods=[{name: dpo, train: {steps: 1}}]"])
-    assert err.value.key == "methods[0].train.eval_steps" and "2 is not a step of this run" in err.value.message
+    # the method's steps came with the methods= argument: the error names it, and the key inside it
+    assert (err.value.key, err.value.source) == ("methods=[{name: dpo, train: {steps: 1}}]", "command line")
+    assert "methods[0].train.eval_steps: 2 is not a step of this run" in err.value.message
 
 
 # ---------------------------------------------------------------------------------- real runs

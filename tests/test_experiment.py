@@ -18,15 +18,8 @@ import yaml
 from alignlab.cli import main
 from alignlab.errors import ConfigError
 from alignlab.experiment import load_experiment
-from alignlab.experiment.report import (
-    fit_gao,
-    frontier_table,
-    gao_curve,
-    pareto_front,
-    plot_frontier,
-    plot_winrate,
-    winrate_table,
-)
+from alignlab.experiment.plots import fit_gao, gao_curve, plot_frontier, plot_winrate, reward_label, setting_label
+from alignlab.experiment.report import frontier_table, pareto_front, winrate_table
 from alignlab.experiment.runner import run_experiment, status
 from alignlab.experiment.shipped import find, shipped
 from alignlab.rewards.judges import CausalLMJudge, LLMJudge, RewardJudge
@@ -137,6 +130,28 @@ def test_sweeps_expand_into_the_product_of_their_lists(tmp_path):
     ppo = by_id["PPO-GT"]  # the method's sections merge over the experiment's, key by key
     assert (ppo.cfg.train.batch_size, ppo.cfg.train.steps, ppo.cfg.train.eval_every) == (16, 3, 2)
     assert ppo.cfg.reward.kind == "gold" and by_id["dpo-beta1-seed0"].cfg.train.batch_size == 8
+    # a method without a label is named by its objective's display name; its run ids keep the objective's name
+    assert by_id["dpo-beta1-seed1"].label == "DPO" and ppo.label == "PPO-GT"
+
+
+def test_a_methods_keys_are_overridden_by_index_or_by_label(tmp_path):
+    """``methods[i].<key>=...`` and ``methods.<label>.<key>=...`` (the label as plots show it) set that
+    method's keys; the others keep theirs."""
+    methods = [
+        {"name": "dpo", "sweep": {"beta": [0.05, 1.0]}},
+        {"name": "ipo", "tau": 0.5},
+        {"name": "ppo", "label": "PPO-GT", "reward": {"kind": "gold"}, "train": {"batch_size": 16, "steps": 3}},
+    ]
+    path = _write(tmp_path, _experiment(tmp_path, methods=methods))
+    exp = load_experiment(
+        path, ["methods.DPO.sweep.beta=[0.2]", "methods[1].tau=0.3", "methods.PPO-GT.train.steps=5", "train.lr=2e-3"]
+    )
+    assert [r.run_id for r in exp.runs] == ["dpo-beta0.2", "ipo", "PPO-GT"]
+    dpo, ipo, ppo = exp.runs
+    assert dpo.method.cfg.beta == 0.2 and ipo.method.cfg.tau == 0.3
+    assert (ppo.cfg.train.steps, ppo.cfg.train.batch_size) == (5, 16)  # merged into the method's own train section
+    assert dpo.cfg.train.steps == 4 and {r.cfg.train.lr for r in exp.runs} == {2e-3}
+    assert load_experiment(path).runs[2].method.cfg.tau == 0.5  # the file itself is as it was
 
 
 def test_command_line_overrides_and_extends(tmp_path):
@@ -228,11 +243,56 @@ def _frontier_frame() -> pd.DataFrame:
 def test_frontier_plot_and_table(tmp_path):
     frame = _frontier_frame()
     paths = plot_frontier(frame, tmp_path, fit=True)
-    assert [p.name for p in paths] == ["frontier.png", "frontier.svg"]
+    assert [p.name for p in paths] == ["frontier.png", "frontier.svg", "frontier_fit.png", "frontier_fit.svg"]
     assert paths[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and b"<svg" in paths[1].read_bytes()[:400]
     text = frontier_table(frame)
     assert "| DPO | beta=0.1 | 0 | 20 | 4.00 [3.90, 4.10] | 0.90 [0.85, 0.95] |" in text
     assert "| PPO | 3 | 0.00 → 0.10, 1.00 → 0.20, 4.00 → 0.50 |" in text
+
+
+def test_fits_go_to_their_own_file_and_the_plot_is_the_same_bytes_every_time(tmp_path):
+    """--fit writes frontier_fit.* beside frontier.*, which stays what it was without --fit; drawing the
+    same rows again gives the same bytes (no date in the SVG, no random ids): a rerun leaves the files alone."""
+    frame = _frontier_frame()
+    plain = {p.name: p.read_bytes() for p in plot_frontier(frame, tmp_path / "plain")}
+    fitted = {p.name: p.read_bytes() for p in plot_frontier(frame, tmp_path / "fitted", fit=True)}
+    assert fitted["frontier.png"] == plain["frontier.png"] and fitted["frontier.svg"] == plain["frontier.svg"]
+    assert fitted["frontier_fit.svg"] != fitted["frontier.svg"]
+    assert b"Gao et al. (2023) fits" in fitted["frontier_fit.svg"] and b"Gao et al." not in fitted["frontier.svg"]
+    assert b"<dc:date>" not in plain["frontier.svg"]
+
+
+def test_settings_of_a_method_get_their_own_markers_and_labels(tmp_path):
+    """Two settings of one method: one colour, two markers, each setting named in the legend and
+    written (as β=…) at the last step of its trajectory."""
+    import matplotlib.pyplot as plt
+
+    from alignlab.experiment.plots import _frontier_figure
+
+    rows = _frontier_frame()
+    second = rows[rows["method"] == "DPO"].assign(run="DPO-b", setting="beta=0.5", reward=lambda f: f["reward"] / 2)
+    frame = pd.concat([rows, second], ignore_index=True)
+    fig = _frontier_figure(frame, "t", False, True, (), (), False)
+    ax = fig.axes[0]
+    legend = {h.get_label(): h for h in ax.get_legend().legend_handles}
+    assert list(legend) == ["DPO", "  β=0.1", "  β=0.5", "PPO"]  # PPO has one setting: its line alone
+    dpo, first, other = legend["DPO"], legend["  β=0.1"], legend["  β=0.5"]
+    assert first.get_marker() != other.get_marker()
+    assert first.get_color() == other.get_color() == dpo.get_color() != legend["PPO"].get_color()
+    # each setting's last point (step 20, KL 4): DPO β=0.1 at 0.1 + 0.2·4, β=0.5 at half that; PPO at 0.1 + 0.1·4
+    written = sorted((t.get_text(), round(float(t.xy[0]), 6), round(float(t.xy[1]), 6)) for t in ax.texts)
+    assert written == [("β=0.1", 4.0, 0.5), ("β=0.1", 4.0, 0.9), ("β=0.5", 4.0, 0.45)]
+    plt.close(fig)
+
+
+def test_the_y_axis_names_the_reward_it_shows():
+    frame = _frontier_frame()
+    assert (
+        reward_label(frame.assign(reward_scale="log_odds"), use_p=True) == "P(positive) = σ(mean gold-judge log-odds)"
+    )
+    assert reward_label(frame.assign(reward_scale="log_odds"), use_p=False) == "mean gold-judge log-odds of positive"
+    assert reward_label(frame.assign(reward_scale="reward_model"), use_p=False) == "mean reward-model score of samples"
+    assert setting_label("beta=0.1 train.lr=0.001") == "β=0.1, lr=0.001" and setting_label("-") == "-"
 
 
 def test_winrate_table_lays_out_temperature_by_method(tmp_path):
@@ -319,9 +379,10 @@ def _metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_run_writes_the_frontier_skips_finished_runs_and_resumes_unfinished_ones(tmp_path, data_dir, cache):
+def test_run_writes_the_frontier_skips_finished_runs_and_resumes_unfinished_ones(tmp_path, data_dir, cache, capsys):
     path = _write(tmp_path, _experiment(tmp_path, data_dir))
     first = run_experiment(path)
+    assert "alignlab: tiny: 3 runs to train" in capsys.readouterr().err
     assert first["trained"] == 3 and first["unfinished"] == [] and first["frontier_rows"] == 3 * 2 + 1
     results = tmp_path / "results"
     frame = pd.read_csv(results / "frontier.csv")
@@ -337,12 +398,24 @@ def test_run_writes_the_frontier_skips_finished_runs_and_resumes_unfinished_ones
         assert (results / name).stat().st_size > 0, name
     config = yaml.safe_load((results / "configs" / "dpo-beta0.5.yaml").read_text())
     assert config["objective"] == {"name": "dpo", "beta": 0.5}
+    # alignlab list: finished, as asked; with another learning rate the same run ids hold other runs: changed
+    assert main(["list", str(path)]) == 0
+    assert [line.split() for line in capsys.readouterr().out.splitlines()[1:]] == [
+        ["finished", "dpo-beta0.1"],
+        ["finished", "dpo-beta0.5"],
+        ["finished", "best_of_n"],
+    ]
+    assert main(["list", str(path), "train.lr=3e-3", "methods.DPO.sweep.beta=[0.5, 0.7]"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert [line.split() for line in listed[1:3]] == [["changed", "dpo-beta0.5"], ["pending", "dpo-beta0.7"]]
+    assert listed[3].split() == ["changed", "best_of_n"] and listed[4].startswith("changed: the run directory holds")
 
     # a finished experiment: nothing is trained again, nothing in the runs changes
     runs = tmp_path / "runs"
     before = {p: p.stat().st_mtime_ns for p in runs.rglob("*") if p.is_file() and not p.name.startswith(".")}
     again = run_experiment(path)
     assert again["trained"] == 0 and again["skipped_finished"] == 3
+    assert "alignlab: tiny: 0 runs to train, 3 finished already (skipped)" in capsys.readouterr().err
     after = {p: p.stat().st_mtime_ns for p in runs.rglob("*") if p.is_file() and not p.name.startswith(".")}
     assert after == before
     assert pd.read_csv(results / "frontier.csv").equals(frame)
@@ -357,6 +430,7 @@ def test_run_writes_the_frontier_skips_finished_runs_and_resumes_unfinished_ones
     assert status(load_experiment(path).runs[1]) == "started"
     resumed = run_experiment(path)
     assert resumed["trained"] == 1 and resumed["skipped_finished"] == 2
+    assert f"alignlab: resuming {run_dir} from step 2 of 4" in capsys.readouterr().err.splitlines()
     cols = ["run", "step", "kl", "reward"]
     assert pd.read_csv(results / "frontier.csv")[cols].equals(frame[cols])
 

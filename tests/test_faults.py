@@ -141,8 +141,8 @@ def test_a_second_train_on_the_same_out_dir_is_refused_while_the_first_trains(tm
         _, err = second.communicate(timeout=120)
         assert second.returncode == 2
         assert err.splitlines() == [
-            f"alignlab: error: {OK}: out_dir: {out} is in use: another alignlab process is training this run; "
-            f"wait for it to finish (or stop it), or pick another directory (set on the command line: out_dir={out})"
+            f"alignlab: error: command line: out_dir={out}: {out} is in use: another alignlab process is training "
+            "this run; wait for it to finish (or stop it), or pick another directory"
         ]
         assert digest(out / "checkpoints") == before
         assert first.poll() is None  # the first one trains on
@@ -508,7 +508,7 @@ def test_a_learning_rate_that_overflows_the_weights_saves_no_broken_checkpoint(
     assert main(argv) == 2
     (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("alignlab:")]
     assert line.startswith("alignlab: error: after step 1: the weights are no longer finite"), line
-    weights = sorted(out.glob("checkpoints/step-*/model/*.safetensors"))
+    weights = sorted(out.glob("checkpoints/step-*/*.safetensors"))
     assert weights and all(torch.isfinite(t).all() for w in weights for t in load_file(str(w)).values())
     for row in (out / "metrics.jsonl").read_text().splitlines():
         _strict_json(row)

@@ -9,7 +9,7 @@ methods:
     beta: 0.1                         # its knobs
     sweep: {beta: [0.1, 1.0], seed: [0, 1]}   # the runs: the product of these lists
   - name: ppo
-    label: PPO-GT                     # its name on the plot and in the tables (default: name)
+    label: PPO-GT                     # its name on the plot and in the tables (default: DPO, PPO, ...)
     reward: {kind: gold}              # any run section, merged over the experiment's
     train: {batch_size: 64}
     sweep: {target_kl: [3, 6]}
@@ -25,7 +25,10 @@ run with every seed and sweep setting on the test prompts (:mod:`alignlab.experi
 were in its sweep (a method's own ``sweep.seed`` or ``train.seed`` then conflicts: an error). A sweep
 key is one of the objective's knobs, ``seed`` (``train.seed``), or a dotted run key
 (``train.lr``). Each run is a :class:`~alignlab.train.job.RunConfig`, validated before anything
-runs, with its id built from the label and the swept values (``dpo-beta0.1-seed1``). An
+runs, with its id built from the label as written (else the objective's name) and the swept values
+(``dpo-beta0.1-seed1``); a method's label defaults to its objective's display name (``DPO``). On
+the command line a method's keys are named by index or by label: ``methods[0].sweep.beta=[0.2]``,
+``methods.DPO.sweep.beta=[0.2]`` (:func:`method_overrides`). An
 experiment may start from another with ``extends: other.yaml`` (paths relative to this file):
 the other's mapping is read first and this one's keys are merged over it.
 """
@@ -33,15 +36,19 @@ the other's mapping is read first and this one's keys are merged over it.
 from __future__ import annotations
 
 import copy
+import dataclasses
+import difflib
 import itertools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from alignlab.config import apply_overrides, load_yaml
+from alignlab.config import Override, apply_overrides, blaming, load_yaml, parse_override
 from alignlab.errors import ConfigError
+from alignlab.objectives import display_name
 from alignlab.objectives.registry import samples_only
+from alignlab.plugins import load_plugins
 from alignlab.schema import Config, knob
 from alignlab.tasks import task_config
 from alignlab.train.job import RunConfig, resolve_dict
@@ -88,7 +95,11 @@ class ExperimentConfig(RunConfig):
         help="The methods: {name: <objective>, label, <knob>: <value>, sweep: {<knob>: [...]}, <run section>: {...}}.",
     )
     extends: str | None = knob(None, "Another experiment YAML (relative to this one) whose keys this one overrides.")
-    out_dir: str = knob("", "Results: frontier.csv, plots, tables, run configs (default: results/<name>).")
+    out_dir: str = knob(
+        "",
+        "Results: frontier.csv, plots, tables, run configs (default: <runs_dir>/results, beside the runs and, "
+        "like them, outside the repository's tracked results/; out_dir=results/<name> rewrites the committed ones).",
+    )
     runs_dir: str = knob("", "Run directories: checkpoints, metrics, summaries (default: runs/<name>).")
     seeds: int | list[int] | None = knob(
         None,
@@ -108,7 +119,7 @@ class ExperimentConfig(RunConfig):
         "Tune every trained method on validation prompts first: {grid: {train.lr: [...], <knob>: [...]}, "
         "criterion: reward_at_kl | area, kl: 5.0 (the budget or the cap), seeds: 1 (the first seeds the "
         "candidates run with)}. The best grid point then runs with every seed on the test prompts; "
-        "results/<name>/tuning.csv|md. A method's own tune: overrides these keys (tune: null opts it out).",
+        "tuning.csv|md in out_dir. A method's own tune: overrides these keys (tune: null opts it out).",
     )
     plot_panels: list[list[str]] = knob(
         default_factory=list,
@@ -199,7 +210,16 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Exp
             before any work.
     """
     source = str(path)
-    data = apply_overrides(read_experiment(path), overrides or [])
+    raw = read_experiment(path)
+    _load_named_plugins(raw, Path(path).parent, source)  # their objectives' display names are method labels
+    parsed = method_overrides(raw, overrides or [])
+    data = apply_overrides(raw, parsed)
+    with blaming(parsed):  # a key an override set is the argument's mistake, not the file's
+        return _plan(path, source, data)
+
+
+def _plan(path: str | Path, source: str, data: dict[str, Any]) -> Experiment:
+    """:func:`load_experiment` once its overrides are applied."""
     if "objective" in data:
         raise ConfigError("objective", "an experiment lists its objectives under methods:", source)
     cfg: ExperimentConfig = ExperimentConfig.from_dict(data, source)
@@ -231,8 +251,57 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Exp
             )
         seen[run.run_id] = 1
     resolved = {**data, "name": name}
-    out_dir = Path(cfg.out_dir or f"results/{name}").expanduser()
+    # a user's run writes beside its runs, never over the committed results/<name>/ (whose numbers another
+    # machine does not reproduce bit for bit: PPO samples its training data; results/imdb_smoke/README.md)
+    out_dir = Path(cfg.out_dir).expanduser() if cfg.out_dir else runs_dir / "results"
     return Experiment(name, cfg, runs, source, out_dir, runs_dir, resolved, tuned)
+
+
+def method_label(entry: Any) -> str:
+    """A ``methods[]`` entry's label: its own ``label``, else its objective's display name (``DPO``)."""
+    if not isinstance(entry, dict):
+        return ""
+    return str(entry.get("label") or display_name(str(entry.get("name", ""))))
+
+
+def method_overrides(data: dict[str, Any], items: list[str]) -> list[Override]:
+    """The command line's overrides, a method named by label made an index: ``methods.DPO.sweep.beta=[0.2]``
+    sets ``methods[i].sweep.beta`` of the method labelled ``DPO`` (:func:`method_label`);
+    ``methods[0].sweep.beta=[0.2]`` names it by index.
+
+    Raises:
+        ConfigError: naming the argument, for a label no method has (with the labels there are).
+    """
+    parsed = []
+    for item in items:
+        override = parse_override(item)
+        head, _, rest = override.key.partition(".")
+        methods = data.get("methods")
+        if head == "methods" and rest and isinstance(methods, list):
+            label, _, below = rest.partition(".")
+            labels = [method_label(entry) for entry in methods]
+            if label in labels:
+                if labels.count(label) > 1:
+                    raise override.error(f"{labels.count(label)} methods are labelled {label!r}: name one by index")
+                where = f"methods[{labels.index(label)}]"
+                override = dataclasses.replace(override, key=f"{where}.{below}" if below else where)
+            else:
+                lower = {known.lower(): known for known in labels}  # methods.dpo for DPO: a matter of case
+                close = difflib.get_close_matches(label.lower(), list(lower), n=1)
+                hint = f"; did you mean {lower[close[0]]!r}?" if close else ""
+                raise override.error(
+                    f"no method is labelled {label!r}{hint} (labels: {', '.join(labels)}; or by index: methods[0])"
+                )
+        parsed.append(override)
+    return parsed
+
+
+def _load_named_plugins(data: dict[str, Any], base_dir: Path, source: str) -> None:
+    """The experiment's ``plugins:``, loaded before its methods are named (well-formed lists only:
+    anything else is refused, naming the key, when the experiment is validated)."""
+    plugins = data.get("plugins")
+    if isinstance(plugins, list) and all(isinstance(p, str) for p in plugins):
+        load_plugins(plugins, base_dir, source)
 
 
 def _tune(cfg: ExperimentConfig, data: dict[str, Any], entry: Any, i: int, source: str) -> TuneConfig | None:
@@ -293,7 +362,7 @@ def _plan_tuning(
     the tuned values.
     """
     where = f"methods[{i}]"
-    label = str(entry.get("label") or entry.get("name"))
+    label = method_label(entry)
     sweep = dict(entry.get("sweep") or {})
     seed_key = next((k for k in ("seed", "train.seed") if k in sweep), None)
     available = len(seeds) if seeds is not None else len(sweep[seed_key]) if seed_key else 1
@@ -313,7 +382,7 @@ def _plan_tuning(
         values = dict(zip(tune.grid, combo, strict=True))
         fixed = {k: [v] for k, v in values.items()}
         trial = deep_merge(base, {"eval": {"split": "validation", "winrate": {"temperatures": []}}})
-        trial |= {"label": f"tune-{label}", "sweep": {**fixed, **tune_sweep}}
+        trial |= {"label": f"tune-{entry.get('label') or entry.get('name')}", "sweep": {**fixed, **tune_sweep}}
         final = deep_merge(base, {"eval": {"split": "test"}}) | {"sweep": {**fixed, **sweep}}
         candidates.append(
             Candidate(
@@ -365,9 +434,12 @@ def _expand(
         raise ConfigError(where, f"expected a mapping with a name, got {entry!r}", source)
     if "name" not in entry:
         raise ConfigError(f"{where}.name", "required key is missing", source)
-    label = str(entry.get("label") or entry["name"])
+    label = method_label(entry)
     if not re.fullmatch(r"[A-Za-z0-9_.+-]+", label):
         raise ConfigError(f"{where}.label", f"{label!r}: use letters, digits, '_', '-', '+' and '.' only", source)
+    # run ids (directory names) start with the label as written, else the objective's name: a run
+    # directory keeps its name when display names change
+    prefix = str(entry.get("label") or entry["name"])
     sections = {k: v for k, v in entry.items() if k in RUN_SECTIONS}
     knobs = {k: v for k, v in entry.items() if k not in (*METHOD_KEYS, "tune") and k not in RUN_SECTIONS}
     sweep = entry.get("sweep") or {}
@@ -406,7 +478,7 @@ def _expand(
                 if not isinstance(node, dict):
                     raise ConfigError(f"{where}.sweep.{key}", f"{part} is not a mapping", source)
             node[last] = value
-        run_id = "-".join([label, *(f"{_short(k)}{_value(v)}" for k, v in setting.items())])
+        run_id = "-".join([prefix, *(f"{_short(k)}{_value(v)}" for k, v in setting.items())])
         data["out_dir"] = str(runs_dir / run_id)
         _check_task(data, entry, where, source)
         try:

@@ -1,4 +1,5 @@
-"""From run directories to the experiment's results: frontier.csv, the frontier plot, win rates, tables.
+"""From run directories to the experiment's results: frontier.csv, win rates, compute, tables (the plots:
+:mod:`alignlab.experiment.plots`).
 
 Every writer reads only files (``metrics.jsonl``, ``winrate.json``, ``summary.json`` of each run,
 and the CSVs), so ``alignlab plot DIR`` / ``alignlab table DIR`` redraw from a results directory
@@ -9,18 +10,13 @@ alone, and every output is written atomically.
   compute spent to reach it: ``compute_tokens`` (cumulative policy forward-equivalent tokens, defined
   in :mod:`alignlab.train.loop`) and ``compute_s`` (the measured seconds of the training steps so
   far, evaluation excluded: the sum of each train row's ``step_s``, for PPO ``gen_s + score_s + update_s``).
-- ``frontier.png`` / ``.svg``: reward against KL, one colour per method: the means over seeds of
-  every (setting, step), faint, and each method's Pareto front of those means, bold (in panels of
-  methods, ``plot_panels``), beside a bar chart of the reward at the KL budgets; for a log-odds
-  reward the y axis is P(positive) = σ(log-odds), the DPO paper's Fig. 2 axis. Optionally the Gao
-  et al. (2023) over-optimisation curves. ``frontier_compute.png`` / ``.svg``: reward against the
-  cumulative compute, forward-equivalent tokens and seconds, log x: the same means, each setting's
-  curve faint and the method's front (the best reward for at most that compute) bold.
+- ``frontier.png`` / ``.svg``, ``frontier_fit.png`` / ``.svg`` (``--fit``), ``frontier_compute.png`` /
+  ``.svg``, ``winrate.png`` / ``.svg``: drawn by :mod:`alignlab.experiment.plots` from the CSVs.
 - ``frontier.md``: the last evaluation of every run, the means over seeds, each method's Pareto
   front, its reward at the KL budgets, the area under its front, and the pairwise "A above B"
   table (:mod:`alignlab.experiment.summary` says how each is computed); ``summary.csv``: the same
   summaries as a tidy table.
-- ``winrate.csv`` / ``winrate.md`` / ``winrate.png``: win rate against the references by sampling
+- ``winrate.csv`` / ``winrate.md``: win rate against the references by sampling
   temperature, one column per method (DPO paper, Figs. 2 right and 3 left).
 
 A run whose results are damaged counts as unfinished (:func:`alignlab.train.state.read_summary`)
@@ -42,20 +38,10 @@ import pandas as pd
 
 from alignlab.errors import AlignlabError
 from alignlab.experiment.csvs import SUMMARY_COLUMNS, WINRATE_COLUMNS, read_csv, write_csv
-from alignlab.experiment.summary import (
-    MARK,
-    base_setting,
-    is_log_odds,
-    means_markdown,
-    p_positive,
-    reward_at_budgets,
-    seed_means,
-    summary_frame,
-    summary_markdown,
-)
+from alignlab.experiment.plots import COMPUTE_AXES, plot_compute, plot_frontier, plot_winrate
+from alignlab.experiment.summary import MARK, is_log_odds, means_markdown, seed_means, summary_frame, summary_markdown
 from alignlab.experiment.summary import pareto_front as pareto_front  # re-exported
-from alignlab.io import atomic_file, atomic_write_text, scan_jsonl
-from alignlab.objectives.registry import samples_only
+from alignlab.io import atomic_write_text, scan_jsonl
 
 
 def setting_text(setting: dict[str, Any]) -> str:
@@ -136,239 +122,6 @@ def _winrate_json(path: Path) -> list[dict[str, Any]]:
     return [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
 
 
-# ----------------------------------------------------------------------------------------- frontier
-
-
-def gao_curve(d: np.ndarray, alpha: float, beta: float, kind: str) -> np.ndarray:
-    """Gao et al. (2023) gold-reward gain at d = sqrt(KL): RL d(α − β log d); best-of-N d(α − β d)."""
-    if kind == "bon":
-        return d * (alpha - beta * d)
-    return d * (alpha - beta * np.log(np.maximum(d, 1e-12)))
-
-
-def fit_gao(kl: np.ndarray, gain: np.ndarray, kind: str) -> tuple[float, float] | None:
-    """(α, β) fitted by least squares (scipy), or None with fewer than 3 points of positive KL."""
-    from scipy.optimize import curve_fit
-
-    keep = kl > 1e-6
-    if keep.sum() < 3:
-        return None
-    try:
-        params, _ = curve_fit(
-            lambda d, a, b: gao_curve(d, a, b, kind), np.sqrt(kl[keep]), gain[keep], p0=(1.0, 0.1), maxfev=10000
-        )
-    except (RuntimeError, ValueError):
-        return None
-    return float(params[0]), float(params[1])
-
-
-def plot_frontier(
-    frame: pd.DataFrame,
-    out_dir: Path,
-    title: str = "",
-    fit: bool = False,
-    error_bars: bool = True,
-    kl_budgets: Sequence[float] = (),
-    panels: Sequence[Sequence[str]] = (),
-    axis: str = "auto",
-) -> list[Path]:
-    """frontier.png and frontier.svg: per method, the means over seeds of every (setting, step), faint,
-    and the Pareto front of those means, bold; beside them, the reward at ``kl_budgets`` as bars.
-
-    Args:
-        frame: the rows of frontier.csv.
-        error_bars: 95% intervals on both axes: over seeds (n ≥ 2), else the one run's over prompts.
-        kl_budgets: the bar chart's budgets (none: no bar chart).
-        panels: method labels drawn together in one panel each; the others share a last panel.
-        axis: ``auto`` (P(positive) for a log-odds reward, else the reward), ``reward`` or ``p_positive``.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if frame.empty:
-        raise AlignlabError(f"{out_dir}: frontier.csv has no evaluated point yet")
-    means = seed_means(frame)
-    use_p = axis == "p_positive" or (axis == "auto" and is_log_odds(frame))
-    methods = list(dict.fromkeys(frame["method"]))
-    cmap = plt.get_cmap("tab20" if len(methods) > 10 else "tab10")
-    colours = {m: cmap(i % cmap.N) for i, m in enumerate(methods)}
-    groups = [g for g in ([m for m in p if m in colours] for p in panels) if g]
-    rest = [m for m in methods if not any(m in g for g in groups)]
-    groups += [rest] if rest else []
-    budgets = reward_at_budgets(frame, kl_budgets) if len(kl_budgets) else None
-    ncols = len(groups) + (budgets is not None)
-    fig, axes = plt.subplots(1, ncols, figsize=(5.4 * ncols, 4.8), sharey=True, squeeze=False)
-    base = float(means.loc[means["step"] == 0, "reward"].mean()) if (means["step"] == 0).any() else None
-    for ax, group in zip(axes[0], groups, strict=False):
-        for method in group:
-            rows = means[means["method"] == method].reset_index(drop=True)
-            _draw_method(ax, rows, frame[frame["method"] == method], colours[method], use_p, error_bars)
-            if fit and base is not None:
-                kind = "bon" if rows["objective"].map(samples_only).all() else "rl"
-                kl, reward = rows["kl"].to_numpy(float), rows["reward"].to_numpy(float)
-                params = fit_gao(kl, reward - base, kind)
-                if params is not None:
-                    grid = np.linspace(0, math.sqrt(kl.max()), 100)
-                    curve = base + gao_curve(grid, *params, kind)
-                    ax.plot(grid**2, p_positive(curve) if use_p else curve, ":", color=colours[method], lw=1.2)
-        ax.set_xlabel("KL(π ‖ π_ref), sequence, nats")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right", ncol=2 if len(group) > 8 else 1)
-    lows, highs = zip(*(ax.get_xlim() for ax in axes[0][: len(groups)]), strict=True)
-    for ax in axes[0][: len(groups)]:  # one KL scale across the panels
-        ax.set_xlim(min(lows), max(highs))
-    axes[0][0].set_ylabel(_reward_label(frame, use_p))
-    if budgets is not None:
-        _draw_budgets(axes[0][-1], budgets, methods, colours, use_p, base)
-    n = int(means["n"].max())
-    seeds = f"means over {n} seeds, 95% t-intervals over seeds" if n > 1 else "one seed"
-    fig.suptitle(f"{title or 'reward–KL frontier'} ({seeds}; bold: Pareto front of the means)", fontsize=10)
-    return _save(fig, out_dir, "frontier")
-
-
-COMPUTE_AXES = {
-    "compute_tokens": "training compute, policy forward-equivalent tokens (log)",
-    "compute_s": "training compute, measured seconds (log)",
-}
-
-
-def compute_means(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per (method, setting, step): the means over seeds of reward, ``compute_tokens`` and ``compute_s``,
-    and ``on_front`` per compute axis (``on_front_<axis>``: the best reward for at most that compute)."""
-    frame = frame.drop_duplicates(["run", "step"], keep="last")
-    frame = frame.assign(setting=frame["setting"].map(base_setting))
-    for c in COMPUTE_AXES:
-        frame[c] = pd.to_numeric(frame[c], errors="coerce") if c in frame.columns else np.nan
-    means = frame.groupby(["method", "setting", "step"], sort=False)[["reward", *COMPUTE_AXES]].mean().reset_index()
-    for c in COMPUTE_AXES:
-        means[f"on_front_{c}"] = False
-        for _, rows in means[means[c] > 0].groupby("method", sort=False):
-            front = pareto_front(list(rows[c]), list(rows["reward"]))
-            means.loc[rows.index[front], f"on_front_{c}"] = True
-    return means
-
-
-def plot_compute(frame: pd.DataFrame, out_dir: Path, title: str = "", axis: str = "auto") -> list[Path]:
-    """frontier_compute.png and .svg: reward against cumulative training compute, forward-equivalent
-    tokens (left) and measured seconds (right), log x; per method, the means over seeds of each
-    setting's evaluations, faint, joined by step, and the front of those means, bold; π_ref's reward
-    (step 0, no compute yet) as a dotted line. Points without compute (an older alignlab's runs) are left out.
-
-    Raises:
-        AlignlabError: no evaluated point has any compute recorded.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    means = compute_means(frame)
-    if not (means[list(COMPUTE_AXES)] > 0).any().any():
-        raise AlignlabError(f"{out_dir}: frontier.csv has no evaluated point with its training compute")
-    use_p = axis == "p_positive" or (axis == "auto" and is_log_odds(frame))
-    y = p_positive if use_p else (lambda v: np.asarray(v, float))
-    methods = list(dict.fromkeys(frame["method"]))
-    cmap = plt.get_cmap("tab20" if len(methods) > 10 else "tab10")
-    fig, axes = plt.subplots(1, len(COMPUTE_AXES), figsize=(5.8 * len(COMPUTE_AXES), 4.8), sharey=True)
-    base = means.loc[means["step"] == 0, "reward"]
-    for ax, (c, label) in zip(axes, COMPUTE_AXES.items(), strict=True):
-        for i, method in enumerate(methods):
-            colour = cmap(i % cmap.N)
-            rows = means[(means["method"] == method) & (means[c] > 0)]
-            for _, curve in rows.groupby("setting", sort=False):
-                curve = curve.sort_values("step")
-                ax.plot(curve[c], y(curve["reward"]), "-", color=colour, alpha=0.3, lw=0.8, ms=3, marker="o")
-            front = rows[rows[f"on_front_{c}"]].sort_values(c)
-            if not front.empty:
-                ax.plot(front[c], y(front["reward"]), "-o", color=colour, lw=2.2, ms=3, label=method)
-        if not base.empty:
-            ax.axhline(float(y(base.mean())), color="grey", lw=0.8, ls=":", label="π_ref (step 0)")
-        ax.set_xscale("log")
-        ax.set_xlabel(label)
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7, loc="lower right", ncol=2 if len(methods) > 8 else 1)
-    axes[0].set_ylabel(_reward_label(frame, use_p))
-    runs = frame.drop_duplicates(["run"])
-    n = int(runs.assign(setting=runs["setting"].map(base_setting)).groupby(["method", "setting"]).size().max())
-    seeds = f"means over {n} seeds" if n > 1 else "one seed"
-    fig.suptitle(
-        f"{title or 'reward against training compute'} ({seeds}; bold: the best reward for the compute)", fontsize=10
-    )
-    return _save(fig, out_dir, "frontier_compute")
-
-
-def _reward_label(frame: pd.DataFrame, use_p: bool) -> str:
-    if use_p:
-        return "P(positive) = σ(mean gold log-odds)"
-    if is_log_odds(frame):
-        return "mean gold reward (log-odds of positive)"
-    return "mean reward of samples (gold judge, else the reward model)"
-
-
-def _draw_method(ax: Any, means: pd.DataFrame, rows: pd.DataFrame, colour: Any, use_p: bool, error_bars: bool) -> None:
-    """One method: its mean points, faint (hollow where seeds are missing), and its front, bold."""
-    y = p_positive if use_p else (lambda v: np.asarray(v, float))
-    kl, reward = means["kl"].to_numpy(float), means["reward"].to_numpy(float)
-    if error_bars:
-        # one seed: the run's own interval over prompts, from its frontier row
-        own = rows.assign(setting=rows["setting"].map(base_setting)).drop_duplicates(["setting", "step"], keep="last")
-        own = own.set_index(["setting", "step"]).reindex(pd.MultiIndex.from_frame(means[["setting", "step"]]))
-        single = (means["n"] == 1).to_numpy()
-        ci = {}
-        for c in ("kl_ci_low", "kl_ci_high", "reward_ci_low", "reward_ci_high"):
-            ci[c] = np.where(single, own[c].to_numpy(float), means[c].to_numpy(float))
-        xerr = np.nan_to_num(np.abs(np.vstack([kl - ci["kl_ci_low"], ci["kl_ci_high"] - kl])))
-        yerr = np.abs(np.vstack([y(reward) - y(ci["reward_ci_low"]), y(ci["reward_ci_high"]) - y(reward)]))
-        ax.errorbar(kl, y(reward), xerr=xerr, yerr=np.nan_to_num(yerr), fmt="none", ecolor=colour, alpha=0.15, lw=0.7)
-    full = means["complete"].to_numpy(bool)
-    ax.scatter(kl[full], y(reward[full]), s=14, color=colour, alpha=0.35, edgecolors="none")
-    ax.scatter(kl[~full], y(reward[~full]), s=16, facecolors="none", edgecolors=colour, alpha=0.6, lw=0.8)
-    front = means[means["on_front"]].sort_values("kl")
-    label = str(means["method"].iloc[0]) + ("" if full.all() else " (missing seeds)")
-    ax.plot(front["kl"], y(front["reward"]), "-o", color=colour, lw=2.2, ms=3, label=label)
-
-
-def _draw_budgets(
-    ax: Any, budgets: pd.DataFrame, methods: list[str], colours: dict[str, Any], use_p: bool, base: float | None
-) -> None:
-    """Bars of each method's reward at each KL budget (mean over seeds, 95% t-interval), from π_ref's reward."""
-    y = p_positive if use_p else (lambda v: np.asarray(v, float))
-    ks = sorted(set(budgets["kl"]))
-    width = 0.8 / max(len(methods), 1)
-    bottom = float(y(base)) if base is not None else (0.5 if use_p else 0.0)
-    for j, method in enumerate(methods):
-        g = budgets[budgets["method"] == method].set_index("kl").reindex(ks)
-        value = y(g["reward"].to_numpy(float))
-        xs = np.arange(len(ks)) + (j - (len(methods) - 1) / 2) * width
-        for full, hatch in ((True, None), (False, "///")):
-            keep = np.isfinite(value) & (g["complete"].fillna(False).to_numpy(bool) == full)
-            ax.bar(xs[keep], value[keep] - bottom, width, bottom=bottom, color=colours[method], hatch=hatch, alpha=0.8)
-        low, high = y(g["reward_ci_low"].to_numpy(float)), y(g["reward_ci_high"].to_numpy(float))
-        yerr = np.nan_to_num(np.abs(np.vstack([value - low, high - value])))
-        ax.errorbar(xs, value, yerr=yerr, fmt="none", ecolor="black", lw=0.7, capsize=1.5)
-    ax.axhline(bottom, color="grey", lw=0.8)
-    ax.set_xticks(np.arange(len(ks)), [f"KL {k:g}" for k in ks])
-    ax.set_title("reward at KL budgets (bars from π_ref's reward; hatched: missing seeds)", fontsize=8)
-    ax.grid(alpha=0.3, axis="y")
-
-
-def _save(fig: Any, out_dir: Path, stem: str) -> list[Path]:
-    """``stem``.png and ``stem``.svg in ``out_dir``, each written atomically; the figure is closed."""
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    paths = []
-    for ext in ("png", "svg"):
-        path = out_dir / f"{stem}.{ext}"
-        with atomic_file(path) as tmp:
-            fig.savefig(tmp, format=ext, dpi=150)
-        paths.append(path)
-    plt.close(fig)
-    return paths
-
-
 def _ci(value: float, low: Any, high: Any, digits: int = 2) -> str:
     if pd.isna(low) or pd.isna(high):
         return f"{value:.{digits}f}"
@@ -430,30 +183,6 @@ def winrate_table(frame: pd.DataFrame) -> str:
             )
         out.write(f"| {temperature:g} | " + " | ".join(cells) + " |\n")
     return out.getvalue()
-
-
-def plot_winrate(frame: pd.DataFrame, out_dir: Path, title: str = "") -> list[Path]:
-    """winrate.png and .svg: win rate against sampling temperature, one line per run."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    colours = plt.get_cmap("tab10")
-    for i, run in enumerate(dict.fromkeys(frame["run"])):
-        rows = frame[frame["run"] == run].sort_values("temperature")
-        colour = colours(i % colours.N)
-        t = rows["temperature"].to_numpy(float)
-        ax.fill_between(t, rows["win_rate_ci_low"], rows["win_rate_ci_high"], color=colour, alpha=0.12)
-        ax.plot(t, rows["win_rate"], "o-", color=colour, label=run)
-    ax.axhline(0.5, color="grey", lw=0.8, ls="--")
-    ax.set_xlabel("sampling temperature")
-    ax.set_ylabel("win rate against the references")
-    ax.set_title(title or "win rate")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return _save(fig, out_dir, "winrate")
 
 
 # ----------------------------------------------------------------------------------------- compute
@@ -566,11 +295,25 @@ def report_settings(results: Path) -> Any:
     )
 
 
+def read_rows(path: Path) -> pd.DataFrame:
+    """A results CSV (:func:`~alignlab.experiment.csvs.read_csv`) with its methods as plots and tables
+    name them: a method an older alignlab labelled with its objective's name (``dpo``) gets the
+    objective's display name (``DPO``), as a method without a label now does."""
+    from alignlab.objectives import display_name
+
+    frame = read_csv(path)
+    if {"method", "objective"} <= set(frame.columns) and not frame.empty:
+        default = frame["method"] == frame["objective"]
+        frame.loc[default, "method"] = frame.loc[default, "objective"].map(lambda name: display_name(str(name)))
+    return frame
+
+
 def plot_dir(results: Path, fit: bool = False, title: str = "") -> list[Path]:
-    """``alignlab plot DIR``: the plots of a results directory from its CSVs (and its experiment.yaml)."""
+    """``alignlab plot DIR``: the plots of a results directory from its CSVs (and its experiment.yaml);
+    with ``fit``, also frontier_fit.png/.svg."""
     paths: list[Path] = []
     if (results / "frontier.csv").exists():
-        frame = read_csv(results / "frontier.csv")
+        frame = read_rows(results / "frontier.csv")
         if not frame.empty:
             cfg = report_settings(results)
             title = title or f"{results.name}: reward–KL frontier"
@@ -578,7 +321,7 @@ def plot_dir(results: Path, fit: bool = False, title: str = "") -> list[Path]:
             if (frame[list(COMPUTE_AXES)] > 0).any().any():  # runs of an older alignlab have no compute
                 paths += plot_compute(frame, results, f"{results.name}: reward against training compute")
     if (results / "winrate.csv").exists():
-        frame = read_csv(results / "winrate.csv")
+        frame = read_rows(results / "winrate.csv")
         if not frame.empty:
             paths += plot_winrate(frame, results, title or f"{results.name}: win rate")
     if not paths:
@@ -590,7 +333,7 @@ def table_dir(results: Path) -> list[Path]:
     """``alignlab table DIR``: frontier.md, summary.csv, winrate.md and compute.md from the CSVs."""
     paths: list[Path] = []
     if (results / "frontier.csv").exists():
-        frame = read_csv(results / "frontier.csv")
+        frame = read_rows(results / "frontier.csv")
         if not frame.empty:
             cfg = report_settings(results)
             text = frontier_table(frame, cfg.kl_budgets, cfg.kl_cap)
@@ -598,11 +341,11 @@ def table_dir(results: Path) -> list[Path]:
             summary = summary_frame(frame, cfg.kl_budgets, cfg.kl_cap)
             paths.append(write_csv(results / "summary.csv", summary.to_dict("records"), SUMMARY_COLUMNS))
     if (results / "winrate.csv").exists():
-        frame = read_csv(results / "winrate.csv")
+        frame = read_rows(results / "winrate.csv")
         if not frame.empty:
             paths.append(atomic_write_text(results / "winrate.md", winrate_table(frame)))
     if (results / "compute.csv").exists():
-        frame = read_csv(results / "compute.csv")
+        frame = read_rows(results / "compute.csv")
         if not frame.empty:
             paths.append(atomic_write_text(results / "compute.md", compute_table(frame)))
     if not paths:

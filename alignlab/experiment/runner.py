@@ -34,6 +34,7 @@ from alignlab.experiment.report import compute_rows, plot_dir, run_rows, table_d
 from alignlab.experiment.tuning import TUNING_COLUMNS, every_run, select_all, tune_runs, tuning_markdown, unselected
 from alignlab.io import atomic_write_text, atomic_write_yaml, clear_temps, file_lock
 from alignlab.ownership import directory_lock, mark, remove_owned, training_lock
+from alignlab.progress import say
 
 
 def status(run: PlannedRun) -> str:
@@ -48,6 +49,20 @@ def status(run: PlannedRun) -> str:
     if (out / "config.yaml").exists():
         return "started"
     return "pending"
+
+
+def listed_status(run: PlannedRun, source: str) -> str:
+    """:func:`status` for ``alignlab list``, which also says ``changed`` when the run directory holds a run
+    whose stored config (``config.yaml``) is not this run's (the YAML or an override changed since):
+    ``alignlab run`` refuses it until it is given another runs_dir, or ``--force``."""
+    from alignlab.tasks import build_task
+    from alignlab.train.job import _resolved, holds_other_run
+
+    out = Path(run.cfg.out_dir)
+    changed = (out / "config.yaml").is_file() and holds_other_run(
+        out, _resolved(run.cfg, build_task(run.cfg.task, source), run.method)
+    )
+    return "changed" if changed else status(run)
 
 
 def _lock(exp: Experiment, run: PlannedRun) -> Path:
@@ -107,6 +122,10 @@ def run_experiment(
     # 3. the tuning runs, the selection, then the runs
     before = {r.run_id: status(r) for r in every_run(exp)}
     pending = [r for r in exp.runs + tune_runs(exp) if before[r.run_id] not in ("finished", "diverged")]
+    if not worker:
+        skipped = len(exp.runs + tune_runs(exp)) - len(pending)
+        said = f", {skipped} finished already (skipped)" if skipped else ""
+        say(f"{exp.name}: {len(pending)} runs to train{said}")
     workers = min(workers, len(pending) + sum(len(t.candidates[0].final_runs) for t in exp.tuned))  # no idle ones
     if workers > 1 and not worker:
         _spawn_workers(path, overrides or [], workers)

@@ -42,6 +42,7 @@ from alignlab.objectives.base import (
 from alignlab.objectives.registry import (
     Objective,
     ObjectiveError,
+    display_name,
     get_objective,
     list_objectives,
     register_objective,
@@ -60,6 +61,7 @@ __all__ = [
     "RolloutBatch",
     "SampledRewards",
     "UnpairedLogps",
+    "display_name",
     "get_objective",
     "knob",
     "list_objectives",

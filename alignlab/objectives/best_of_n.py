@@ -21,6 +21,7 @@ class BestOfNConfig(ObjectiveConfig):
 
 @register_objective(
     "best_of_n",
+    display_name="best-of-N",
     config=BestOfNConfig,
     needs=Needs(reference=False, data="sampling"),
     citation="Stiennon et al. 2020, Learning to summarize from human feedback, §4.2 (best-of-N)",

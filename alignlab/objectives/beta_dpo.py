@@ -96,6 +96,7 @@ def kept_pairs(h: Tensor, state: dict[str, Tensor], cfg: BetaDPOConfig) -> Tenso
 
 @register_objective(
     "beta_dpo",
+    display_name="beta-DPO",
     config=BetaDPOConfig,
     needs=Needs(reference=True, data="paired", state=ObjectiveState(init=init_state, update=update_state)),
     citation="Wu et al. 2024, β-DPO: Direct Preference Optimization with Dynamic β (arXiv:2407.08639), "

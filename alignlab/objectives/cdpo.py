@@ -18,6 +18,7 @@ class CDPOConfig(ObjectiveConfig):
 
 @register_objective(
     "cdpo",
+    display_name="cDPO",
     config=CDPOConfig,
     needs=Needs(reference=True, data="paired"),
     citation="Mitchell 2023, A note on DPO with noisy preferences & relationship to IPO (conservative DPO)",

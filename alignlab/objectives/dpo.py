@@ -17,6 +17,7 @@ class DPOConfig(ObjectiveConfig):
 
 @register_objective(
     "dpo",
+    display_name="DPO",
     config=DPOConfig,
     needs=Needs(reference=True, data="paired"),
     citation="Rafailov et al. 2023, Direct Preference Optimization, Eq. 7",

@@ -20,6 +20,7 @@ class DPOPConfig(ObjectiveConfig):
 
 @register_objective(
     "dpop",
+    display_name="DPOP",
     config=DPOPConfig,
     needs=Needs(reference=True, data="paired"),
     citation="Pal et al. 2024, Smaug: Fixing Failure Modes of Preference Optimisation with DPO-Positive "

@@ -30,6 +30,7 @@ class GRPOConfig(ObjectiveConfig):
 
 @register_objective(
     "grpo",
+    display_name="GRPO",
     config=GRPOConfig,
     needs=Needs(
         reference=True,

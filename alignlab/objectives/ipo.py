@@ -20,6 +20,7 @@ class IPOConfig(ObjectiveConfig):
 
 @register_objective(
     "ipo",
+    display_name="IPO",
     config=IPOConfig,
     needs=Needs(reference=True, data="paired"),
     citation=("Azar et al. 2023, A General Theoretical Paradigm to Understand Learning from Human Preferences, Eq. 17"),

@@ -18,6 +18,7 @@ from alignlab.objectives.registry import register_objective
 
 @register_objective(
     "iterative_dpo",
+    display_name="iterative-DPO",
     config=DPOConfig,
     needs=Needs(
         reference=True,

@@ -37,6 +37,7 @@ def kl_baseline(mismatched_policy_logps: Tensor, mismatched_ref_logps: Tensor) -
 
 @register_objective(
     "kto",
+    display_name="KTO",
     config=KTOConfig,
     needs=Needs(reference=True, data="unpaired"),
     citation="Ethayarajh et al. 2024, KTO: Model Alignment as Prospect Theoretic Optimization, Eq. 7",

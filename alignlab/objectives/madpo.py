@@ -44,6 +44,7 @@ def madpo_weights(margins: Tensor, cfg: MADPOConfig) -> Tensor:
 
 @register_objective(
     "madpo",
+    display_name="MADPO",
     config=MADPOConfig,
     needs=Needs(reference=True, data="paired", scores=True),
     citation="Rho 2025, Margin Adaptive DPO (arXiv:2510.05342), the weighted loss and c(|m|); official code MADPOLoss",

@@ -48,6 +48,7 @@ def offsets(chosen_scores: Tensor, rejected_scores: Tensor, cfg: ODPOConfig) -> 
 
 @register_objective(
     "odpo",
+    display_name="ODPO",
     config=ODPOConfig,
     needs=Needs(reference=True, data="paired", scores=True),
     citation="Amini et al. 2024, Direct Preference Optimization with an Offset (arXiv:2402.10571), the ODPO "

@@ -15,6 +15,7 @@ from alignlab.objectives.registry import register_objective
 
 @register_objective(
     "online_dpo",
+    display_name="online-DPO",
     config=DPOConfig,
     needs=Needs(
         reference=True,

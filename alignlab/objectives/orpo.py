@@ -25,6 +25,7 @@ class ORPOConfig(ObjectiveConfig):
 
 @register_objective(
     "orpo",
+    display_name="ORPO",
     config=ORPOConfig,
     needs=Needs(reference=False, data="paired"),
     citation="Hong et al. 2024, ORPO: Monolithic Preference Optimization without Reference Model, Eqs. 4-7",

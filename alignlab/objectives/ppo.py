@@ -33,6 +33,7 @@ class PPOConfig(ObjectiveConfig):
 
 @register_objective(
     "ppo",
+    display_name="PPO",
     config=PPOConfig,
     needs=Needs(reference=True, data="online", online=Online(advantage="gae", kl="reward")),
     citation=(

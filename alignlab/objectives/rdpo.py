@@ -18,6 +18,7 @@ class RDPOConfig(ObjectiveConfig):
 
 @register_objective(
     "rdpo",
+    display_name="rDPO",
     config=RDPOConfig,
     needs=Needs(reference=True, data="paired"),
     citation="Chowdhury et al. 2024, Provably Robust DPO, the de-biased loss (Eq. 8)",

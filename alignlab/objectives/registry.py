@@ -29,6 +29,7 @@ from alignlab.objectives.base import LossOutput, Needs, ObjectiveConfig, PairedL
 
 ENTRY_POINT_GROUP = "alignlab.objectives"
 _NAME = re.compile(r"^[a-z][a-z0-9_\-]*$")
+_DISPLAY = re.compile(r"^[A-Za-z0-9_.+-]+$")  # as a method label: it names runs and plot legends
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,8 @@ class Objective:
     needs: Needs
     citation: str
     aliases: tuple[str, ...] = ()
+    display_name: str = ""
+    """How plots and tables name it (``DPO``, ``SimPO``, ``Preferred-FT``); the name when not given."""
 
     @property
     def summary(self) -> str:
@@ -172,6 +175,7 @@ def register_objective(
     needs: Needs,
     citation: str,
     aliases: tuple[str, ...] = (),
+    display_name: str | None = None,
 ) -> Callable[[Callable[[Any, Any], LossOutput]], Callable[[Any, Any], LossOutput]]:
     """Decorator: register ``loss_fn(batch, cfg) -> LossOutput`` under ``name``.
 
@@ -181,6 +185,8 @@ def register_objective(
         needs: what the trainer must prepare (reference log-probs, data kind, token level).
         citation: the paper and equation the function implements.
         aliases: other names that resolve to this objective.
+        display_name: how plots, tables and an experiment's default method label name it (``DPO``);
+            default: ``name``. Letters, digits, ``_ - + .``.
 
     Registering a different function under a taken name is an error; registering the same
     function again (a plugin module imported twice) replaces the entry.
@@ -190,6 +196,9 @@ def register_objective(
     if not isinstance(needs, Needs):
         raise TypeError(f"objective {name!r}: needs must be a Needs, got {needs!r}")
 
+    if display_name is not None and not _DISPLAY.match(display_name):
+        raise ValueError(f"objective {name!r}: display_name {display_name!r}: use letters, digits, '_', '-', '+', '.'")
+
     def decorator(loss_fn: Callable[[Any, Any], LossOutput]) -> Callable[[Any, Any], LossOutput]:
         for n in (name, *aliases):
             if not _NAME.match(n):
@@ -197,7 +206,7 @@ def register_objective(
             taken = _REGISTRY.get(_ALIASES.get(n, n))
             if taken is not None and _qualname(taken.loss_fn) != _qualname(loss_fn):
                 raise ValueError(f"objective name {n!r} is already registered by {taken.origin}; pick another name")
-        _REGISTRY[name] = Objective(name, loss_fn, config, needs, citation, tuple(aliases))
+        _REGISTRY[name] = Objective(name, loss_fn, config, needs, citation, tuple(aliases), display_name or name)
         for alias in aliases:
             _ALIASES[alias] = name
         return loss_fn
@@ -242,6 +251,14 @@ def samples_only(name: object) -> bool:
         return get_objective(str(name)).needs.data == "sampling"
     except UnknownObjectiveError:
         return False
+
+
+def display_name(name: str) -> str:
+    """How plots and tables name the objective (or method) ``name``: its registered ``display_name``
+    (``dpo`` -> ``DPO``); ``name`` itself when nothing by that name is registered."""
+    _load_entry_points()
+    objective = _REGISTRY.get(_ALIASES.get(name, name))
+    return objective.display_name if objective is not None else name
 
 
 def list_objectives() -> list[Objective]:

@@ -25,6 +25,7 @@ class RLOOConfig(ObjectiveConfig):
 
 @register_objective(
     "rloo",
+    display_name="RLOO",
     config=RLOOConfig,
     needs=Needs(
         reference=True,

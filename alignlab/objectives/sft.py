@@ -15,6 +15,7 @@ class SFTConfig(ObjectiveConfig):
 
 @register_objective(
     "sft",
+    display_name="Preferred-FT",
     config=SFTConfig,
     needs=Needs(reference=False, data="paired"),
     citation="Rafailov et al. 2023, DPO, §6 baseline 'Preferred-FT' (maximum likelihood on y_w)",

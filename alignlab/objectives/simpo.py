@@ -18,6 +18,7 @@ class SimPOConfig(ObjectiveConfig):
 
 @register_objective(
     "simpo",
+    display_name="SimPO",
     config=SimPOConfig,
     needs=Needs(reference=False, data="paired"),
     citation="Meng et al. 2024, SimPO: Simple Preference Optimization with a Reference-Free Reward, Eq. 6",

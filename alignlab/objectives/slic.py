@@ -18,6 +18,7 @@ class SLiCConfig(ObjectiveConfig):
 
 @register_objective(
     "slic",
+    display_name="SLiC",
     config=SLiCConfig,
     needs=Needs(reference=True, data="paired"),
     citation=(

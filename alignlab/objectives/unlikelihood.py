@@ -22,6 +22,7 @@ class UnlikelihoodConfig(ObjectiveConfig):
 
 @register_objective(
     "unlikelihood",
+    display_name="Unlikelihood",
     config=UnlikelihoodConfig,
     needs=Needs(reference=False, data="paired", token_level=True),
     citation=("Welleck et al. 2020, Neural Text Generation with Unlikelihood Training, Eq. 4; DPO paper §6 baseline"),

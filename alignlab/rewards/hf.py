@@ -33,11 +33,11 @@ class HFClassifierReward:
 
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        if not os.path.isdir(model_id) and os.environ.get("HF_HUB_OFFLINE") == "1":
-            raise AlignlabError(
-                f"reward model {model_id!r} is not a local directory and the Hub is offline (HF_HUB_OFFLINE=1): "
-                "give a directory saved with save_pretrained, or use the CPU gold classifier"
-            )
+        from alignlab.data import check_hub
+
+        if not os.path.isdir(model_id):
+            why = f"reward model {model_id!r} is not a local directory"
+            check_hub("it", why, "give a directory saved with save_pretrained, or use the CPU gold classifier")
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model_id, trust_remote_code=trust_remote_code)
             self.model = AutoModelForSequenceClassification.from_pretrained(

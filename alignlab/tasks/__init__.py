@@ -45,9 +45,9 @@ def build_task(spec: Any, source: str | None = None, prefix: str = "task.") -> T
     try:
         return TASKS[cfg.name](cfg)
     except DataDirError as err:  # the data directory is a setting: name the file and key it came from
-        key = f"{prefix}data_dir" if cfg.data_dir else f"${DATA_DIR_ENV}"
-        where = f"{source}: " if source and cfg.data_dir else ""
-        raise DataDirError(f"{where}{key}: {err.message}") from err
+        if cfg.data_dir:
+            raise ConfigError(f"{prefix}data_dir", err.message, source) from err
+        raise DataDirError(f"${DATA_DIR_ENV}: {err.message}") from err
 
 
 __all__ = ["TASKS", "DataReport", "PreferencePair", "Task", "TaskConfig", "build_task", "task_config"]

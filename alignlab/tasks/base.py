@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
-from alignlab.data import DATA_DIR_ENV, DataError, quiet_datasets, resolve_data_dir
+from alignlab.data import DATA_DIR_ENV, DataError, check_hub, quiet_datasets, resolve_data_dir
 from alignlab.errors import one_line
 from alignlab.schema import Config, knob
 
@@ -228,16 +228,11 @@ def iter_parquet(path: Path, report: DataReport, name: str) -> Iterator[tuple[in
 
 def iter_hub(hub_id: str, split: str, report: DataReport, config: str | None = None) -> Iterator[tuple[int, dict]]:
     """(row number, row) of a Hub dataset split; a clear error when the Hub cannot be reached."""
-    import os
-
     import datasets
 
     label = f"{hub_id}{':' + config if config else ''}[{split}]"
-    if os.environ.get("HF_HUB_OFFLINE") == "1":
-        raise DataError(
-            f"no data directory is set and the Hub is offline (HF_HUB_OFFLINE=1), so {label} cannot be "
-            f"downloaded: set data_dir in the YAML or ${DATA_DIR_ENV} to a directory with the task's files"
-        )
+    instead = f"set data_dir in the YAML or ${DATA_DIR_ENV} to a directory with the task's files"
+    check_hub(label, "no data directory is set", instead)
     try:
         with quiet_datasets():
             ds = datasets.load_dataset(hub_id, config, split=split)

@@ -26,6 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from alignlab import progress
 from alignlab.core.scoring import EncodedBatch, score_pairs, sequence_logps, token_logps
 from alignlab.data import DataError, cache_root
 from alignlab.encoding import encode_completions
@@ -75,21 +76,26 @@ def cached_reference(
     kind: str = "reference",
     what: str = "the cached reference log-probs",
     dtype: torch.dtype = torch.float32,
+    scoring: str = "",
 ) -> dict[str, Tensor]:
     """Tensors from the disk cache (``<cache>/<kind>/<key>.safetensors``), or computed once and
     written there atomically: reference log-probs, and the reward model's scores of pairs.
 
     The file's ``.sha256`` sidecar is checked on every load; a damaged file is moved aside and
-    computed again (:func:`alignlab.io.load_intact`).
+    computed again (:func:`alignlab.io.load_intact`). ``what`` names the file in a warning;
+    ``scoring`` says what is scored, for the progress line.
     """
     path = (cache or cache_root()) / kind / f"{fingerprint(*key_parts)}.safetensors"
+    stage = {"reference": "reference log-probs", "scores": "pair scores"}.get(kind, kind)
     with file_lock(path.with_suffix(".lock")):
-        cached = load_intact(path, lambda p: load_file(str(p)), what, "recomputing them")
-        if cached is not None:
-            return cached
+        found = load_intact(path, lambda p: load_file(str(p)), what, "recomputing them")
+        if found is not None:
+            progress.cached(stage, path, scoring)
+            return found
         for name in (path.name, checksum_path(path).name):
             clear_temps(path.parent, name)  # what a killed pass left half-written
-        tensors = compute()
+        with progress.stage(stage, f"scoring {scoring}" if scoring else "scoring"):
+            tensors = compute()
         with atomic_file(path, checksum=True) as tmp:
             save_file({k: v.contiguous().to(dtype) for k, v in tensors.items()}, str(tmp))
     return tensors
@@ -163,7 +169,7 @@ class PairData:
             tuple(self.chosen.input_ids.shape),
             tuple(self.rejected.input_ids.shape),
         ]
-        self.ref = cached_reference(key, compute)
+        self.ref = cached_reference(key, compute, scoring=f"{len(self):,} pairs (chosen and rejected) with π_ref")
 
     def logps(self, model: torch.nn.Module, rows: list[int], needs: Needs) -> PairedLogps:
         """The objective's input for ``rows``: chosen and rejected scored in one forward pass."""
@@ -276,7 +282,9 @@ class UnpairedData:
             }
 
         key = [*reference_key, "unpaired", self.key(), tuple(self.mismatched.input_ids.shape)]
-        self.ref = cached_reference(key, compute)
+        self.ref = cached_reference(
+            key, compute, scoring=f"{len(self):,} completions and their mismatched twins with π_ref"
+        )
 
     def logps(self, model: torch.nn.Module, rows: list[int], reduce_mean: Callable[[Tensor], Tensor]) -> UnpairedLogps:
         """KTO's input for ``rows``; ``reduce_mean`` averages z0's estimate over processes before the clamp."""

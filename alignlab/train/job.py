@@ -10,7 +10,9 @@ In numbered steps:
    reference log-probs cached once when needed;
 4. training: the offline trainer or PPO, checkpointed and resumable, evaluated every
    ``train.eval_every`` steps (held-out loss and metrics; mean reward and KL of samples);
-5. ``summary.json`` (written last: its presence marks the run finished) beside ``config.yaml``.
+5. ``final/``, the trained policy alone (model, tokenizer, generation config: ``from_pretrained``
+   loads it), then ``summary.json`` (written last: its presence marks the run finished) beside
+   ``config.yaml``.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from alignlab import stages
-from alignlab.config import apply_overrides, load_yaml, parse_yaml
+from alignlab.config import apply_overrides, blaming, load_yaml, parse_override, parse_yaml
 from alignlab.data import cache_root, check_cache_writable
 from alignlab.errors import AlignlabError, ConfigError
 from alignlab.io import atomic_write_json, atomic_write_yaml, clear_temps
@@ -35,6 +37,7 @@ from alignlab.models import ModelConfig, model_context
 from alignlab.objectives import get_objective
 from alignlab.ownership import check_claimable, mark, remove_owned, training_lock
 from alignlab.plugins import load_plugins
+from alignlab.progress import say
 from alignlab.rewards.model import RewardModelConfig
 from alignlab.schema import Config, knob
 from alignlab.sft import SFTConfig, code_version, prepare_policy
@@ -43,7 +46,7 @@ from alignlab.tasks.base import PreferencePair
 from alignlab.train.config import TrainConfig
 from alignlab.train.online_batches import RolloutConfig
 from alignlab.train.sources import DataConfig, check_data, flip_labels, offline_rows, read_rows
-from alignlab.train.state import read_summary
+from alignlab.train.state import publish_final, read_summary
 from alignlab.train.trainers import Method, trainer_for
 
 
@@ -141,7 +144,10 @@ def check_split(cfg: RunConfig, method: Method, num_processes: int, source: str 
 def resolve(path: str | Path, overrides: list[str]) -> tuple[RunConfig, Method]:
     """Step 1: read, override and validate a run YAML; load its plugins; check its knobs and the
     batch split for one process (:func:`check_split` again once the process count is known)."""
-    return resolve_dict(apply_overrides(load_yaml(path), overrides), str(path), Path(path).parent)
+    parsed = [parse_override(item) for item in overrides]
+    data = apply_overrides(load_yaml(path), parsed)
+    with blaming(parsed):  # a key an override set is the argument's mistake, not the file's
+        return resolve_dict(data, str(path), Path(path).parent)
 
 
 def resolve_dict(data: dict[str, Any], source: str, base_dir: Path, prefix: str = "") -> tuple[RunConfig, Method]:
@@ -175,8 +181,7 @@ def resolve_dict(data: dict[str, Any], source: str, base_dir: Path, prefix: str 
         raise ConfigError(prefix + err.key, err.message, source) from None
     task_config(cfg.task, source, prefix + "task.")  # an unknown or malformed task first: it explains the rest
     task_name = cfg.task.get("name") if isinstance(cfg.task, dict) else None
-    needs = method.objective.needs if method.objective is not None else None
-    check_data(cfg.data, needs, method.name, task_name, source, prefix)
+    check_data(cfg.data, method.objective.needs, method.name, task_name, source, prefix)
     if cfg.data.source == "reviews" and task_name != "imdb":
         raise ConfigError(
             f"{prefix}data.source", "reviews pairs come from IMDb: use task imdb, or source generated/task", source
@@ -338,6 +343,10 @@ def execute(
 
         final = train_method(cfg, method, task, policy, judge, data, accelerator, out)
         models_held = final.pop("models_held", [])
+        if accelerator.is_main_process and method.objective.needs.data != "sampling":  # the trained policy, alone
+            final_dir = publish_final(out)
+            if final_dir is not None:
+                say(f"{out}: the trained policy is in {final_dir} (AutoModelForCausalLM.from_pretrained loads it)")
         winrate = None
         if cfg.eval.winrate.temperatures:
             winrate = win_rate_rows(cfg, task, policy, judge, data, out, accelerator)

@@ -27,6 +27,7 @@ from alignlab import interrupts
 from alignlab.errors import AlignlabError
 from alignlab.interrupts import Interrupted
 from alignlab.objectives import ObjectiveError
+from alignlab.progress import say
 from alignlab.train.config import TrainConfig, eval_steps, resolve_mixed_precision
 from alignlab.train.state import (
     MetricsLog,
@@ -69,25 +70,30 @@ class RunLoop:
 
     Args:
         out_dir: the run directory (``checkpoints/``, ``metrics.jsonl``, trackers).
-        modules: name -> the unwrapped modules a checkpoint holds (e.g. ``{"policy": model}``).
+        model: the unwrapped trained policy: a checkpoint is this model, with ``tokenizer``
+            (:func:`~alignlab.train.state.save_checkpoint`).
         optimizer, scheduler: restored on resume.
         accelerator: the run's accelerator.
         cfg: the training settings.
-        extra: name -> objects saved beside the modules (e.g. the tokenizer).
+        tokenizer: saved with the model, so a checkpoint loads with ``from_pretrained`` alone.
+        aside: name -> the other trained modules a checkpoint holds, each in its own subdirectory
+            (PPO's ``critic`` or ``value_head``).
     """
 
     def __init__(
         self,
         out_dir: Path,
-        modules: dict[str, torch.nn.Module],
+        model: torch.nn.Module,
         optimizer: torch.optim.Optimizer,
         scheduler: Any,
         accelerator: Any,
         cfg: TrainConfig,
-        extra: dict[str, Any] | None = None,
+        *,
+        tokenizer: Any = None,
+        aside: dict[str, torch.nn.Module] | None = None,
     ) -> None:
-        self.out_dir, self.modules, self.optimizer, self.scheduler = out_dir, modules, optimizer, scheduler
-        self.accelerator, self.cfg, self.extra = accelerator, cfg, extra or {}
+        self.out_dir, self.model, self.optimizer, self.scheduler = out_dir, model, optimizer, scheduler
+        self.accelerator, self.cfg, self.tokenizer, self.aside = accelerator, cfg, tokenizer, aside or {}
         self.state: dict[str, Any] = {}
         self.start_step = 0
         self.eval_at = frozenset(eval_steps(cfg))  # the steps after which evaluate() runs
@@ -96,8 +102,10 @@ class RunLoop:
         checkpoint = latest_checkpoint(out_dir)
         if checkpoint is not None:
             # the trainer's state (e.g. PPO's KL coefficient); the step is each checkpoint's own
-            self.state = load_checkpoint(checkpoint, modules, optimizer, scheduler)
+            self.state = load_checkpoint(checkpoint, model, optimizer, scheduler, self.aside)
             self.start_step = int(self.state.pop("step"))
+            if accelerator.is_main_process:
+                say(f"resuming {out_dir} from step {self.start_step} of {cfg.steps}")
         if cfg.log_with and not accelerator.trackers:  # TensorBoard events under out_dir/alignlab/, etc.
             accelerator.init_trackers("alignlab")
         self.log = MetricsLog(out_dir, accelerator, self.start_step if checkpoint is not None else None)
@@ -133,12 +141,13 @@ class RunLoop:
             save_checkpoint(
                 self.out_dir,
                 step,
-                self.modules,
+                self.model,
                 self.optimizer,
                 self.scheduler,
                 self.state,
                 self.cfg.keep_checkpoints,
-                extra_files=self.extra,
+                tokenizer=self.tokenizer,
+                aside=self.aside,
             )
         self.accelerator.wait_for_everyone()
 
@@ -162,7 +171,7 @@ class RunLoop:
     def _weights_finite(self) -> bool:
         """Whether every parameter of every module is finite (checked only once a run diverged)."""
         bad = torch.tensor(0.0)
-        for module in self.modules.values():
+        for module in (self.model, *self.aside.values()):
             for p in module.parameters():
                 if not torch.isfinite(p).all():
                     bad = torch.tensor(1.0)

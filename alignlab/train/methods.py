@@ -188,7 +188,6 @@ def train_method(
         out,
         reference,
         sampler,
-        {"tokenizer": policy.tokenizer},
         held,
     )
     return trainer.run(ctx) | {"models_held": held}
@@ -248,7 +247,7 @@ def offline_trainer(ctx: RunContext) -> dict[str, Any]:
         accelerator,
         evaluate=evaluate,
         name=ctx.method.name,
-        extra=ctx.extra,
+        tokenizer=policy.tokenizer,
     )
     return [r for r in rows if r["split"] == "eval"][-1]
 
@@ -293,7 +292,6 @@ def online_trainer(ctx: RunContext) -> dict[str, Any]:
         ctx.accelerator,
         evaluate=ctx.sampler,
         name=ctx.method.name,
-        extra=ctx.extra,
     )
     evals = [r for r in rows if r["split"] == "eval"]
     return evals[-1] if evals else rows[-1]

@@ -188,13 +188,14 @@ def train_offline(
     *,
     evaluate: Callable[[torch.nn.Module], dict[str, float]] | None = None,
     name: str = "train",
-    extra: dict[str, Any] | None = None,
+    tokenizer: Any = None,
 ) -> list[dict[str, Any]]:
     """Train ``model`` for ``cfg.steps`` steps of ``step_fn`` over ``n_rows`` rows; resumes from ``out_dir``.
 
     Returns the metric rows (also in ``out_dir/metrics.jsonl``); the final model is the last
-    checkpoint's. ``evaluate(unwrapped_model)`` runs after the steps of
-    :func:`~alignlab.train.config.eval_steps` (step 0 and the last among them).
+    checkpoint's (each checkpoint is ``model`` with ``tokenizer``, loadable by ``from_pretrained``).
+    ``evaluate(unwrapped_model)`` runs after the steps of :func:`~alignlab.train.config.eval_steps`
+    (step 0 and the last among them).
     """
     check_batch(cfg, accelerator.num_processes)
     order = BatchOrder(n_rows, cfg.batch_size, cfg.seed)
@@ -202,7 +203,7 @@ def train_offline(
         disable_dropout(model)
     optimizer = build_optimizer(model.parameters(), cfg)
     scheduler = build_scheduler(optimizer, cfg)
-    loop = RunLoop(out_dir, {"model": model}, optimizer, scheduler, accelerator, cfg, extra)
+    loop = RunLoop(out_dir, model, optimizer, scheduler, accelerator, cfg, tokenizer=tokenizer)
     wrapped, optimizer = accelerator.prepare(model, optimizer)
     run_eval = None if evaluate is None else (lambda: evaluate(accelerator.unwrap_model(wrapped)))
     cost = step_fn if isinstance(step_fn, ObjectiveStep) else None

@@ -235,7 +235,6 @@ def train_online(
     *,
     evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
     name: str = "online",
-    extra: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """``cfg.steps`` iterations of ``cfg.batch_size`` rollouts each; resumes from ``out_dir``.
 
@@ -259,7 +258,9 @@ def train_online(
     reference.requires_grad_(False).eval().to(accelerator.device)
     optimizer = build_optimizer(core.parameters(), cfg)
     scheduler = build_scheduler(optimizer, cfg)
-    loop = RunLoop(out_dir, core.checkpointed(), optimizer, scheduler, accelerator, cfg, extra)
+    loop = RunLoop(
+        out_dir, core.policy, optimizer, scheduler, accelerator, cfg, tokenizer=tokenizer, aside=core.aside()
+    )
     controller = KLController(loop.state.get("kl_coef", s.rollout.kl_coef), s.rollout.target_kl, s.rollout.kl_horizon)
     estimator_state: dict[str, Any] = dict(loop.state.get("estimator", {}))
     model, optimizer = accelerator.prepare(core, optimizer)

@@ -190,9 +190,9 @@ class PolicyAndValue(nn.Module):
     def has_critic(self) -> bool:
         return self.critic is not None or self.value_head is not None
 
-    def checkpointed(self) -> dict[str, nn.Module]:
-        """The modules a checkpoint holds: the policy, and the critic or value head if there is one."""
-        modules: dict[str, nn.Module] = {"policy": self.policy}
+    def aside(self) -> dict[str, nn.Module]:
+        """The modules a checkpoint holds beside the policy (its model): the critic or value head, if any."""
+        modules: dict[str, nn.Module] = {}
         if self.critic is not None:
             modules["critic"] = self.critic
         if self.value_head is not None:

@@ -94,8 +94,8 @@ class DataConfig(Config):
     label_noise_seed: int = knob(0, "Seed of the choice of flipped pairs.")
 
 
-def check_data(data: DataConfig, needs: Needs | None, name: str, task_name: Any, source: str, prefix: str) -> None:
-    """Pre-flight: the data section can feed the objective (``needs``; None for best-of-N)."""
+def check_data(data: DataConfig, needs: Needs, name: str, task_name: Any, source: str, prefix: str) -> None:
+    """Pre-flight: the data section can feed the objective (``needs``)."""
     if data.source == "file" and data.path is None:
         raise ConfigError(f"{prefix}data.path", "source: file needs a path: a local file or a Hub dataset id", source)
     kinds = ", ".join(LOCAL_SUFFIXES)
@@ -107,7 +107,7 @@ def check_data(data: DataConfig, needs: Needs | None, name: str, task_name: Any,
             f"{data.path} names a Hub dataset and the Hub is offline (HF_HUB_OFFLINE=1): name a local {kinds} file",
             source,
         )
-    if needs is None or not needs.scores:
+    if not needs.scores:
         return
     unscored = {"task": f"task {task_name!r}'s human pairs", "reviews": "IMDb review pairs"}.get(data.source)
     if data.scores == "none" or (data.scores == "data" and unscored):
@@ -221,7 +221,14 @@ def score_pairs(rm: Any, pairs: list[PreferencePair]) -> list[PreferencePair]:
     from alignlab.train.methods import weights_key  # here: reading a YAML imports no transformers
 
     key = [weights_key(rm.model), texts_fingerprint(texts)]
-    scores = cached_reference(key, compute, kind="scores", what="the cached pair scores", dtype=torch.float64)
+    scores = cached_reference(
+        key,
+        compute,
+        kind="scores",
+        what="the cached pair scores",
+        scoring="the pairs with the reward model",
+        dtype=torch.float64,
+    )
     chosen, rejected = scores["chosen"].tolist(), scores["rejected"].tolist()
     return [p.scored(c, r) for p, c, r in zip(pairs, chosen, rejected, strict=True)]
 

@@ -1,11 +1,15 @@
 """Run state on disk: checkpoints that resume exactly, and the metrics log.
 
 A checkpoint is a directory ``out_dir/checkpoints/step-NNNNNNN/`` published atomically (it
-exists whole or not at all) holding every trained model (``save_pretrained``, safetensors), the
-optimiser and scheduler state, the RNG states and ``state.json`` (the step, the data position,
-any trainer state such as PPO's KL coefficient), a copy of ``metrics.jsonl`` as it stood, and
-``MANIFEST.json`` (:func:`alignlab.io.atomic_dir`). Loading uses ``weights_only=True`` and
-safetensors only.
+exists whole or not at all) that is itself a model: the trained policy's ``save_pretrained`` files
+(``config.json``, ``model.safetensors``, ``generation_config.json``) and its tokenizer's at the top,
+so ``AutoModelForCausalLM.from_pretrained(dir)`` and ``AutoTokenizer.from_pretrained(dir)`` load it
+alone. Beside them: each other trained module in a subdirectory of its own (PPO's ``critic/`` or
+``value_head/``), the optimiser and scheduler state and the RNG states (``trainer_state.pt``),
+``state.json`` (the step, the data position, any trainer state such as PPO's KL coefficient), a
+copy of ``metrics.jsonl`` as it stood, and ``MANIFEST.json`` (:func:`alignlab.io.atomic_dir`).
+Loading uses ``weights_only=True`` and safetensors only. A finished run publishes its policy alone
+as ``out_dir/final/`` (:func:`publish_final`).
 
 Damage is detected, not trusted: a checkpoint that fails its manifest is moved aside to
 ``checkpoints/damaged-step-NNNNNNN`` and the run resumes from the newest intact one (or from step
@@ -29,6 +33,7 @@ from safetensors.torch import load_file, save_file
 
 from alignlab.errors import one_line
 from alignlab.io import (
+    MANIFEST,
     Damaged,
     atomic_dir,
     atomic_write_json,
@@ -41,6 +46,12 @@ from alignlab.io import (
 )
 
 CHECKPOINTS = "checkpoints"
+FINAL = "final"
+"""The finished run's policy, model + tokenizer + generation config only (:func:`publish_final`)."""
+RUN_STATE = ("trainer_state.pt", "state.json", "metrics.jsonl", MANIFEST)
+"""The files of a checkpoint that are run state, not the model."""
+LEGACY_MODEL_DIRS = ("model", "policy")
+"""Where an alignlab before checkpoints were models saved the trained model, in a subdirectory."""
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 WINRATE = "winrate.json"
@@ -77,6 +88,9 @@ def _save_module(module: torch.nn.Module, path: Path, state_dict: dict[str, torc
 
 
 def _load_module(module: torch.nn.Module, path: Path) -> None:
+    if not (path / "config.json").is_file() and not (path / "module.safetensors").is_file():
+        # a checkpoint of an alignlab from before checkpoints were models: the model in a subdirectory
+        path = next((path / d for d in LEGACY_MODEL_DIRS if (path / d / "config.json").is_file()), path)
     if (path / "module.safetensors").exists():
         module.load_state_dict(load_file(str(path / "module.safetensors")))
         return
@@ -181,33 +195,35 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
 def save_checkpoint(
     out_dir: Path,
     step: int,
-    modules: dict[str, torch.nn.Module],
+    model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     state: dict[str, Any],
     keep: int,
+    *,
+    tokenizer: Any = None,
+    aside: dict[str, torch.nn.Module] | None = None,
     state_dicts: dict[str, dict[str, torch.Tensor]] | None = None,
-    extra_files: dict[str, Any] | None = None,
 ) -> Path:
     """Write the checkpoint of ``step`` atomically, then drop all but the newest ``keep``.
 
     Args:
-        modules: name -> the unwrapped module; HF models go through ``save_pretrained``.
-        state_dicts: name -> a full state dict gathered by accelerate (FSDP, DeepSpeed), if any.
-        extra_files: file name -> an object saved as JSON beside ``state.json`` (e.g. a tokenizer is
-            passed through ``save_pretrained`` when it has one).
+        model: the trained policy (unwrapped): ``save_pretrained`` at the checkpoint's top, beside
+            ``tokenizer``'s files, so the directory loads with ``from_pretrained`` alone.
+        aside: name -> another trained module (PPO's critic or value head), in the subdirectory ``name``.
+        state_dicts: name (``model`` for the policy) -> a full state dict gathered by accelerate
+            (FSDP, DeepSpeed), if any.
     """
     path = checkpoint_dir(out_dir, step)
     if path.exists():
         return path
+    gathered = state_dicts or {}
     with atomic_dir(path) as tmp:
-        for name, module in modules.items():
-            _save_module(module, tmp / name, (state_dicts or {}).get(name))
-        for name, obj in (extra_files or {}).items():
-            if hasattr(obj, "save_pretrained"):
-                obj.save_pretrained(tmp / name)
-            else:
-                atomic_write_json(tmp / name, obj)
+        _save_module(model, tmp, gathered.get("model"))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        for name, module in (aside or {}).items():
+            _save_module(module, tmp / name, gathered.get(name))
         torch.save(
             {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
             tmp / "trainer_state.pt",
@@ -222,16 +238,63 @@ def save_checkpoint(
 
 
 def load_checkpoint(
-    path: Path, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer, scheduler: Any
+    path: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    aside: dict[str, torch.nn.Module] | None = None,
 ) -> dict[str, Any]:
-    """Restore modules, optimiser, scheduler and RNGs from ``path``; returns ``state.json``."""
-    for name, module in modules.items():
+    """Restore the model, the modules ``aside``, optimiser, scheduler and RNGs from ``path``; returns ``state.json``."""
+    _load_module(model, path)
+    for name, module in (aside or {}).items():
         _load_module(module, path / name)
     saved = torch.load(path / "trainer_state.pt", weights_only=True)
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
     set_rng_state(saved["rng"])
     return json.loads((path / "state.json").read_text())
+
+
+def publish_final(out_dir: Path) -> Path | None:
+    """``out_dir/final/``: the newest checkpoint's model, tokenizer and generation config alone (no
+    run state, no critic), published atomically with its manifest; None when the run has no checkpoint.
+
+    The files are hard links to the checkpoint's where the file system allows (no second copy of the
+    weights), else copies. A ``final/`` already there is kept when it is intact and holds the same
+    files as the checkpoint (a run stopped after publishing it); otherwise it is moved aside
+    (``damaged-final``) with one warning line and published again.
+    """
+    last = latest_checkpoint(out_dir)
+    if last is None:
+        return None
+    files = sorted(p for p in last.iterdir() if p.is_file() and p.name not in RUN_STATE)
+    final = out_dir / FINAL
+    if final.exists() or final.is_symlink():
+        problem = _final_problem(final, last, [p.name for p in files])
+        if problem is None:
+            return final
+        warn(f"{out_dir}: {_set_aside(final, problem)}; publishing it again from {last.name}")
+    with atomic_dir(final) as tmp:
+        for file in files:
+            try:
+                os.link(file, tmp / file.name)
+            except OSError:  # another file system, or links not allowed
+                shutil.copyfile(file, tmp / file.name)
+    return final
+
+
+def _final_problem(final: Path, checkpoint: Path, names: list[str]) -> str | None:
+    """What keeps ``final`` from being the policy of ``checkpoint``; None when it is."""
+    try:
+        if not verify_dir(final):
+            return "it has no manifest"
+        ours = json.loads((final / MANIFEST).read_text(encoding="utf-8"))["files"]
+        theirs = json.loads((checkpoint / MANIFEST).read_text(encoding="utf-8"))["files"]
+    except (Damaged, OSError, ValueError, KeyError, TypeError) as err:
+        return one_line(err)
+    if sorted(ours) != names or any(ours[n] != theirs.get(n) for n in names):
+        return f"it is not the policy of {checkpoint.name}"
+    return None
 
 
 def _up_to(rows: list[dict[str, Any]], step: int) -> list[dict[str, Any]]:

@@ -57,7 +57,6 @@ class RunContext:
     out: Path
     reference: nn.Module | None
     sampler: Callable[[Any], dict[str, float]] | None
-    extra: dict[str, Any]
     held: list[dict[str, Any]]
 
     @property

@@ -507,7 +507,7 @@ def test_win_rate_experiment_on_hh_writes_the_temperature_table(tmp_path, data_d
     assert (frame["win_rate_ci_low"] <= frame["win_rate"]).all()
     assert (frame["win_rate"] <= frame["win_rate_ci_high"]).all()
     table = (tmp_path / "results" / "winrate.md").read_text()
-    assert "| temperature | SFT | dpo |" in table and (tmp_path / "results" / "winrate.png").exists()
+    assert "| temperature | SFT | DPO |" in table and (tmp_path / "results" / "winrate.png").exists()
     compute = pd.read_csv(tmp_path / "results" / "compute.csv").set_index("run")
     assert compute.loc["SFT", "roles"] == "policy + reward_model"  # best-of-N ranked by the reward model
     assert compute.loc["dpo", "roles"] == "policy + reference" and compute.loc["dpo", "trainable"] == 1

@@ -105,7 +105,7 @@ def test_a_signal_to_train_checkpoints_says_how_to_resume_and_the_resumed_run_is
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + sig, err
-    (line,) = [line for line in err.splitlines() if line.startswith("alignlab:")]
+    (line,) = [line for line in err.splitlines() if line.startswith("alignlab: stopped")]
     prefix = f"alignlab: stopped by {sig.name} after step "
     assert line.startswith(prefix) and "Traceback" not in err, err
     step = int(line.removeprefix(prefix).split()[0])
@@ -243,12 +243,12 @@ def test_an_unwritable_directory_is_one_line_before_any_work(tmp_path: Path, wha
     cache = locked / "cache" if what == "cache" else home / "cache"
     if what == "results":
         argv = ["run", "run/ok.yaml", f"out_dir={locked / 'results'}", f"runs_dir={home / 'runs'}"]
-        expected = f"run/ok.yaml: out_dir: {locked / 'results'}: permission denied"
+        expected = f"command line: out_dir={locked / 'results'}: {locked / 'results'}: permission denied"
     else:
         out = locked / "out" if what == "out_dir" else home / "out"
         argv = ["train", OK, f"out_dir={out}"]
         expected = (
-            f"{OK}: out_dir: {out}: permission denied"
+            f"command line: out_dir={out}: {out}: permission denied"  # the argument that named it
             if what == "out_dir"
             else f"$ALIGNLAB_CACHE_DIR: {cache}: permission denied"
         )
@@ -506,7 +506,7 @@ def test_a_learning_rate_that_overflows_the_weights_saves_no_broken_checkpoint(
     out = tmp_path / "run"
     argv = ["train", OK, "train.lr=1e39", "train.steps=6", "train.save_every=1", f"out_dir={out}"]
     assert main(argv) == 2
-    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("alignlab:")]
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("alignlab: error")]
     assert line.startswith("alignlab: error: after step 1: the weights are no longer finite"), line
     weights = sorted(out.glob("checkpoints/step-*/*.safetensors"))
     assert weights and all(torch.isfinite(t).all() for w in weights for t in load_file(str(w)).values())

@@ -110,7 +110,7 @@ def test_bad_rows_can_be_fatal(tmp_path):
 def test_missing_files_say_where_they_were_looked_for(tmp_path):
     with pytest.raises(DataError, match=r"IMDb test split not found: looked for .*imdb/test.jsonl.gz"):
         build_task({"name": "imdb", "data_dir": str(tmp_path)}).labelled("eval")
-    with pytest.raises(DataError, match="does not exist"):
+    with pytest.raises(ConfigError, match=r"^task\.data_dir: data directory .* does not exist"):  # a setting's error
         build_task({"name": "imdb", "data_dir": str(tmp_path / "nope")})
 
 

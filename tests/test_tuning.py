@@ -175,7 +175,9 @@ def test_a_bad_tune_block_names_its_key(method: str, key: str, said: str, monkey
     monkeypatch.chdir(CORPUS)
     with pytest.raises(ConfigError) as err:
         load_experiment("run/ok.yaml", ["seeds=2", f"methods=[{method}]"])
-    assert err.value.key == key and said in err.value.message
+    # the methods came from the command line: the error names that argument, then the key inside it
+    assert err.value.source == "command line" and err.value.key == f"methods=[{method}]"
+    assert err.value.message.startswith(f"{key}: ") and said in err.value.message
 
 
 def test_tune_sweep_tunes_at_some_settings_and_the_choice_runs_at_every_one(monkeypatch: pytest.MonkeyPatch) -> None:

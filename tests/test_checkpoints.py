@@ -28,18 +28,18 @@ def _train(small_imdb: Path, out: Path, method: str, monkeypatch: pytest.MonkeyP
     """Train the small ``method`` run into ``out``; returns the trained objects as the trainer had them:
     ``policy``, ``tokenizer`` and (PPO) ``critic``."""
     caught: dict[str, Any] = {}
-    offline, ppo = methods.train_offline, methods.train_ppo
+    offline, online = methods.train_offline, methods.train_online
 
     def train_offline(model: Any, *args: Any, **kwargs: Any) -> Any:
         caught.update(policy=model, tokenizer=kwargs["tokenizer"])
         return offline(model, *args, **kwargs)
 
-    def train_ppo(core: Any, reference: Any, tokenizer: Any, *args: Any, **kwargs: Any) -> Any:
+    def train_online(core: Any, reference: Any, tokenizer: Any, *args: Any, **kwargs: Any) -> Any:
         caught.update(policy=core.policy, critic=core.critic, tokenizer=tokenizer)
-        return ppo(core, reference, tokenizer, *args, **kwargs)
+        return online(core, reference, tokenizer, *args, **kwargs)
 
     monkeypatch.setattr(methods, "train_offline", train_offline)
-    monkeypatch.setattr(methods, "train_ppo", train_ppo)
+    monkeypatch.setattr(methods, "train_online", train_online)
     train_small(small_imdb, out, method)
     return caught
 

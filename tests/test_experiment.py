@@ -175,12 +175,16 @@ def test_every_shipped_experiment_validates():
         exp = load_experiment(path)
         assert exp.runs or exp.tuned, name  # a fully tuned experiment plans its runs once tuned
     frontier = load_experiment(find("imdb"))
-    labels = {r.label for r in frontier.runs}
+    # every method is tuned: the runs of its first candidate stand for those that the tuning selects
+    planned = [*frontier.runs, *(r for t in frontier.tuned for r in t.candidates[0].final_runs)]
+    labels = {r.label for r in planned}
     assert {"DPO", "PPO", "PPO-GT", "Unlikelihood", "Preferred-FT", "best-of-N"} <= labels
-    assert {"IPO", "cDPO", "rDPO", "KTO", "ORPO", "SimPO"} <= labels
-    dpo = sorted(r.method.cfg.beta for r in frontier.runs if r.label == "DPO")
-    ppo = sorted(r.cfg.rollout.target_kl for r in frontier.runs if r.label == "PPO")
-    ul = sorted(r.method.cfg.alpha for r in frontier.runs if r.label == "Unlikelihood")
+    assert {r.run_id.rsplit("-seed", 1)[1] for r in planned if r.label == "DPO"} == {"0", "1", "2"}
+    variants = load_experiment(find("imdb_variants"))
+    assert {"IPO", "cDPO", "rDPO", "KTO", "ORPO", "SimPO", "SLiC"} <= {t.label for t in variants.tuned}
+    dpo = sorted({r.method.cfg.beta for r in planned if r.label == "DPO"})
+    ppo = sorted({r.cfg.rollout.target_kl for r in planned if r.label == "PPO"})
+    ul = sorted({r.method.cfg.alpha for r in planned if r.label == "Unlikelihood"})
     assert dpo == [0.05, 0.1, 1.0, 5.0] and ppo == [3, 6, 9, 12] and ul == [0.05, 0.1, 0.5, 1.0]
 
 

@@ -41,7 +41,7 @@ def main() -> None:
     args = parser.parse_args()
 
     exp = load_experiment(args.experiment)
-    firsts = list({run.label: run for run in reversed(exp.runs)}.values())[::-1]
+    firsts = list({run.label: run for run in reversed(exp.planned)}.values())[::-1]
     planned = []
     with tempfile.TemporaryDirectory() as tmp:
         for run in firsts:

@@ -121,7 +121,7 @@ def main() -> None:
     from alignlab.experiment import load_experiment
     from alignlab.tasks import build_task
 
-    run = next(r for r in load_experiment(REPO / "experiments" / "imdb_frontier.yaml").runs if r.label == "DPO")
+    run = next(r for r in load_experiment(REPO / "experiments" / "imdb_frontier.yaml").planned if r.label == "DPO")
     task = build_task(run.cfg.task, "experiments/imdb_frontier.yaml")
     judge = stages.gold_judge(task, run.cfg.sft.seed, cache_root())
 

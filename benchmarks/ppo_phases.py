@@ -42,7 +42,7 @@ def ppo_phases(label: str, iterations: int) -> dict[str, float]:
     """Train ``label``'s first run for ``iterations`` in this process; medians of its phase times."""
     from alignlab.train.job import execute, resolve_dict
 
-    run = next(r for r in load_experiment(EXPERIMENT).runs if r.label == label)
+    run = next(r for r in load_experiment(EXPERIMENT).planned if r.label == label)
     with tempfile.TemporaryDirectory() as tmp:
         doc = {**run.data, "out_dir": tmp}
         doc["train"] = {**doc.get("train", {}), "steps": iterations, "eval_every": 10**6, "save_every": 10**6}
@@ -63,7 +63,7 @@ def rollout_overhead(rounds: int, n_prompts: int, max_new_tokens: int) -> dict[s
     from alignlab.sft import prepare_policy
     from alignlab.tasks import build_task
 
-    run = load_experiment(EXPERIMENT).runs[0]
+    run = load_experiment(EXPERIMENT).planned[0]
     task = build_task(run.cfg.task, str(EXPERIMENT))
     policy = prepare_policy(task, run.cfg.model, run.cfg.sft, cache=cache_root(), progress=False)
     model, tok = policy.model.eval(), policy.tokenizer
@@ -117,7 +117,7 @@ def main() -> None:
     parser.add_argument("--skip-ppo", action="store_true", help="only the rollout-overhead comparison")
     args = parser.parse_args()
     exp = load_experiment(EXPERIMENT)
-    rc = exp.runs[0].cfg.rollout
+    rc = exp.planned[0].cfg.rollout
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPU cores")
     o = rollout_overhead(args.rounds, 64, rc.max_new_tokens)
     ratio = o["rollout_s"] / o["bare_s"]

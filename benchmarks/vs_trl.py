@@ -83,7 +83,7 @@ def imdb_inputs(n_pairs: int) -> tuple[Any, list[Any]]:
     from alignlab.experiment import load_experiment
     from alignlab.sft import prepare_policy
     from alignlab.tasks import build_task
-    from alignlab.train.job import _pairs
+    from alignlab.train.sources import read_rows
 
     exp = load_experiment(REPO / "experiments" / "imdb_frontier.yaml")
     cfg = next(run.cfg for run in exp.runs if run.method.name == "dpo")
@@ -91,7 +91,7 @@ def imdb_inputs(n_pairs: int) -> tuple[Any, list[Any]]:
     root = cache_root()
     policy = prepare_policy(task, cfg.model, cfg.sft, cache=root, progress=False)
     judge = stages.gold_judge(task, cfg.sft.seed, root)
-    train, _ = _pairs(cfg, task, policy, judge, root)
+    train, _ = read_rows(cfg, task, policy, judge, root, unpaired=False)
     if len(train) < n_pairs:
         sys.exit(f"only {len(train)} training pairs; ask for fewer steps × batch")
     return policy, train[:n_pairs]
@@ -133,10 +133,10 @@ def _trl_clock() -> Any:
         def __init__(self) -> None:
             self.ends: list[float] = []
 
-        def on_train_begin(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+        def on_train_begin(self, args, state, control, **kwargs):
             self.ends.append(time.perf_counter())
 
-        def on_step_end(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+        def on_step_end(self, args, state, control, **kwargs):
             self.ends.append(time.perf_counter())
 
     return Clock()

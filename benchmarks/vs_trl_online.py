@@ -138,7 +138,7 @@ def imdb_inputs(n_prompts: int) -> tuple[Any, Any, list[str]]:
     from alignlab.train.methods import eval_prompts
 
     exp = load_experiment(REPO / "experiments" / "imdb_frontier.yaml")
-    cfg = next(run.cfg for run in exp.runs if run.method.name == "dpo")
+    cfg = next(run.cfg for run in exp.planned if run.method.name == "dpo")
     task = build_task(cfg.task, "experiments/imdb_frontier.yaml")
     root = cache_root()
     policy = prepare_policy(task, cfg.model, cfg.sft, cache=root, progress=False)

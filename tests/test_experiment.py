@@ -176,7 +176,7 @@ def test_every_shipped_experiment_validates():
         assert exp.runs or exp.tuned, name  # a fully tuned experiment plans its runs once tuned
     frontier = load_experiment(find("imdb"))
     # every method is tuned: the runs of its first candidate stand for those that the tuning selects
-    planned = [*frontier.runs, *(r for t in frontier.tuned for r in t.candidates[0].final_runs)]
+    planned = frontier.planned
     labels = {r.label for r in planned}
     assert {"DPO", "PPO", "PPO-GT", "Unlikelihood", "Preferred-FT", "best-of-N"} <= labels
     assert {r.run_id.rsplit("-seed", 1)[1] for r in planned if r.label == "DPO"} == {"0", "1", "2"}

@@ -169,6 +169,13 @@ class Experiment:
     data: dict[str, Any]  # the resolved experiment mapping, overrides applied
     tuned: list[TunedMethod] = field(default_factory=list)  # their runs join `runs` once selected
 
+    @property
+    def planned(self) -> list[PlannedRun]:
+        """Every run the experiment will train, a tuned method's at the first point of its grid (the
+        point the tuning selects is not known before it runs): for tools that need a run's stages or
+        settings before tuning (benchmarks, checks), never for results."""
+        return [*self.runs, *(r for t in self.tuned for r in t.candidates[0].final_runs)]
+
 
 def read_experiment(path: str | Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """The YAML mapping at ``path``, with ``extends`` followed (the chain merged, outermost last)."""

@@ -181,7 +181,9 @@ def test_every_shipped_experiment_validates():
     assert {"DPO", "PPO", "PPO-GT", "Unlikelihood", "Preferred-FT", "best-of-N"} <= labels
     assert {r.run_id.rsplit("-seed", 1)[1] for r in planned if r.label == "DPO"} == {"0", "1", "2"}
     variants = load_experiment(find("imdb_variants"))
-    assert {"IPO", "cDPO", "rDPO", "KTO", "ORPO", "SimPO", "SLiC"} <= {t.label for t in variants.tuned}
+    offline = {"IPO", "cDPO", "rDPO", "KTO", "ORPO", "SimPO", "SLiC", "MADPO", "ODPO", "DPOP", "beta-DPO"}
+    online = {"RLOO", "GRPO", "online-DPO", "iterative-DPO"}
+    assert offline | online <= {t.label for t in variants.tuned}
     dpo = sorted({r.method.cfg.beta for r in planned if r.label == "DPO"})
     ppo = sorted({r.cfg.rollout.target_kl for r in planned if r.label == "PPO"})
     ul = sorted({r.method.cfg.alpha for r in planned if r.label == "Unlikelihood"})

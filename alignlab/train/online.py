@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from alignlab import interrupts
+from alignlab.adapters import AdaptersOff
 from alignlab.core.advantages import AdvantageInputs, get_estimator
 from alignlab.core.kl import per_token_kl
 from alignlab.core.rollout import rollout
@@ -269,7 +270,9 @@ def train_online(
     # iteration (so, resumed after iteration t, the policy itself)
     train_ref = reference
     if s.rollout.reference == "last_iteration":
-        train_ref = copy.deepcopy(core.policy if loop.resumed else reference).requires_grad_(False).eval()
+        # a LoRA policy starts at π_ref (its adapters' B is zero), so its copy is π_ref with the policy's keys
+        follows = loop.resumed or isinstance(reference, AdaptersOff)
+        train_ref = copy.deepcopy(core.policy if follows else reference).requires_grad_(False).eval()
     run_eval = None if evaluate is None else (lambda: evaluate(core.policy))
     costs = Costs.of(core, reference, reward)
 

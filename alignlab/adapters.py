@@ -112,11 +112,17 @@ def add_adapters(model: nn.Module, cfg: LoraConfig, seed: int) -> nn.Module:
         fan_in_fan_out=conv1d,
         task_type="CAUSAL_LM",
     )
-    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
-        # peft asks transformers a deprecated question; the warning is about neither's user
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    with torch.random.fork_rng(devices=[]), _quiet_peft():
         torch.manual_seed(seed)
         return get_peft_model(model, peft_cfg)
+
+
+@contextlib.contextmanager
+def _quiet_peft() -> Iterator[None]:
+    """peft asks transformers a deprecated question when it wraps a model: that warning is not the user's."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
 
 
 def with_adapters(policy: Any, cfg: LoraConfig | None, seed: int) -> Any:
@@ -271,7 +277,8 @@ def export_merged(source: Path, out: Path) -> Path:
                 f"{source}: cannot load the base model its adapter was trained on ({base_path!r}, the SFT stage "
                 f"in $ALIGNLAB_CACHE_DIR): {one_line(err)}; run the run's config again to rebuild it"
             ) from err
-        model = PeftModel.from_pretrained(base, source).merge_and_unload()
+        with _quiet_peft():
+            model = PeftModel.from_pretrained(base, source).merge_and_unload()
     else:  # a full fine-tuning run: its checkpoint is a plain model already
         model = AutoModelForCausalLM.from_pretrained(source)
     # an earlier export is replaced only once the new one is whole: built beside it, then swapped in

@@ -1,0 +1,264 @@
+"""LoRA adapters (``model.lora``): π_ref is the policy with its adapters off, only the adapters train,
+checkpoints hold the adapter and resume exactly, ``alignlab export`` merges it, bad keys are one line."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from conftest import CORPUS, tiny_gpt2
+from safetensors.torch import load_file
+
+import alignlab.train.methods as methods  # registers the trainers before the registries' snapshot
+import alignlab.train.offline as offline
+from alignlab.adapters import AdaptersOff, LoraConfig, add_adapters
+from alignlab.core import scoring
+from alignlab.core.scoring import token_logps
+from alignlab.errors import ConfigError
+from alignlab.interrupts import Interrupted
+from alignlab.objectives import list_objectives
+from alignlab.train.job import run_training
+
+SCORED = CORPUS / "data" / "pairs" / "scored.jsonl"
+UNPAIRED = CORPUS / "data" / "pairs" / "unpaired.jsonl"
+LORA = "model.lora={r: 4, alpha: 8}"
+
+
+def _adapted(dropout: float = 0.0) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(the tiny GPT-2, a copy of it with adapters whose B is no longer zero: a policy that moved)."""
+    base = tiny_gpt2()
+    policy = add_adapters(copy.deepcopy(base), LoraConfig(r=4, dropout=dropout), seed=0)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.2)
+    return base, policy
+
+
+def _batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Three right-padded rows of 10 tokens, the last 4–6 real tokens of each scored."""
+    torch.manual_seed(2)
+    ids = torch.randint(0, 64, (3, 10))
+    attention = torch.ones(3, 10, dtype=torch.long)
+    attention[1, 8:] = 0
+    attention[2, 9:] = 0
+    completion = torch.zeros(3, 10, dtype=torch.long)
+    completion[:, 4:] = 1
+    return ids, attention, completion * attention
+
+
+@pytest.mark.parametrize("completion_head", [True, False])
+def test_the_reference_is_the_base_model_exactly_while_the_policy_trains(completion_head, monkeypatch):
+    """π_ref (the adapted policy with adapters off) gives the base model's log-probs to the last bit, on
+    the scoring core's completion-head path and on the full forward, with the policy in training mode
+    (dropout 0.5 on the adapters, GPT-2's own dropout): the view runs in eval mode and restores the
+    policy's mode after. Freezing or evaluating the view changes nothing of the policy's."""
+    monkeypatch.setattr(scoring, "COMPLETION_HEAD", completion_head)
+    base, policy = _adapted(dropout=0.5)
+    reference = AdaptersOff(policy)
+    reference.requires_grad_(False).eval()
+    policy.train()
+    ids, attention, completion = _batch()
+    with torch.no_grad():
+        expected = token_logps(base, ids, attention, completion)
+        got = token_logps(reference, ids, attention, completion)
+        moved = token_logps(policy.eval(), ids, attention, completion)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    assert not torch.allclose(moved, expected)  # the policy itself is not π_ref
+    policy.train()
+    with torch.no_grad():
+        token_logps(reference, ids, attention, completion)
+    assert policy.training  # the policy's mode, restored
+    assert all(p.requires_grad for n, p in policy.named_parameters() if "lora_" in n)
+
+
+def test_the_reference_generates_what_the_base_model_generates():
+    base, policy = _adapted()
+    reference = AdaptersOff(policy)
+    ids = torch.randint(0, 64, (2, 5), generator=torch.Generator().manual_seed(3))
+    kwargs: dict[str, Any] = {"max_new_tokens": 6, "do_sample": False, "pad_token_id": 0}
+    mask = torch.ones_like(ids)
+    expected = base.generate(input_ids=ids, attention_mask=mask, **kwargs)
+    assert torch.equal(reference.generate(input_ids=ids, attention_mask=mask, **kwargs), expected)
+    assert not torch.equal(policy.generate(input_ids=ids, attention_mask=mask, **kwargs), expected)
+
+
+def test_the_default_targets_are_the_attention_projections():
+    policy = add_adapters(tiny_gpt2(), LoraConfig(), seed=0)
+    modules = {n.split(".lora_A")[0] for n, _ in policy.named_parameters() if "lora_A" in n}
+    assert sorted({".".join(m.split(".")[-2:]) for m in modules}) == ["attn.c_attn", "attn.c_proj"]  # not mlp.c_proj
+    assert len(modules) == 4  # two layers
+    trainable = {n for n, p in policy.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+
+
+# ---------------------------------------------------------------------------------------------
+# End to end on the bad-input corpus's tiny data (its ok.yaml: 2 steps, batch 2)
+# ---------------------------------------------------------------------------------------------
+
+
+def _train(out: Path, *overrides: str) -> dict[str, Any]:
+    return run_training("train/ok.yaml", [LORA, f"out_dir={out}", *overrides])
+
+
+def test_a_dpo_run_with_lora_trains_the_adapters_only(corpus_cache, tmp_path, monkeypatch):
+    """The optimiser gets the adapters' parameters only; after the steps every base weight is the SFT
+    policy's to the last bit, the adapters moved; ``models_held`` counts one network whose trainable
+    parameters are the adapters'."""
+    seen: dict[str, Any] = {}
+    build = offline.build_optimizer
+    train = methods.train_offline
+
+    def spy_build(params: Any, cfg: Any) -> torch.optim.Optimizer:
+        optimizer = build(params, cfg)
+        seen["optimized"] = sum(p.numel() for g in optimizer.param_groups for p in g["params"])
+        return optimizer
+
+    def spy_train(model: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        seen["before"] = {n: p.detach().clone() for n, p in model.named_parameters()}
+        seen["model"] = model
+        return train(model, *args, **kwargs)
+
+    monkeypatch.setattr(offline, "build_optimizer", spy_build)
+    monkeypatch.setattr(methods, "train_offline", spy_train)
+    summary = _train(tmp_path / "dpo", "objective={name: dpo, beta: 0.5}")
+    after = dict(seen["model"].named_parameters())
+    adapters = {n for n in after if "lora_" in n}
+    assert adapters and seen["optimized"] == sum(after[n].numel() for n in adapters)
+    for name, before in seen["before"].items():
+        if name not in adapters:
+            assert torch.equal(after[name], before), name
+    assert any(not torch.equal(after[n], seen["before"][n]) for n in adapters if "lora_B" in n)
+    (held,) = summary["models_held"]
+    assert held["role"] == "policy + reference (adapters off)"
+    assert held["trainable_parameters"] == seen["optimized"] < held["parameters"]
+    final = tmp_path / "dpo" / "final"
+    assert (final / "adapter_model.safetensors").is_file() and not (final / "model.safetensors").exists()
+
+
+OFFLINE = [o.name for o in list_objectives() if o.needs.data in ("paired", "unpaired")]
+
+
+@pytest.mark.parametrize("name", OFFLINE)
+def test_every_offline_objective_trains_with_lora(name, corpus_cache, tmp_path):
+    data = {  # the corpus's scored pairs; its unpaired rows, two held-out prompts for KTO's reference point
+        "madpo": [f"data={{source: file, path: {SCORED}}}"],
+        "odpo": [f"data={{source: file, path: {SCORED}}}"],
+        "kto": [f"data={{source: file, path: {UNPAIRED}}}", "task.eval_fraction=0.5"],
+    }
+    summary = _train(tmp_path / name, f"objective={{name: {name}}}", *data.get(name, []))
+    assert summary["final"]["step"] == 2
+    saved = load_file(str(tmp_path / name / "final" / "adapter_model.safetensors"))
+    assert saved and all("lora_" in k for k in saved)
+
+
+@pytest.mark.parametrize("name", ["ppo", "rloo", "grpo", "iterative_dpo"])
+def test_online_methods_train_with_lora(name, corpus_cache, tmp_path):
+    """Two iterations with the sampling evaluation: π_ref is the policy's own network (KL 0 at step 0,
+    not 0 once the adapters moved); PPO's critic stays a model of its own, saved aside."""
+    out = tmp_path / name
+    summary = _train(
+        out,
+        f"objective={{name: {name}}}",
+        "reward.kind=gold",
+        "rollout.max_new_tokens=4",
+        f"train.batch_size={2 if name == 'ppo' else 4}",
+        "eval.prompts=2",
+        "eval.max_new_tokens=4",
+    )
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if r["split"] == "eval"]
+    assert evals[0]["sample_kl"] == 0 and evals[-1]["sample_kl"] != 0
+    roles = [m["role"] for m in summary["models_held"]]
+    assert roles[0] == "policy + reference (adapters off)" and "reference" not in roles
+    assert ("critic" in roles) == (name == "ppo")
+    last = out / "checkpoints" / "step-0000002"
+    assert (last / "adapter_model.safetensors").is_file() and (last / "critic").is_dir() == (name == "ppo")
+
+
+def test_a_lora_run_resumes_exactly(corpus_cache, tmp_path, stop_after):
+    """4 DPO steps straight, against 2 steps, SIGTERM, and a resume from the checkpoint of step 2: the
+    same metric rows and the same adapter, bit for bit."""
+
+    def run(out: Path) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor]]:
+        _train(out, "objective={name: dpo, beta: 0.5}", "train.steps=4", "train.save_every=2", "train.eval_every=1")
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        adapter = load_file(str(out / "final" / "adapter_model.safetensors"))
+        return [{k: v for k, v in r.items() if k not in ("wall_s", "step_s")} for r in rows], adapter
+
+    whole_rows, whole = run(tmp_path / "whole")
+    stop_after[2] = "SIGTERM"
+    with pytest.raises(Interrupted):
+        run(tmp_path / "cut")
+    stop_after.clear()
+    rows, adapter = run(tmp_path / "cut")
+    assert rows == whole_rows
+    assert whole.keys() == adapter.keys() and all(torch.equal(whole[k], adapter[k]) for k in whole)
+
+
+def test_export_writes_a_plain_model_with_the_merged_policys_logits(corpus_cache, tmp_path, capsys):
+    """``alignlab export``: AutoModelForCausalLM loads the result, its logits are the merged PeftModel's
+    exactly (and the unmerged one's up to rounding); exporting again replaces alignlab's own export,
+    a directory of the user's is refused with one line."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from alignlab.cli import main
+
+    out = tmp_path / "run"
+    _train(out, "objective={name: dpo, beta: 0.5}")
+    assert main(["export", str(out)]) == 0
+    merged_dir = out / "merged"
+    exported = AutoModelForCausalLM.from_pretrained(merged_dir).eval()
+    base_path = json.loads((out / "final" / "adapter_config.json").read_text())["base_model_name_or_path"]
+    peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_path), out / "final").eval()
+    ids = torch.randint(0, 200, (2, 8), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        unmerged = peft_model(input_ids=ids).logits
+        merged = peft_model.merge_and_unload()(input_ids=ids).logits
+        got = exported(input_ids=ids).logits
+    torch.testing.assert_close(got, merged, rtol=0, atol=0)
+    torch.testing.assert_close(got, unmerged, rtol=1e-5, atol=1e-5)
+    assert not torch.equal(got, AutoModelForCausalLM.from_pretrained(base_path)(input_ids=ids).logits)
+    assert main(["export", str(out)]) == 0  # its own export: replaced
+    users = tmp_path / "mine"
+    users.mkdir()
+    (users / "notes.txt").write_text("mine")
+    capsys.readouterr()
+    assert main(["export", str(out), "--out", str(users)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--out" in err and "did not write" in err
+    assert (users / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "says"),
+    [
+        ("model.lora={rank: 8}", "model.lora.rank", "unknown key; known keys: r, alpha"),
+        ("model.lora={lora_alpha: 32}", "model.lora.lora_alpha", "did you mean 'alpha'"),
+        ("model.lora.r=0", "model.lora.r", "must be >= 1"),
+        ("model.lora.dropout=1.0", "model.lora.dropout", "must be < 1"),
+        ("model.lora.alpha=0", "model.lora.alpha", "must be >= 1"),
+        ("model.lora.target_modules=attention", "model.lora.target_modules", "auto or a list"),
+        ("model.lora=8", "model.lora", "a mapping of keys"),
+    ],
+)
+def test_a_bad_lora_key_is_one_line_naming_it(override, key, says, corpus_cache, tmp_path, capsys):
+    from alignlab.cli import main
+
+    with pytest.raises(ConfigError) as err:
+        run_training("train/ok.yaml", [override, f"out_dir={tmp_path / 'x'}"])
+    assert key in str(err.value) and says in str(err.value)
+    assert main(["train", "train/ok.yaml", override, f"out_dir={tmp_path / 'x'}"]) == 2
+    line = capsys.readouterr().err.strip()
+    assert len(line.splitlines()) == 1 and key in line
+
+
+def test_target_modules_that_match_nothing_name_the_key(corpus_cache, tmp_path):
+    with pytest.raises(ConfigError, match=r"model\.lora\.target_modules: 'q_proj' matches no module .*c_attn"):
+        _train(tmp_path / "x", "model.lora.target_modules=[q_proj]")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -95,6 +96,33 @@ def test_the_default_targets_are_the_attention_projections():
     assert len(modules) == 4  # two layers
     trainable = {n for n, p in policy.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n for n in trainable)
+
+
+def test_llama_and_smollm2_adapt_the_four_attention_projections():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2
+    )
+    policy = add_adapters(LlamaForCausalLM(config), LoraConfig(), seed=0)
+    modules = {n.split(".lora_A")[0].rsplit(".", 1)[-1] for n, _ in policy.named_parameters() if "lora_A" in n}
+    assert modules == {"q_proj", "k_proj", "v_proj", "o_proj"}
+
+
+def test_without_lora_the_sft_stage_and_the_resolved_config_are_those_of_before():
+    """``lora: null`` is not in a run's resolved config (a run directory of an earlier alignlab is still
+    this run), and the SFT stage's settings never hold ``lora`` (runs with and without adapters share it)."""
+    from alignlab.models import ModelConfig
+    from alignlab.sft import sft_model_settings
+    from alignlab.train.job import _resolved, resolve
+
+    plain, method = resolve(CORPUS / "train" / "ok.yaml", [])
+    adapted, _ = resolve(CORPUS / "train" / "ok.yaml", [LORA])
+    task: Any = SimpleNamespace(cfg=SimpleNamespace(to_dict=dict))  # the task's part is not what is checked
+    assert "lora" not in _resolved(plain, task, method)["model"]
+    assert _resolved(adapted, task, method)["model"]["lora"]["r"] == 4
+    assert sft_model_settings(plain.model) == sft_model_settings(adapted.model)
+    assert "lora" not in sft_model_settings(ModelConfig(lora=LoraConfig()))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,6 +229,7 @@ def test_a_lora_run_resumes_exactly(corpus_cache, tmp_path, stop_after):
     assert whole.keys() == adapter.keys() and all(torch.equal(whole[k], adapter[k]) for k in whole)
 
 
+@pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")  # peft asks transformers
 def test_export_writes_a_plain_model_with_the_merged_policys_logits(corpus_cache, tmp_path, capsys):
     """``alignlab export``: AutoModelForCausalLM loads the result, its logits are the merged PeftModel's
     exactly (and the unmerged one's up to rounding); exporting again replaces alignlab's own export,
@@ -226,6 +255,7 @@ def test_export_writes_a_plain_model_with_the_merged_policys_logits(corpus_cache
     torch.testing.assert_close(got, unmerged, rtol=1e-5, atol=1e-5)
     assert not torch.equal(got, AutoModelForCausalLM.from_pretrained(base_path)(input_ids=ids).logits)
     assert main(["export", str(out)]) == 0  # its own export: replaced
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".merged")) == []  # no temporaries left
     users = tmp_path / "mine"
     users.mkdir()
     (users / "notes.txt").write_text("mine")

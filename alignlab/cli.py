@@ -66,17 +66,20 @@ def _export(args: argparse.Namespace) -> int:
     if not run.is_dir():
         raise AlignlabError(f"command line: RUN_DIR: {run} is not a directory (give a run's out_dir)")
     final = run / FINAL
-    try:
-        intact = final.is_dir() and verify_dir(final)
-    except Damaged:  # a damaged final/: the newest intact checkpoint holds the same policy
-        intact = False
+    intact = final.is_dir()
+    if intact:
+        try:
+            verify_dir(final)  # False without a manifest (an older alignlab's): loading it tells
+        except Damaged:  # a damaged final/: the newest intact checkpoint holds the same policy
+            intact = False
     source = final if intact else latest_checkpoint(run)
     if source is None:
         raise AlignlabError(f"command line: RUN_DIR: {run} holds no trained policy (no final/ and no checkpoint)")
     out = Path(args.out) if args.out else run / "merged"
     check_claimable(out, "export", "command line: --out")
     export_merged(source, out)
-    print(f"{out}: the policy of {source} with its adapters merged (AutoModelForCausalLM.from_pretrained loads it)")
+    what = "with its LoRA adapter merged" if (source / "adapter_config.json").is_file() else "(no adapter to merge)"
+    print(f"{out}: the policy of {source} {what}; AutoModelForCausalLM.from_pretrained loads it")
     return 0
 
 

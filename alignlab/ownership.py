@@ -1,7 +1,8 @@
 """What alignlab may write into, replace and delete: only directories and files it wrote itself.
 
-A run directory (``out_dir`` of ``alignlab train``, each run of ``alignlab run``) and a results
-directory (``out_dir`` of ``alignlab run``) carry a marker file, :data:`MARKER`, written when
+A run directory (``out_dir`` of ``alignlab train``, each run of ``alignlab run``), a results
+directory (``out_dir`` of ``alignlab run``) and an exported model (``--out`` of ``alignlab export``,
+by default ``merged/`` in the run directory) carry a marker file, :data:`MARKER`, written when
 alignlab first claims them. Before it writes anything, alignlab checks each directory it is about
 to use (:func:`check_claimable`):
 

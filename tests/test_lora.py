@@ -292,3 +292,18 @@ def test_a_bad_lora_key_is_one_line_naming_it(override, key, says, corpus_cache,
 def test_target_modules_that_match_nothing_name_the_key(corpus_cache, tmp_path):
     with pytest.raises(ConfigError, match=r"model\.lora\.target_modules: 'q_proj' matches no module .*c_attn"):
         _train(tmp_path / "x", "model.lora.target_modules=[q_proj]")
+
+
+def test_export_of_a_full_fine_tuning_run_copies_its_model(corpus_cache, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from alignlab.cli import main
+
+    out = tmp_path / "full"
+    run_training("train/ok.yaml", [f"out_dir={out}"])
+    assert main(["export", str(out), "--out", str(tmp_path / "exported")]) == 0
+    ids = torch.randint(0, 200, (2, 8), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        got = AutoModelForCausalLM.from_pretrained(tmp_path / "exported")(input_ids=ids).logits
+        expected = AutoModelForCausalLM.from_pretrained(out / "final")(input_ids=ids).logits
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)

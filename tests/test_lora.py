@@ -253,6 +253,9 @@ def test_export_writes_a_plain_model_with_the_merged_policys_logits(corpus_cache
         got = exported(input_ids=ids).logits
     torch.testing.assert_close(got, merged, rtol=0, atol=0)
     torch.testing.assert_close(got, unmerged, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # transformers' own peft integration loads final/ too, while the SFT policy is cached
+        direct = AutoModelForCausalLM.from_pretrained(out / "final").eval()(input_ids=ids).logits
+    torch.testing.assert_close(direct, unmerged, rtol=0, atol=0)
     assert not torch.equal(got, AutoModelForCausalLM.from_pretrained(base_path)(input_ids=ids).logits)
     assert main(["export", str(out)]) == 0  # its own export: replaced
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".merged")) == []  # no temporaries left

@@ -42,7 +42,12 @@ DEFAULT_TARGETS: dict[str, list[str]] = {
 class LoraConfig(Config):
     r: int = knob(8, "Rank of each adapter's update B·A.", ge=1, le=4096)
     alpha: int = knob(16, "Scale of the update: W + (alpha / r)·B·A.", ge=1)
-    dropout: float = knob(0.0, "Dropout on the adapter's input while training.", ge=0, lt=1)
+    dropout: float = knob(
+        0.0,
+        "Dropout on the adapter's input while training (kept when train.disable_dropout switches the rest off).",
+        ge=0,
+        lt=1,
+    )
     target_modules: list[str] | str = knob(
         "auto",
         "Modules to adapt (a name matches a module path ending with it), or auto: the attention "

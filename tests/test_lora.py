@@ -98,6 +98,18 @@ def test_the_default_targets_are_the_attention_projections():
     assert trainable and all("lora_" in n for n in trainable)
 
 
+def test_disable_dropout_keeps_the_adapters_own():
+    """``train.disable_dropout`` switches GPT-2's dropout off, not ``model.lora.dropout``, which was asked for."""
+    from alignlab.train.config import disable_dropout
+
+    policy = add_adapters(tiny_gpt2(), LoraConfig(dropout=0.3), seed=0)
+    disable_dropout(policy)
+    dropouts = {n: m.p for n, m in policy.named_modules() if isinstance(m, torch.nn.Dropout)}
+    adapters = {n: p for n, p in dropouts.items() if ".lora_dropout." in n}
+    assert len(adapters) == 4 and set(adapters.values()) == {0.3}
+    assert len(dropouts) > 4 and all(p == 0.0 for n, p in dropouts.items() if n not in adapters)
+
+
 def test_llama_and_smollm2_adapt_the_four_attention_projections():
     from transformers import LlamaConfig, LlamaForCausalLM
 

@@ -157,6 +157,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> Any:
 
 
 def disable_dropout(model: torch.nn.Module) -> None:
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
+    """Set every dropout of ``model`` to 0, except LoRA adapters' (``model.lora.dropout``: asked for explicitly)."""
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Dropout) and ".lora_dropout." not in f".{name}.":
             module.p = 0.0

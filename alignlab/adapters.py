@@ -95,6 +95,7 @@ def target_modules(cfg: LoraConfig, model: nn.Module) -> list[str]:
 
 
 def _is_linear(module: nn.Module) -> bool:
+    """A layer LoRA can adapt: ``nn.Linear``, or GPT-2's ``Conv1D`` (a linear layer stored transposed)."""
     return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
 
 
@@ -141,6 +142,7 @@ def is_adapted(model: Any) -> bool:
 
 
 def trainable_parameters(model: nn.Module) -> int:
+    """How many of ``model``'s parameters train (a LoRA policy's: its adapters')."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
@@ -215,16 +217,9 @@ class _Off(nn.Module):
             return self._module[0](*args, **kwargs)
 
 
-def reference_of(policy_model: nn.Module) -> AdaptersOff:
-    """π_ref of an adapted policy: the same network, adapters off."""
-    return AdaptersOff(policy_model)
-
-
 # ---------------------------------------------------------------------------------------------
 # Checkpoints and export
 # ---------------------------------------------------------------------------------------------
-
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
 def load_adapter_weights(model: nn.Module, path: Path) -> None:
@@ -245,11 +240,16 @@ def load_adapter_weights(model: nn.Module, path: Path) -> None:
         )
     try:
         result = set_peft_model_state_dict(model, load_file(str(file)))
-    except RuntimeError as err:  # a size mismatch: another rank or other target modules
-        raise AlignlabError(f"{path}: its adapter does not fit model.lora: {one_line(err)}") from err
+    except RuntimeError as err:  # a size mismatch: another rank
+        first = one_line(err).split(" size mismatch for ")[:2]  # the first mismatch of one per weight
+        raise AlignlabError(
+            f"{path}: its adapter does not fit model.lora: {' size mismatch for '.join(first)}"
+        ) from err
     unexpected = list(getattr(result, "unexpected_keys", None) or [])
-    if unexpected:
-        raise AlignlabError(f"{path}: its adapter has weights model.lora does not: {unexpected[:3]}")
+    missing = [k for k in getattr(result, "missing_keys", None) or [] if "lora_" in k]  # the base's are not in it
+    if unexpected or missing:
+        which = f"weights model.lora does not: {unexpected[:3]}" if unexpected else f"no weights for {missing[:3]}"
+        raise AlignlabError(f"{path}: its adapter does not fit model.lora: it has {which}")
 
 
 def export_merged(source: Path, out: Path) -> Path:

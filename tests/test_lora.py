@@ -110,6 +110,26 @@ def test_disable_dropout_keeps_the_adapters_own():
     assert len(dropouts) > 4 and all(p == 0.0 for n, p in dropouts.items() if n not in adapters)
 
 
+@pytest.mark.parametrize(
+    ("cfg", "says"),
+    [
+        (LoraConfig(r=8), "size mismatch"),
+        (LoraConfig(r=4, target_modules=["c_attn", "attn.c_proj", "mlp.c_fc"]), "no weights for"),
+        (LoraConfig(r=4, target_modules=["c_attn"]), "weights model.lora does not"),
+    ],
+)
+def test_an_adapter_of_other_settings_is_refused_not_half_loaded(cfg, says, tmp_path):
+    """Resuming from an adapter of another rank or other target modules is one line, never a partial load."""
+    from alignlab.adapters import load_adapter_weights
+    from alignlab.errors import AlignlabError
+
+    add_adapters(tiny_gpt2(), LoraConfig(r=4), seed=0).save_pretrained(tmp_path)
+    load_adapter_weights(add_adapters(tiny_gpt2(), LoraConfig(r=4), seed=1), tmp_path)  # the same settings: fine
+    with pytest.raises(AlignlabError, match=says) as err:
+        load_adapter_weights(add_adapters(tiny_gpt2(), cfg, seed=0), tmp_path)
+    assert "\n" not in str(err.value) and "does not fit model.lora" in str(err.value)
+
+
 def test_llama_and_smollm2_adapt_the_four_attention_projections():
     from transformers import LlamaConfig, LlamaForCausalLM
 

@@ -220,7 +220,8 @@ def test_every_offline_objective_trains_with_lora(name, corpus_cache, tmp_path):
 @pytest.mark.parametrize("name", ["ppo", "rloo", "grpo", "iterative_dpo"])
 def test_online_methods_train_with_lora(name, corpus_cache, tmp_path):
     """Two iterations with the sampling evaluation: π_ref is the policy's own network (KL 0 at step 0,
-    not 0 once the adapters moved); PPO's critic stays a model of its own, saved aside."""
+    not 0 once the adapters moved); PPO's critic stays a model of its own, saved aside; iterative DPO's
+    reference that follows the policy is a copy of it, and counted as one."""
     out = tmp_path / name
     summary = _train(
         out,
@@ -230,6 +231,7 @@ def test_online_methods_train_with_lora(name, corpus_cache, tmp_path):
         f"train.batch_size={2 if name == 'ppo' else 4}",
         "eval.prompts=2",
         "eval.max_new_tokens=4",
+        *(["rollout.reference=last_iteration"] if name == "iterative_dpo" else []),  # the copy that follows
     )
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in rows if r["split"] == "eval"]
@@ -237,6 +239,7 @@ def test_online_methods_train_with_lora(name, corpus_cache, tmp_path):
     roles = [m["role"] for m in summary["models_held"]]
     assert roles[0] == "policy + reference (adapters off)" and "reference" not in roles
     assert ("critic" in roles) == (name == "ppo")
+    assert ("reference (last iteration)" in roles) == (name == "iterative_dpo")  # its following copy is a model
     last = out / "checkpoints" / "step-0000002"
     assert (last / "adapter_model.safetensors").is_file() and (last / "critic").is_dir() == (name == "ppo")
 

@@ -288,6 +288,8 @@ def online_trainer(ctx: RunContext) -> dict[str, Any]:
         value = core.critic if core.critic is not None else core.value_head
         assert value is not None
         ctx.held.append(_held("critic" if core.critic is not None else "value_head", value, trainable=True))
+    if s.rollout.reference == "last_iteration":  # the training reference: a copy of the policy that follows it
+        ctx.held.append(_held("reference (last iteration)", policy.model, trainable=False))
     prompts = eval_prompts(
         ctx.task, policy.tokenizer, model_context(policy.model), cfg.rollout.max_new_tokens, 0, split="train"
     )

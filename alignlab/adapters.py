@@ -146,44 +146,44 @@ def trainable_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-class AdaptersOff(nn.Module):
-    """π_ref as a view of the adapted policy: its forward and ``generate`` run with the adapters off.
+class _View(nn.Module):
+    """A reference that runs the adapted policy's own network in a context (:meth:`context`): its forward,
+    ``generate`` and, for the scoring core's completion-head path, its backbone.
 
     The policy's weights are shared, not copied. The view always runs in eval mode (no dropout),
     whatever mode training has the policy in, and restores that mode after. ``train``/``eval`` and
-    ``requires_grad_`` on the view change nothing: the weights it runs are the policy's frozen base
-    weights, and freezing through it would freeze the policy's adapters too.
+    ``requires_grad_`` on the view change nothing: freezing through it would freeze the policy's
+    adapters too, and a reference is only ever run without gradients.
     """
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         if not is_adapted(model):
-            raise TypeError("AdaptersOff wraps a peft model")
+            raise TypeError(f"{type(self).__name__} wraps a peft model")
         self.model = model  # a submodule: parameters() and .to() see the shared weights
 
     @contextlib.contextmanager
-    def adapters_off(self) -> Iterator[None]:
-        """The block runs the base network: adapters disabled, eval mode; the policy's mode restored after."""
+    def context(self) -> Iterator[None]:
+        """The block runs the network as this reference (here: eval mode; the policy's mode restored after)."""
         was = self.model.training
         self.model.eval()
         try:
-            with self.model.disable_adapter():  # type: ignore[operator]
-                yield
+            yield
         finally:
             self.model.train(was)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        with self.adapters_off():
+        with self.context():
             return self.model(*args, **kwargs)
 
     def generate(self, *args: Any, **kwargs: Any) -> Any:
-        with self.adapters_off():
+        with self.context():
             return self.model.generate(*args, **kwargs)  # type: ignore[operator]
 
-    def train(self, mode: bool = True) -> AdaptersOff:
+    def train(self, mode: bool = True) -> _View:
         return self
 
-    def requires_grad_(self, requires_grad: bool = True) -> AdaptersOff:
+    def requires_grad_(self, requires_grad: bool = True) -> _View:
         return self
 
     @property
@@ -199,22 +199,67 @@ class AdaptersOff(nn.Module):
 
     @property
     def base_model(self) -> nn.Module:
-        """The backbone (``transformer`` of GPT-2) with adapters off: the scoring core runs the LM head
-        on completion tokens only, as it does for any other model (the same numbers as the SFT model's)."""
-        return _Off(self, self.model.get_base_model().base_model)  # type: ignore[operator]
+        """The backbone (``transformer`` of GPT-2) in the view's context: the scoring core runs the LM head
+        on completion tokens only, as it does for any other model (the same numbers as a copy's)."""
+        return _InContext(self, self.model.get_base_model().base_model)  # type: ignore[operator]
 
 
-class _Off(nn.Module):
-    """A submodule of the adapted network, run with the adapters off (the owner's context)."""
+class _InContext(nn.Module):
+    """A submodule of the adapted network, run in its view's context."""
 
-    def __init__(self, owner: AdaptersOff, module: nn.Module) -> None:
+    def __init__(self, view: _View, module: nn.Module) -> None:
         super().__init__()
-        self._owner = [owner]  # a list: not registered as a submodule (no parameter is counted twice)
+        self._view = [view]  # lists: not registered as submodules (no parameter is counted twice)
         self._module = [module]
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        with self._owner[0].adapters_off():
+        with self._view[0].context():
             return self._module[0](*args, **kwargs)
+
+
+class AdaptersOff(_View):
+    """π_ref as a view of the adapted policy: its network with the adapters disabled, i.e. the SFT
+    policy's weights exactly."""
+
+    @contextlib.contextmanager
+    def context(self) -> Iterator[None]:
+        with super().context(), self.model.disable_adapter():  # type: ignore[operator]
+            yield
+
+
+class FollowingAdapters(_View):
+    """The training reference that follows an adapted policy (``rollout.reference: last_iteration``)
+    without a copy of the network: a snapshot of the adapters' weights, swapped into the policy for the
+    reference's forward and swapped back after. :meth:`follow` takes the policy's current adapters.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(model)
+        self.snapshot: dict[str, torch.Tensor] = {}
+        self.follow()
+
+    def adapters(self) -> dict[str, nn.Parameter]:
+        return {n: p for n, p in self.model.named_parameters() if "lora_" in n}
+
+    def follow(self) -> None:
+        """The reference becomes the policy as it is now (the end of an iteration)."""
+        self.snapshot = {n: p.detach().clone() for n, p in self.adapters().items()}
+
+    def parameters_held(self) -> int:
+        return sum(t.numel() for t in self.snapshot.values())
+
+    @contextlib.contextmanager
+    def context(self) -> Iterator[None]:
+        adapters = self.adapters()
+        current = {n: p.detach().clone() for n, p in adapters.items()}
+        with super().context(), torch.no_grad():
+            for name, p in adapters.items():
+                p.copy_(self.snapshot[name])
+            try:
+                yield
+            finally:
+                for name, p in adapters.items():
+                    p.copy_(current[name])
 
 
 # ---------------------------------------------------------------------------------------------

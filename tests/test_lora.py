@@ -89,6 +89,34 @@ def test_the_reference_generates_what_the_base_model_generates():
     assert not torch.equal(policy.generate(input_ids=ids, attention_mask=mask, **kwargs), expected)
 
 
+def test_the_following_reference_is_a_copy_of_the_policy_as_it_was_at_follow():
+    """``rollout.reference: last_iteration`` with LoRA: the snapshot of the adapters gives the log-probs of a
+    deep copy of the policy taken at :meth:`follow`, exactly, after the policy moved on; the policy's own
+    adapters, gradients' flags and training mode are as they were after each call."""
+    from alignlab.adapters import FollowingAdapters
+
+    _, policy = _adapted()
+    following = FollowingAdapters(policy)
+    then = copy.deepcopy(policy).eval()
+    with torch.no_grad():
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.1)
+    now = {n: p.detach().clone() for n, p in policy.named_parameters()}
+    policy.train()
+    ids, attention, completion = _batch()
+    with torch.no_grad():
+        expected = token_logps(then, ids, attention, completion)
+        got = token_logps(following, ids, attention, completion)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    assert policy.training and all(torch.equal(p, now[n]) for n, p in policy.named_parameters())
+    following.follow()
+    with torch.no_grad():
+        moved = token_logps(policy.eval(), ids, attention, completion)
+        torch.testing.assert_close(token_logps(following, ids, attention, completion), moved, rtol=0, atol=0)
+    assert following.parameters_held() == sum(p.numel() for n, p in policy.named_parameters() if "lora_" in n)
+
+
 def test_the_default_targets_are_the_attention_projections():
     policy = add_adapters(tiny_gpt2(), LoraConfig(), seed=0)
     modules = {n.split(".lora_A")[0] for n, _ in policy.named_parameters() if "lora_A" in n}
@@ -220,8 +248,7 @@ def test_every_offline_objective_trains_with_lora(name, corpus_cache, tmp_path):
 @pytest.mark.parametrize("name", ["ppo", "rloo", "grpo", "iterative_dpo"])
 def test_online_methods_train_with_lora(name, corpus_cache, tmp_path):
     """Two iterations with the sampling evaluation: π_ref is the policy's own network (KL 0 at step 0,
-    not 0 once the adapters moved); PPO's critic stays a model of its own, saved aside; iterative DPO's
-    reference that follows the policy is a copy of it, and counted as one."""
+    not 0 once the adapters moved); PPO's critic stays a model of its own, saved aside."""
     out = tmp_path / name
     summary = _train(
         out,
@@ -239,7 +266,10 @@ def test_online_methods_train_with_lora(name, corpus_cache, tmp_path):
     roles = [m["role"] for m in summary["models_held"]]
     assert roles[0] == "policy + reference (adapters off)" and "reference" not in roles
     assert ("critic" in roles) == (name == "ppo")
-    assert ("reference (last iteration)" in roles) == (name == "iterative_dpo")  # its following copy is a model
+    # iterative DPO's reference that follows the policy: a snapshot of the adapters, not a copy of the network
+    following = [m for m in summary["models_held"] if m["role"] == "reference (last iteration: adapters)"]
+    assert len(following) == (name == "iterative_dpo")
+    assert all(m["parameters"] == summary["models_held"][0]["trainable_parameters"] for m in following)
     last = out / "checkpoints" / "step-0000002"
     assert (last / "adapter_model.safetensors").is_file() and (last / "critic").is_dir() == (name == "ppo")
 
@@ -250,6 +280,15 @@ RESUMED = {
         "objective={name: rloo}",
         "model.lora={r: 4, alpha: 8, dropout: 0.1}",
         "reward.kind=gold",
+        "rollout.max_new_tokens=4",
+        "train.batch_size=4",
+        "eval.prompts=2",
+        "eval.max_new_tokens=4",
+    ],
+    "iterative_dpo": [  # its reference follows the policy: a snapshot of the adapters, taken again on resume
+        "objective={name: iterative_dpo}",
+        "reward.kind=gold",
+        "rollout.reference=last_iteration",
         "rollout.max_new_tokens=4",
         "train.batch_size=4",
         "eval.prompts=2",

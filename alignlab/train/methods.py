@@ -288,7 +288,11 @@ def online_trainer(ctx: RunContext) -> dict[str, Any]:
         value = core.critic if core.critic is not None else core.value_head
         assert value is not None
         ctx.held.append(_held("critic" if core.critic is not None else "value_head", value, trainable=True))
-    if s.rollout.reference == "last_iteration":  # the training reference: a copy of the policy that follows it
+    if s.rollout.reference == "last_iteration" and is_adapted(policy.model):  # a snapshot of the adapters
+        adapters = sum(p.numel() for n, p in policy.model.named_parameters() if "lora_" in n)
+        role = "reference (last iteration: adapters)"
+        ctx.held.append({"role": role, "parameters": adapters, "trainable": False, "trainable_parameters": 0})
+    elif s.rollout.reference == "last_iteration":  # a copy of the policy that follows it
         ctx.held.append(_held("reference (last iteration)", policy.model, trainable=False))
     prompts = eval_prompts(
         ctx.task, policy.tokenizer, model_context(policy.model), cfg.rollout.max_new_tokens, 0, split="train"

@@ -3,7 +3,9 @@
 With adapters on, the policy is a ``peft`` model around the SFT network, and π_ref is that same
 network with its adapters switched off (:class:`AdaptersOff`): no second copy of the weights is
 held. The frozen base weights are exactly the SFT policy's, so π_ref's log-probs equal those of the
-SFT model loaded on its own — the reference cache is shared with full fine-tuning runs. Only the
+SFT model loaded on its own — the reference cache is shared with full fine-tuning runs. A training
+reference that follows the policy (``rollout.reference: last_iteration``) is a snapshot of the
+adapters' weights swapped in for its forward (:class:`FollowingAdapters`), not a copy. Only the
 adapter's weights train; a checkpoint holds the adapter (``adapter_model.safetensors`` +
 ``adapter_config.json``, ``PeftModel.from_pretrained(base, dir)`` loads it) and ``alignlab export``
 merges it into a plain model (:func:`export_run`).

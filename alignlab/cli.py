@@ -56,6 +56,33 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from alignlab.adapters import export_merged
+    from alignlab.io import Damaged, verify_dir
+    from alignlab.ownership import check_claimable
+    from alignlab.train.state import FINAL, latest_checkpoint
+
+    run = Path(args.run_dir)
+    if not run.is_dir():
+        raise AlignlabError(f"command line: RUN_DIR: {run} is not a directory (give a run's out_dir)")
+    final = run / FINAL
+    intact = final.is_dir()
+    if intact:
+        try:
+            verify_dir(final)  # False without a manifest (an older alignlab's): loading it tells
+        except Damaged:  # a damaged final/: the newest intact checkpoint holds the same policy
+            intact = False
+    source = final if intact else latest_checkpoint(run)
+    if source is None:
+        raise AlignlabError(f"command line: RUN_DIR: {run} holds no trained policy (no final/ and no checkpoint)")
+    out = Path(args.out) if args.out else run / "merged"
+    check_claimable(out, "export", "command line: --out")
+    export_merged(source, out)
+    what = "with its LoRA adapter merged" if (source / "adapter_config.json").is_file() else "(no adapter to merge)"
+    print(f"{out}: the policy of {source} {what}; AutoModelForCausalLM.from_pretrained loads it")
+    return 0
+
+
 def _prepare(args: argparse.Namespace) -> int:
     import json
 
@@ -222,6 +249,12 @@ COMMANDS = {
         "Draw frontier.png/.svg, frontier_compute.png/.svg (and winrate.png/.svg) from the CSVs of a results "
         "directory; --fit also writes frontier_fit.png/.svg with the Gao et al. (2023) fits.",
     ),
+    "export": (
+        "write a run's trained policy as a plain model, LoRA adapters merged into its weights",
+        "Write the trained policy of a run directory (its final/, else its newest checkpoint) as a plain "
+        "model + tokenizer that AutoModelForCausalLM.from_pretrained loads: LoRA adapters are merged into the "
+        "weights (merge_and_unload). Written atomically; an existing --out is replaced only if alignlab exported it.",
+    ),
     "table": (
         "rewrite the tables of a results directory from its CSVs",
         "Write frontier.md, summary.csv (and winrate.md, compute.md) from the CSVs of a results directory.",
@@ -278,6 +311,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="the prepare YAML, e.g. experiments/prepare_imdb.yaml")
     p.add_argument("overrides", nargs="*", help="dotted overrides KEY=VALUE, e.g. sft.steps=100 model.preset=smoke")
     p.set_defaults(func=_prepare)
+
+    p = _command(sub, "export")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run's out_dir, e.g. runs/dpo_lora")
+    p.add_argument("--out", help="where to write the model (default RUN_DIR/merged)")
+    p.set_defaults(func=_export)
 
     p = _command(sub, "run")
     p.add_argument("file", help="the experiment YAML, e.g. experiments/imdb_smoke.yaml")

@@ -22,6 +22,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from alignlab.adapters import LoraConfig
 from alignlab.errors import AlignlabError, ConfigError, one_line
 from alignlab.schema import Config, knob
 
@@ -120,6 +121,11 @@ class ModelConfig(Config):
     tokenizer_texts: int = knob(20000, "Texts the from-scratch tokenizer is trained on (a seeded sample).", gt=0)
     trust_remote_code: bool = knob(False, "Allow model code from the Hub; only if you trust the repository.")
     dtype: Literal["float32", "bfloat16", "float16"] = knob("float32", "Weights dtype of a pretrained model.")
+    lora: LoraConfig | None = knob(
+        None,
+        "Train LoRA adapters on the SFT policy instead of all its weights (e.g. {r: 8, alpha: 16}); "
+        "π_ref is then the same network with the adapters off. null: full fine-tuning.",
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -1,7 +1,8 @@
 """What alignlab may write into, replace and delete: only directories and files it wrote itself.
 
-A run directory (``out_dir`` of ``alignlab train``, each run of ``alignlab run``) and a results
-directory (``out_dir`` of ``alignlab run``) carry a marker file, :data:`MARKER`, written when
+A run directory (``out_dir`` of ``alignlab train``, each run of ``alignlab run``), a results
+directory (``out_dir`` of ``alignlab run``) and an exported model (``--out`` of ``alignlab export``,
+by default ``merged/`` in the run directory) carry a marker file, :data:`MARKER`, written when
 alignlab first claims them. Before it writes anything, alignlab checks each directory it is about
 to use (:func:`check_claimable`):
 
@@ -36,10 +37,10 @@ import yaml
 from alignlab.errors import ConfigError, one_line
 from alignlab.io import atomic_write_json
 
-Kind = Literal["run", "results"]
+Kind = Literal["run", "results", "export"]
 MARKER = ".alignlab.json"
 """The marker of a directory alignlab owns: ``{"written_by": "alignlab", "kind": "run" | "results"}``."""
-_RUN_NAMES = r"config\.yaml|summary\.json|metrics\.jsonl|diverged\.txt|winrate\.json|checkpoints|final|alignlab"
+_RUN_NAMES = r"config\.yaml|summary\.json|metrics\.jsonl|diverged\.txt|winrate\.json|checkpoints|final|merged|alignlab"
 RUN_ENTRIES = re.compile(
     rf"^(?:{_RUN_NAMES}|\.alignlab\.json"  # what a run writes, and the marker
     rf"|damaged-(?:\d+-)?(?:{_RUN_NAMES})"  # its results moved aside as damaged (alignlab.io.quarantine)
@@ -71,6 +72,9 @@ def _legacy(path: Path, kind: Kind) -> bool:
     ``checkpoints/``; a results directory whose ``experiment.yaml`` lists its runs, each with its
     resolved config in ``configs/``. A user's own YAMLs are never taken for these."""
     from alignlab.config import parse_yaml
+
+    if kind == "export":  # exports came after the marker: none is legacy
+        return False
 
     def read(file: Path) -> Any:
         try:

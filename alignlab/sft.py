@@ -180,6 +180,12 @@ def train_sft(model: Any, train: torch.Tensor, cfg: SFTConfig, progress: bool = 
     }
 
 
+def sft_model_settings(model_cfg: ModelConfig) -> dict[str, Any]:
+    """The model settings the SFT stage depends on: all but ``lora``, whose adapters come after SFT
+    (runs with and without adapters share one SFT policy)."""
+    return {k: v for k, v in model_cfg.to_dict().items() if k != "lora"}
+
+
 def prepare_policy(
     task: Task, model_cfg: ModelConfig, sft_cfg: SFTConfig, cache: Path | None = None, progress: bool = True
 ) -> Policy:
@@ -191,7 +197,7 @@ def prepare_policy(
     root = cache or cache_root()
     texts = task.sft_texts()
     data_key = f"{task.name}:{texts_fingerprint(texts)}"
-    key = fingerprint(data_key, model_cfg.to_dict(), sft_cfg.to_dict(), code_version(models, sft))
+    key = fingerprint(data_key, sft_model_settings(model_cfg), sft_cfg.to_dict(), code_version(models, sft))
     path = root / "sft" / key
 
     def load(at: Path, from_cache: bool = True) -> Policy:
@@ -275,7 +281,7 @@ def _build_policy(
                 "task": task.name,
                 "source": task.source,
                 "data": data_key,
-                "model": model_cfg.to_dict(),
+                "model": sft_model_settings(model_cfg),
                 "sft": sft_cfg.to_dict(),
                 "code": code_version(models, sft),
                 "metrics": metrics,

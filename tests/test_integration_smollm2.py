@@ -82,3 +82,31 @@ def test_the_win_rate_llm_judge_is_named_as_the_yaml_names_it(smollm2):
 
     judge = llm_judge("smollm2-135m", "tldr", seed=0)
     assert judge.name == "llm:smollm2-135m" and judge.template == SUMMARY_TEMPLATE
+
+
+def test_lora_on_a_real_llama_adapts_q_k_v_o_and_its_reference_is_the_base_exactly(smollm2):
+    """LoRA with target_modules auto on SmolLM2 adapts the four attention projections of every layer;
+    with the adapters moved, π_ref (adapters off) still gives the pretrained model's log-probs to the
+    last bit, and the policy does not."""
+    import copy
+
+    from alignlab.adapters import AdaptersOff, LoraConfig, add_adapters
+
+    model, tokenizer = smollm2
+    batch = encode_completions(tokenizer, ["The capital of France is"], [" Paris, a city on the Seine."], 64)
+    args = (batch.input_ids, batch.attention_mask, batch.completion_mask)
+    with torch.no_grad():
+        expected = token_logps(model, *args)
+    policy = add_adapters(copy.deepcopy(model), LoraConfig(r=4), seed=0)
+    adapted = {n.split(".lora_A")[0] for n, _ in policy.named_parameters() if "lora_A" in n}
+    layers = model.config.num_hidden_layers
+    assert sorted({n.rsplit(".", 1)[-1] for n in adapted}) == ["k_proj", "o_proj", "q_proj", "v_proj"]
+    assert len(adapted) == 4 * layers
+    with torch.no_grad():
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.02)
+        moved = token_logps(policy, *args)
+        reference = token_logps(AdaptersOff(policy), *args)
+    assert_close(reference, expected, rtol=0, atol=0)
+    assert not torch.equal(moved, expected)

@@ -154,6 +154,9 @@ def backbone_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
     """
     if not COMPLETION_HEAD:
         return None
+    unwrap = getattr(model, "get_base_model", None)
+    if callable(unwrap):  # a peft model: its adapters live inside the base model's layers, active there
+        model = unwrap()
     get_head = getattr(model, "get_output_embeddings", None)
     backbone = getattr(model, "base_model", None)
     config = getattr(model, "config", None)

@@ -134,14 +134,14 @@ def check_batch(cfg: TrainConfig, num_processes: int, source: str | None = None,
 
 
 def build_optimizer(params: Any, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """RMSprop (DPO paper) or AdamW over ``params``.
+    """RMSprop (DPO paper) or AdamW over those of ``params`` that require a gradient.
 
     AdamW uses torch's fused kernel (one pass over all parameters: on 2 CPU cores it cuts the
     optimiser step of a 1.5M-parameter model by more than half — ``benchmarks/vs_trl.py``; it is
     also the Hugging Face Trainer's default); RMSprop, which has no fused kernel, the multi-tensor
     one. Both compute the same update as the per-parameter loop, up to float rounding.
     """
-    params = list(params)
+    params = [p for p in params if p.requires_grad]  # frozen weights (a LoRA policy's base) never train
     if cfg.optimizer == "rmsprop":
         return torch.optim.RMSprop(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
     fused = all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
@@ -157,6 +157,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> Any:
 
 
 def disable_dropout(model: torch.nn.Module) -> None:
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
+    """Set every dropout of ``model`` to 0, except LoRA adapters' (``model.lora.dropout``: asked for explicitly)."""
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Dropout) and ".lora_dropout." not in f".{name}.":
             module.p = 0.0

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from alignlab import stages
+from alignlab.adapters import with_adapters
 from alignlab.config import apply_overrides, blaming, load_yaml, parse_override, parse_yaml
 from alignlab.data import cache_root, check_cache_writable
 from alignlab.errors import AlignlabError, ConfigError
@@ -209,7 +210,10 @@ def resolve_dict(data: dict[str, Any], source: str, base_dir: Path, prefix: str 
 
 
 def _resolved(cfg: RunConfig, task: Task, method: Method) -> dict[str, Any]:
-    return {**cfg.to_dict(), "task": task.cfg.to_dict(), "objective": {"name": method.name, **method.cfg.to_dict()}}
+    resolved = cfg.to_dict()
+    if cfg.model.lora is None:  # without adapters, the config of a run from before model.lora existed
+        del resolved["model"]["lora"]
+    return {**resolved, "task": task.cfg.to_dict(), "objective": {"name": method.name, **method.cfg.to_dict()}}
 
 
 def holds_other_run(out: Path, resolved: dict[str, Any]) -> bool:
@@ -341,12 +345,19 @@ def execute(
         # 3-4. train
         from alignlab.train.methods import train_method, win_rate_rows
 
+        # the policy that trains: the SFT policy, or fresh LoRA adapters on it (π_ref: the adapters off)
+        policy = with_adapters(policy, cfg.model.lora, cfg.train.seed)
         final = train_method(cfg, method, task, policy, judge, data, accelerator, out)
         models_held = final.pop("models_held", [])
         if accelerator.is_main_process and method.objective.needs.data != "sampling":  # the trained policy, alone
             final_dir = publish_final(out)
             if final_dir is not None:
-                say(f"{out}: the trained policy is in {final_dir} (AutoModelForCausalLM.from_pretrained loads it)")
+                loads = (
+                    f"its LoRA adapter: PeftModel.from_pretrained loads it; alignlab export {out} merges it"
+                    if cfg.model.lora is not None
+                    else "AutoModelForCausalLM.from_pretrained loads it"
+                )
+                say(f"{out}: the trained policy is in {final_dir} ({loads})")
         winrate = None
         if cfg.eval.winrate.temperatures:
             winrate = win_rate_rows(cfg, task, policy, judge, data, out, accelerator)

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM
 
+from alignlab.adapters import AdaptersOff, is_adapted, trainable_parameters
 from alignlab.core import scoring
 from alignlab.encoding import encode_text
 from alignlab.models import model_context
@@ -148,7 +149,10 @@ def _sample_row(m: dict[str, Any], n: int) -> dict[str, Any]:
 
 
 def load_reference(policy: Any) -> torch.nn.Module:
-    """π_ref: the SFT policy as saved, frozen."""
+    """π_ref: the SFT policy as saved, frozen; with LoRA adapters on the policy, the policy's own network
+    with its adapters off (:class:`~alignlab.adapters.AdaptersOff`: no second copy of the weights)."""
+    if is_adapted(policy.model):
+        return AdaptersOff(policy.model)
     return AutoModelForCausalLM.from_pretrained(policy.path).eval().requires_grad_(False)
 
 
@@ -172,7 +176,10 @@ def train_method(
     reference = load_reference(policy).to(accelerator.device) if wanted else None
     sampler = _sampler(cfg, task, policy, reward, reference) if reference is not None and needs_sampling_eval else None
     held = [_held("policy", policy.model, trainable=trains)]
-    if reference is not None:
+    if is_adapted(policy.model) and (reference is not None or method.objective.needs.reference):
+        # π_ref is the policy's own network with its adapters off: no second model in memory
+        held[0]["role"] = "policy + reference (adapters off)"
+    elif reference is not None:
         held.append(_held("reference", reference, trainable=False))
     rm = data.get("reward_model")
     if rm is not None and cfg.reward.kind == "model" and method.objective.needs.data in ("online", "sampling"):
@@ -194,8 +201,14 @@ def train_method(
 
 
 def _held(role: str, model: torch.nn.Module, trainable: bool) -> dict[str, Any]:
-    """One entry of the summary's ``models_held``: a network this method keeps in memory while it trains."""
-    return {"role": role, "parameters": sum(p.numel() for p in model.parameters()), "trainable": trainable}
+    """One entry of the summary's ``models_held``: a network this method keeps in memory while it trains,
+    its parameters and how many of them train (a LoRA policy's: its adapters' only)."""
+    return {
+        "role": role,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "trainable": trainable,
+        "trainable_parameters": trainable_parameters(model) if trainable else 0,
+    }
 
 
 def _check_offline(cfg: Any, method: Method, num_processes: int, source: str | None) -> None:
@@ -275,6 +288,12 @@ def online_trainer(ctx: RunContext) -> dict[str, Any]:
         value = core.critic if core.critic is not None else core.value_head
         assert value is not None
         ctx.held.append(_held("critic" if core.critic is not None else "value_head", value, trainable=True))
+    if s.rollout.reference == "last_iteration" and is_adapted(policy.model):  # a snapshot of the adapters
+        adapters = sum(p.numel() for n, p in policy.model.named_parameters() if "lora_" in n)
+        role = "reference (last iteration: adapters)"
+        ctx.held.append({"role": role, "parameters": adapters, "trainable": False, "trainable_parameters": 0})
+    elif s.rollout.reference == "last_iteration":  # a copy of the policy that follows it
+        ctx.held.append(_held("reference (last iteration)", policy.model, trainable=False))
     prompts = eval_prompts(
         ctx.task, policy.tokenizer, model_context(policy.model), cfg.rollout.max_new_tokens, 0, split="train"
     )

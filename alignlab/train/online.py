@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from alignlab import interrupts
+from alignlab.adapters import AdaptersOff, FollowingAdapters
 from alignlab.core.advantages import AdvantageInputs, get_estimator
 from alignlab.core.kl import per_token_kl
 from alignlab.core.rollout import rollout
@@ -268,7 +269,10 @@ def train_online(
     # the reference the iterations score against: π_ref, or a copy that becomes the policy after each
     # iteration (so, resumed after iteration t, the policy itself)
     train_ref = reference
-    if s.rollout.reference == "last_iteration":
+    if s.rollout.reference == "last_iteration" and isinstance(reference, AdaptersOff):
+        # a LoRA policy: a snapshot of its adapters, not a copy of the network (B starts at zero: π_ref)
+        train_ref = FollowingAdapters(core.policy)
+    elif s.rollout.reference == "last_iteration":
         train_ref = copy.deepcopy(core.policy if loop.resumed else reference).requires_grad_(False).eval()
     run_eval = None if evaluate is None else (lambda: evaluate(core.policy))
     costs = Costs.of(core, reference, reward)
@@ -319,7 +323,9 @@ def train_online(
             scheduler.step()
             if exp.estimator_state is not None:
                 estimator_state = exp.estimator_state
-            if train_ref is not reference:  # 6. the reference follows the policy
+            if isinstance(train_ref, FollowingAdapters):  # 6. the reference follows the policy
+                train_ref.follow()
+            elif train_ref is not reference:
                 train_ref.load_state_dict(core.policy.state_dict())
             row = {**exp.stats, **metrics, "update_s": time.time() - t0, "kl_coef": controller.value}
             row = {

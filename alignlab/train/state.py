@@ -4,8 +4,11 @@ A checkpoint is a directory ``out_dir/checkpoints/step-NNNNNNN/`` published atom
 exists whole or not at all) that is itself a model: the trained policy's ``save_pretrained`` files
 (``config.json``, ``model.safetensors``, ``generation_config.json``) and its tokenizer's at the top,
 so ``AutoModelForCausalLM.from_pretrained(dir)`` and ``AutoTokenizer.from_pretrained(dir)`` load it
-alone. Beside them: each other trained module in a subdirectory of its own (PPO's ``critic/`` or
-``value_head/``), the optimiser and scheduler state and the RNG states (``trainer_state.pt``),
+alone (with LoRA adapters, ``model.lora``, the top holds the adapter instead: ``adapter_config.json``
+and ``adapter_model.safetensors``, which ``PeftModel.from_pretrained(base, dir)`` loads and
+``alignlab export`` merges into a plain model). Beside them: each other trained module in a
+subdirectory of its own (PPO's ``critic/`` or ``value_head/``), the optimiser and scheduler state
+and the RNG states (``trainer_state.pt``),
 ``state.json`` (the step, the data position, any trainer state such as PPO's KL coefficient), a
 copy of ``metrics.jsonl`` as it stood, and ``MANIFEST.json`` (:func:`alignlab.io.atomic_dir`).
 Loading uses ``weights_only=True`` and safetensors only. A finished run publishes its policy alone
@@ -31,6 +34,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from alignlab.adapters import is_adapted, load_adapter_weights
 from alignlab.errors import one_line
 from alignlab.io import (
     MANIFEST,
@@ -88,6 +92,9 @@ def _save_module(module: torch.nn.Module, path: Path, state_dict: dict[str, torc
 
 
 def _load_module(module: torch.nn.Module, path: Path) -> None:
+    if is_adapted(module):  # a LoRA policy: its checkpoint is the adapter, the base is the SFT policy
+        load_adapter_weights(module, path)
+        return
     if not (path / "config.json").is_file() and not (path / "module.safetensors").is_file():
         # a checkpoint of an alignlab from before checkpoints were models: the model in a subdirectory
         path = next((path / d for d in LEGACY_MODEL_DIRS if (path / d / "config.json").is_file()), path)

@@ -1,12 +1,12 @@
 """FSDP under ``accelerate launch``: what it does on CPU (pinned), and exact resume (on GPUs).
 
-The finding (torch 2.13.0+cpu, accelerate 1.16, gloo, 2 processes; the probes are in the commit
-that added this file and in README.md, "Many GPUs"):
+The finding (torch 2.13.0+cpu, accelerate 1.16, gloo, 2 processes; README.md, "Many GPUs"):
 
-- torch itself shards on CPU: FSDP2 (``fully_shard`` on a ``cpu`` device mesh) trains, and a run
-  resumed from a sharded ``torch.distributed.checkpoint`` of model and optimiser ends with the
-  weights of an uninterrupted one (max |diff| 0.0). FSDP1 (``FullyShardedDataParallel``) trains,
-  but its first full state dict (model and ``optim_state_dict``) killed rank 0 with SIGSEGV.
+- torch itself shards on CPU (``scripts/fsdp_cpu_probe.py``): FSDP2 (``fully_shard`` on a ``cpu``
+  device mesh) trains, and a run resumed from a sharded ``torch.distributed.checkpoint`` of model
+  and optimiser ends with the weights of an uninterrupted one (max |diff| 0.0). FSDP1
+  (``FullyShardedDataParallel``) trains and resumes from a sharded checkpoint, but a full state
+  dict with ``offload_to_cpu=True`` (accelerate's FULL_STATE_DICT setting) kills rank 0 with SIGSEGV.
 - accelerate does not: ``Accelerator(cpu=True)`` (what :func:`alignlab.train.loop.make_accelerator`
   builds without CUDA) picks ``MULTI_CPU`` and wraps the model in DDP whatever FSDP settings it is
   given (``configs/accelerate/fsdp.yaml``, or an explicit ``FullyShardedDataParallelPlugin``); with

@@ -68,7 +68,8 @@ def _launch(
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="pins what accelerate does without CUDA")
 def test_an_fsdp_config_runs_as_ddp_on_cpu(tmp_path):
-    """On CPU, the FSDP config gives alignlab's accelerator 2 gloo processes of plain DDP: no shards."""
+    """On CPU, the FSDP config gives alignlab's accelerator 2 gloo processes of plain DDP: no shards;
+    the main process says so in one warning line."""
     proc = _launch("fsdp_probe.py", str(tmp_path / "out"), cache=tmp_path / "cache")
     assert proc.returncode == 0, proc.stderr[-3000:]
     probe = json.loads((tmp_path / "out" / "probe.json").read_text())
@@ -78,6 +79,11 @@ def test_an_fsdp_config_runs_as_ddp_on_cpu(tmp_path):
         "DistributedDataParallel",
         "Parameter",
     ), f"accelerate now does something else with an FSDP config on CPU ({probe}): try test_fsdp_dpo_resumes_exactly"
+    warned = [line for line in proc.stderr.splitlines() if line.startswith("alignlab: warning:")]
+    assert warned == [
+        "alignlab: warning: the launch config asks for FSDP, but accelerate runs it as MULTI_CPU without CUDA: "
+        "nothing is sharded (every process holds the whole model and optimiser)"
+    ]
 
 
 def _final_weights(out: Path, step: int) -> dict[str, torch.Tensor]:

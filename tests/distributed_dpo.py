@@ -1,7 +1,9 @@
 """DPO for 4 steps on toy pairs through the offline trainer; run by tests/test_distributed.py both
 as one process and under ``accelerate launch --num_processes 2`` (gloo on CPU).
 
-Usage: python tests/distributed_dpo.py OUT_DIR   (writes OUT_DIR/losses.json from the main process)
+Usage: python tests/distributed_dpo.py OUT_DIR [STEPS STOP_AFTER]   (writes OUT_DIR/losses.json from the main
+process). With STEPS and STOP_AFTER (tests/test_fsdp.py): STEPS steps, a checkpoint every STOP_AFTER steps, and
+the run is interrupted after STOP_AFTER steps of this process when STOP_AFTER < STEPS (run it again to resume).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from alignlab.models import build_preset, train_tokenizer
 from alignlab.objectives import get_objective
@@ -22,7 +25,7 @@ GOOD = ["great", "superb", "lovely", "moving", "brilliant", "charming"]
 BAD = ["dull", "awful", "boring", "dreadful", "clumsy", "tedious"]
 
 
-def main(out: Path) -> None:
+def main(out: Path, steps: int = 4, stop_after: int | None = None) -> None:
     pairs = [
         PreferencePair(f"the film was {GOOD[i % 6]}", f" and {GOOD[(i * 5) % 6]} too", f" but {BAD[(i * 7) % 6]} too")
         for i in range(48)
@@ -30,13 +33,13 @@ def main(out: Path) -> None:
     tokenizer = train_tokenizer([p.prompt + p.chosen + p.rejected for p in pairs] * 4, vocab_size=300)
     model = build_preset("smoke", tokenizer, seed=0)
     cfg = TrainConfig(
-        steps=4,
+        steps=steps,
         batch_size=8,
         optimizer="adamw",
         lr=1e-3,
         warmup_steps=0,
         eval_every=100,
-        save_every=100,
+        save_every=stop_after or 100,
         log_with=[],
         progress=False,
     )
@@ -46,9 +49,12 @@ def main(out: Path) -> None:
     with accelerator.main_process_first():
         data.attach_reference(["toy-reference"], lambda: reference, 16)
     objective = get_objective("dpo")
+    step_fn = objective_step(objective, objective.config_cls(beta=0.5), data, accelerator)
+    if stop_after is not None:  # both runs of a resume test go through the wrapper (compute is not counted)
+        step_fn = _interrupted_after(step_fn, stop_after)
     rows = train_offline(
         model,
-        objective_step(objective, objective.config_cls(beta=0.5), data, accelerator),
+        step_fn,
         len(data),
         cfg,
         out,
@@ -68,5 +74,18 @@ def main(out: Path) -> None:
         )
 
 
+def _interrupted_after(step_fn: Any, steps: int) -> Any:
+    """``step_fn``, raising KeyboardInterrupt (as Ctrl-C would) when asked for step ``steps + 1``."""
+    calls = {"n": 0}
+
+    def step(model: Any, rows: list[int]) -> Any:
+        calls["n"] += 1
+        if calls["n"] > steps:
+            raise KeyboardInterrupt
+        return step_fn(model, rows)
+
+    return step
+
+
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), *(int(a) for a in sys.argv[2:4]))

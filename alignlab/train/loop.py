@@ -16,6 +16,7 @@ total, writes it into every train and eval row as ``compute_tokens`` and carries
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +27,7 @@ import torch
 from alignlab import interrupts
 from alignlab.errors import AlignlabError
 from alignlab.interrupts import Interrupted
+from alignlab.io import warn
 from alignlab.objectives import ObjectiveError
 from alignlab.progress import say
 from alignlab.train.config import TrainConfig, eval_steps, resolve_mixed_precision
@@ -46,16 +48,24 @@ def make_accelerator(cfg: TrainConfig, out_dir: Path) -> Any:
     """An ``accelerate.Accelerator`` for this run: the device, mixed precision, trackers under ``out_dir``.
 
     Without CUDA the accelerator runs on CPU, and under ``accelerate launch``/``torchrun`` its
-    processes talk over gloo.
+    processes talk over gloo. An FSDP launch config then runs as plain DDP (accelerate 1.16 selects
+    FSDP only on an accelerator; tests/test_fsdp.py): the main process says so in one warning line.
     """
     from accelerate import Accelerator
 
-    return Accelerator(
+    accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),
         mixed_precision=resolve_mixed_precision(cfg.mixed_precision),
         log_with=list(cfg.log_with) or None,
         project_dir=str(out_dir),
     )
+    fsdp_asked = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    if fsdp_asked and accelerator.is_main_process and "FSDP" not in str(accelerator.distributed_type):
+        warn(
+            f"the launch config asks for FSDP, but accelerate runs it as {accelerator.distributed_type.value} "
+            "without CUDA: nothing is sharded (every process holds the whole model and optimiser)"
+        )
+    return accelerator
 
 
 def mean_over_processes(accelerator: Any, value: torch.Tensor) -> torch.Tensor:

@@ -38,6 +38,7 @@ import resource
 import statistics
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -185,7 +186,7 @@ def dpo(tokenizer: Any, model: Any, args: argparse.Namespace, work: Path, peak: 
     )
     objective = get_objective("dpo")
     _reset_peak()
-    step_fn = objective_step(objective, objective.config_cls(beta=0.1), data, accelerator)
+    step_fn = objective_step(objective, objective.config_cls.from_dict({"beta": 0.1}), data, accelerator)
     rows = train_offline(model, step_fn, n, cfg, work / "dpo", accelerator)
     tokens = [r["step_tokens"] / 3 for r in rows if r.get("split") == "train"][1:]
     trained = statistics.median(tokens)
@@ -213,7 +214,7 @@ def ppo(tokenizer: Any, model: Any, args: argparse.Namespace, work: Path, peak: 
         progress=False,
     )
 
-    def reward(prompts: list[str], completions: list[str]) -> torch.Tensor:
+    def reward(prompts: Sequence[str], completions: Sequence[str]) -> torch.Tensor:
         return torch.tensor([c.count("a") / max(1, len(c)) for c in completions])
 
     accelerator = make_accelerator(cfg, work / "ppo")

@@ -1,3 +1,5 @@
+# mypy: disable-error-code="operator,arg-type"
+# (torch.distributed.checkpoint types state dicts as unions of tensors, lists and strings; this probe reads tensors)
 """What torch's FSDP does on CPU with gloo: run under ``torch.distributed.run`` with 2 processes.
 
     python -m torch.distributed.run --nproc_per_node 2 scripts/fsdp_cpu_probe.py WORK_DIR fsdp2

@@ -181,7 +181,7 @@ def dpo(tokenizer: Any, model: Any, args: argparse.Namespace, work: Path, peak: 
     # π_ref = the initial policy; its log-probs computed once and cached, then the copy is dropped
     data.attach_reference(
         [f"gpu_check-{os.getpid()}"],
-        lambda: copy.deepcopy(model).requires_grad_(False).eval().to(accelerator.device),
+        lambda: _reference(model).to(accelerator.device),
         args.batch,
     )
     objective = get_objective("dpo")
@@ -220,7 +220,7 @@ def ppo(tokenizer: Any, model: Any, args: argparse.Namespace, work: Path, peak: 
     accelerator = make_accelerator(cfg, work / "ppo")
     core = PolicyAndValue(model, value_head=True)
     _reset_peak()
-    reference = copy.deepcopy(model)
+    reference = _reference(model)
     ocfg = objective.config()
     rows = train_online(core, reference, tokenizer, prompts, reward, objective, ocfg, s, cfg, work / "ppo", accelerator)
     train = [r for r in rows if r.get("split") == "train"][1:]
@@ -229,6 +229,20 @@ def ppo(tokenizer: Any, model: Any, args: argparse.Namespace, work: Path, peak: 
     share = gen_s / statistics.median(step_seconds(r) for r in train)
     extra = f" (generation: {generated / gen_s:,.0f} new tokens/s, {share:.0%} of the iteration)"
     return report("PPO", rows, args.n_params, peak, extra)
+
+
+def _adapted(model: Any, lora: bool) -> Any:
+    """``model`` with fresh LoRA adapters (alignlab's model.lora defaults) when ``lora``, else itself."""
+    from alignlab.adapters import LoraConfig, add_adapters
+
+    return add_adapters(model, LoraConfig(), seed=0) if lora else model
+
+
+def _reference(model: Any) -> Any:
+    """π_ref as alignlab builds it: the adapted policy with its adapters off (no copy), else a frozen copy."""
+    from alignlab.adapters import AdaptersOff, is_adapted
+
+    return AdaptersOff(model) if is_adapted(model) else copy.deepcopy(model).requires_grad_(False).eval()
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -240,10 +254,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--rollouts", type=int, default=32, help="PPO rollouts per iteration")
     parser.add_argument("--new-tokens", type=int, default=128, help="PPO completion length limit")
     parser.add_argument("--peak-tflops", type=float, default=None, help="the card's peak dense bf16 TFLOP/s")
-    parser.add_argument("--lora", action="store_true", help="TODO: not implemented (alignlab has no LoRA yet)")
+    parser.add_argument(
+        "--lora",
+        action="store_true",
+        help="LoRA adapters (model.lora defaults: r 8, GPT-2's attention); π_ref = adapters off",
+    )
     args = parser.parse_args(argv)
-    if args.lora:
-        parser.error("--lora: TODO, alignlab has no LoRA yet (model.lora is being added); run without it")
     size = SIZES["dry-run" if args.dry_run else "gpu"]
     if args.dry_run:
         args.dpo_steps, args.ppo_iterations = min(args.dpo_steps, 3), min(args.ppo_iterations, 2)
@@ -266,8 +282,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         os.environ["ALIGNLAB_CACHE_DIR"] = str(work / "cache")  # the reference log-probs, thrown away after
-        results = [dpo(tokenizer, copy.deepcopy(model), args, work, peak)]
-        results.append(ppo(tokenizer, model, args, work, peak))
+        results = [dpo(tokenizer, _adapted(copy.deepcopy(model), args.lora), args, work, peak)]
+        results.append(ppo(tokenizer, _adapted(model, args.lora), args, work, peak))
     return results
 
 

@@ -8,7 +8,7 @@
 #   bash benchmarks/gpu_check.sh --dry-run          # the same code paths on CPU, tiny, float32
 #   bash benchmarks/gpu_check.sh --peak-tflops 989  # a card not in the table
 #
-# TODO --lora: alignlab has no LoRA yet (model.lora is being added); the flag is refused until then.
+#   bash benchmarks/gpu_check.sh --lora           # the policy with LoRA adapters, π_ref its adapters off (needs peft)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"

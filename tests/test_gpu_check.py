@@ -36,9 +36,10 @@ def test_the_dry_run_prints_both_phases(tmp_path):
     assert "GPT-2 2 layers × 64" in proc.stdout
 
 
-def test_lora_is_a_todo():
-    with pytest.raises(SystemExit):
-        gpu_check.main(["--dry-run", "--lora"])
+def test_the_dry_run_with_lora_trains_dpo_and_ppo():
+    """--lora: the same paths with adapters on the policy and π_ref its adapters-off view."""
+    results = gpu_check.main(["--dry-run", "--lora"])
+    assert [r["phase"] for r in results] == ["DPO", "PPO"] and all(r["step_s"] > 0 for r in results)
 
 
 def test_mfu_arithmetic():

@@ -203,7 +203,7 @@ def _objectives() -> str:
 
 def _experiment() -> str:
     from alignlab.experiment.config import METHOD_KEYS, RUN_SECTIONS, ExperimentConfig
-    from alignlab.train.job import RunConfig
+    from alignlab.run_config import RunConfig
 
     run_fields = {f.name: f for f in dataclasses.fields(RunConfig)}
     own = list(inspect.get_annotations(ExperimentConfig))  # its own keys, in the order it declares them
@@ -234,7 +234,7 @@ def _experiment() -> str:
 def render() -> str:
     """The whole of ``docs/yaml_reference.md``."""
     from alignlab.prepare import PrepareConfig
-    from alignlab.train.job import RunConfig
+    from alignlab.run_config import RunConfig
 
     intro = (
         "# YAML reference\n\n"

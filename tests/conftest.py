@@ -27,6 +27,7 @@ def tiny_gpt2(vocab_size: int = 64, seed: int = 0, dtype: torch.dtype = torch.fl
 def _registries_restored():
     """Each test sees the built-in objectives, trainers and estimators only: what a test's plugin
     registers is dropped after it (a plugin in one test must not change another's listing)."""
+    import alignlab.train.methods  # noqa: F401  (the built-in trainers, registered before the snapshot)
     from alignlab.core import advantages
     from alignlab.objectives import registry
     from alignlab.train import trainers

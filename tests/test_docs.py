@@ -14,9 +14,9 @@ from alignlab import reference
 from alignlab.experiment.config import METHOD_KEYS, ExperimentConfig
 from alignlab.objectives import Needs, ObjectiveConfig, registry
 from alignlab.prepare import PrepareConfig
+from alignlab.run_config import RunConfig
 from alignlab.schema import Config
 from alignlab.tasks import TASKS, TaskConfig
-from alignlab.train.job import RunConfig
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "yaml_reference.md"

@@ -12,9 +12,9 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from alignlab.models import train_tokenizer
+from alignlab.run_config import EvalConfig
 from alignlab.train import methods
 from alignlab.train.config import TrainConfig
-from alignlab.train.job import EvalConfig
 
 TEXTS = [
     "The movie was a delight from start to finish.",

@@ -598,7 +598,7 @@ def test_the_same_run_under_another_spelling_of_its_out_dir_is_the_same_run(
 
 
 def test_yaml_1_1_booleans_are_the_choices_they_spell_and_numbers_parse_in_linear_time() -> None:
-    from alignlab.train.job import RunConfig
+    from alignlab.run_config import RunConfig
 
     assert RunConfig.from_dict(parse_yaml("train: {mixed_precision: no}")).train.mixed_precision == "no"
     with pytest.raises(ConfigError, match=r"train\.optimizer: expected 'rmsprop' \| 'adamw', got True"):

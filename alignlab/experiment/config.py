@@ -49,9 +49,10 @@ from alignlab.errors import ConfigError
 from alignlab.objectives import display_name
 from alignlab.objectives.registry import samples_only
 from alignlab.plugins import load_plugins
+from alignlab.run_config import RunConfig
 from alignlab.schema import Config, knob
 from alignlab.tasks import task_config
-from alignlab.train.job import RunConfig, resolve_dict
+from alignlab.train.job import resolve_dict
 from alignlab.train.trainers import Method
 
 # the keys of a methods[] entry that are not objective knobs (and `tune`, a method's TuneConfig)

@@ -18,7 +18,7 @@ import random
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -39,6 +39,9 @@ from alignlab.train.online import PolicyAndValue, train_online
 from alignlab.train.online_batches import Settings, check_online_batch
 from alignlab.train.state import MetricsLog
 from alignlab.train.trainers import Method, RunContext, register_trainer, trainer_for
+
+if TYPE_CHECKING:  # the run config gathers every section; imported for types only
+    from alignlab.run_config import RunConfig
 
 # Per-process memos: consecutive runs of an experiment share the task, the tokenizer's prompts and
 # the evaluation of π_ref itself (every run's step 0). Each entry keeps the objects its key names
@@ -96,7 +99,7 @@ def eval_prompts(
 
 
 def _sampler(
-    cfg: Any, task: Task, policy: Any, reward: Any, reference: torch.nn.Module
+    cfg: RunConfig, task: Task, policy: Any, reward: Any, reference: torch.nn.Module
 ) -> Callable[[Any], dict[str, float]]:
     """The sampling evaluation: mean reward and KL of samples on held-out prompts.
 
@@ -157,7 +160,14 @@ def load_reference(policy: Any) -> torch.nn.Module:
 
 
 def train_method(
-    cfg: Any, method: Method, task: Task, policy: Any, judge: Any, data: dict[str, Any], accelerator: Any, out: Path
+    cfg: RunConfig,
+    method: Method,
+    task: Task,
+    policy: Any,
+    judge: Any,
+    data: dict[str, Any],
+    accelerator: Any,
+    out: Path,
 ) -> dict[str, Any]:
     """Train (or, for a sampling method, evaluate) the method with the trainer its needs select; returns
     the last evaluation row, with ``models_held``: the networks it kept in memory (role, parameters,
@@ -211,7 +221,7 @@ def _held(role: str, model: torch.nn.Module, trainable: bool) -> dict[str, Any]:
     }
 
 
-def _check_offline(cfg: Any, method: Method, num_processes: int, source: str | None) -> None:
+def _check_offline(cfg: RunConfig, method: Method, num_processes: int, source: str | None) -> None:
     from alignlab.train.config import check_batch
 
     check_batch(cfg.train, num_processes, source)
@@ -265,14 +275,14 @@ def offline_trainer(ctx: RunContext) -> dict[str, Any]:
     return [r for r in rows if r["split"] == "eval"][-1]
 
 
-def online_settings(cfg: Any, method: Method, source: str | None = None) -> Settings:
+def online_settings(cfg: RunConfig, method: Method, source: str | None = None) -> Settings:
     """The run's ``rollout`` section with its ``auto``/``null`` settings taken from the method's needs."""
     online = method.objective.needs.online
     assert online is not None
     return Settings.resolve(cfg.rollout, online, source)
 
 
-def _check_online(cfg: Any, method: Method, num_processes: int, source: str | None) -> None:
+def _check_online(cfg: RunConfig, method: Method, num_processes: int, source: str | None) -> None:
     check_online_batch(cfg.train, online_settings(cfg, method, source), num_processes, source)
 
 
@@ -316,7 +326,7 @@ def online_trainer(ctx: RunContext) -> dict[str, Any]:
     return evals[-1] if evals else rows[-1]
 
 
-def _critic(cfg: Any, s: Settings, rm: Any, policy: Any) -> tuple[torch.nn.Module | None, bool]:
+def _critic(cfg: RunConfig, s: Settings, rm: Any, policy: Any) -> tuple[torch.nn.Module | None, bool]:
     """(critic model, value head on the policy?) for an estimator that has a critic; (None, False) otherwise."""
     if not s.needs_critic:
         return None, False
@@ -378,7 +388,7 @@ def sampling_trainer(ctx: RunContext) -> dict[str, Any]:
 
 
 def win_rate_rows(
-    cfg: Any, task: Task, policy: Any, judge: Any, data: dict[str, Any], out: Path, accelerator: Any
+    cfg: RunConfig, task: Task, policy: Any, judge: Any, data: dict[str, Any], out: Path, accelerator: Any
 ) -> list[dict[str, Any]]:
     """The trained policy's win rate against the task's held-out references, per temperature.
 

@@ -21,7 +21,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeGuard
+from typing import TYPE_CHECKING, Any, Literal, TypeGuard
 
 import torch
 
@@ -48,6 +48,9 @@ from alignlab.tasks.base import (
     require_text,
 )
 from alignlab.train.data import UnpairedExample, cached_reference
+
+if TYPE_CHECKING:  # the run config gathers every section; imported for types only
+    from alignlab.run_config import RunConfig
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 Rows = list[PreferencePair] | list[UnpairedExample]
@@ -127,7 +130,9 @@ def _is_hub_id(path: str | None) -> bool:
 # ---------------------------------------------------------------------------------------------- rows
 
 
-def offline_rows(cfg: Any, task: Task, policy: Any, judge: Any, root: Path, objective: Objective) -> dict[str, Any]:
+def offline_rows(
+    cfg: RunConfig, task: Task, policy: Any, judge: Any, root: Path, objective: Objective
+) -> dict[str, Any]:
     """Steps 1–3 of the module docstring: ``{"train", "eval"}`` rows (and the scores' reward model)."""
     train, held_out = read_rows(cfg, task, policy, judge, root, objective.needs.data == "unpaired")
     if _are_pairs(train) and _are_pairs(held_out):
@@ -145,7 +150,12 @@ def _are_pairs(rows: Rows) -> TypeGuard[list[PreferencePair]]:
 
 
 def scored_pairs(
-    cfg: Any, policy: Any, root: Path, objective: Objective, train: list[PreferencePair], held_out: list[PreferencePair]
+    cfg: RunConfig,
+    policy: Any,
+    root: Path,
+    objective: Objective,
+    train: list[PreferencePair],
+    held_out: list[PreferencePair],
 ) -> dict[str, Any]:
     """Steps 2–3: the training pairs' labels flipped, scores kept, dropped or given by a reward model
     trained on the training pairs only; a clear error when the objective needs scores and has none."""
@@ -170,7 +180,7 @@ def scored_pairs(
     return data | {"train": train, "eval": held_out}
 
 
-def read_rows(cfg: Any, task: Task, policy: Any, judge: Any, root: Path, unpaired: bool) -> tuple[Rows, Rows]:
+def read_rows(cfg: RunConfig, task: Task, policy: Any, judge: Any, root: Path, unpaired: bool) -> tuple[Rows, Rows]:
     """(train, held-out) rows from the configured source, fitted to the context, cut to size
     (``unpaired``: a file of unpaired rows is read as such, for KTO)."""
     context = cfg.train.max_length or model_context(policy.model)

@@ -20,13 +20,16 @@ import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
 from alignlab.errors import AlignlabError
 from alignlab.objectives import Needs, Objective, ObjectiveConfig
 from alignlab.tasks import Task
+
+if TYPE_CHECKING:  # the run config gathers every section; imported for types only
+    from alignlab.run_config import RunConfig
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,7 @@ class RunContext:
     ``held`` lists the networks kept in memory, to which a trainer adds its own (e.g. a critic).
     """
 
-    cfg: Any  # RunConfig
+    cfg: RunConfig
     method: Method
     task: Task
     policy: Any  # alignlab.sft.Policy
@@ -82,7 +85,7 @@ class Trainer:
 TRAINERS: dict[str, Trainer] = {}
 
 
-def _no_check(cfg: Any, method: Method, num_processes: int, source: str | None) -> None:
+def _no_check(cfg: RunConfig, method: Method, num_processes: int, source: str | None) -> None:
     return None
 
 

@@ -399,10 +399,16 @@ def file_lock(path: str | Path, blocking: bool = True) -> Iterator[bool]:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
         try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            yield False
-            return
+            if not blocking:
+                yield False
+                return
+            # another process holds it (building the same cache entry, say): a silent wait looks like a hang
+            from alignlab.progress import say
+
+            say(f"waiting for {path}: another alignlab process holds it (building the same stage, or a stopped one)")
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
         try:
             yield True
         finally:

@@ -607,3 +607,28 @@ def test_yaml_1_1_booleans_are_the_choices_they_spell_and_numbers_parse_in_linea
     with pytest.raises(ConfigError, match=r"train\.lr: expected float"):
         RunConfig.from_dict({"train": {"lr": "1" * 200_000 + "x"}})
     assert time.process_time() - start < 5  # the old pattern backtracked for hours on this
+
+
+def test_a_wait_for_a_lock_another_process_holds_is_said_not_silent(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A stage whose cache entry another process is building waits for its lock: one line says so (a
+    silent wait on a stopped process looked like a hang); an uncontended lock says nothing."""
+    import threading
+
+    from alignlab.io import file_lock
+
+    lock = tmp_path / "entry.lock"
+    with file_lock(lock):
+        pass
+    assert capsys.readouterr().err == ""
+    got: list[bool] = []
+    with file_lock(lock):
+        waiter = threading.Thread(target=lambda: got.append(file_lock(lock).__enter__()))
+        waiter.start()
+        waiter.join(timeout=1.0)
+        assert waiter.is_alive() and got == []  # it waits while the lock is held
+    waiter.join(timeout=10)
+    assert got == [True]
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"alignlab: waiting for {lock}: another alignlab process holds it")

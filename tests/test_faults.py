@@ -632,3 +632,42 @@ def test_a_wait_for_a_lock_another_process_holds_is_said_not_silent(
     assert got == [True]
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith(f"alignlab: waiting for {lock}: another alignlab process holds it")
+
+
+def test_a_run_written_before_a_knob_existed_is_the_same_run_at_that_knobs_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run directory whose config.yaml lacks a knob added to alignlab since (e.g. a new rollout setting)
+    holds the same run when this run has that knob at its default; a missing knob set to anything else,
+    or a changed value, is another run."""
+    import yaml
+
+    from alignlab.tasks import build_task
+    from alignlab.train.job import _resolved, holds_other_run, resolve
+
+    monkeypatch.chdir(CORPUS)  # ok.yaml's data directory is relative to the corpus
+    cfg, method = resolve(OK, [])
+    resolved = _resolved(cfg, build_task(cfg.task, OK), method)
+    out = tmp_path / "run"
+    out.mkdir()
+
+    def held(drop: str, **change: Any) -> bool:
+        old = json.loads(json.dumps(resolved))
+        section, key = drop.split(".")
+        del old[section][key]  # as written by an alignlab before the knob
+        (out / "config.yaml").write_text(yaml.safe_dump(old))
+        mine = json.loads(json.dumps(resolved))
+        for dotted, value in change.items():
+            s, k = dotted.split("__")
+            mine[s][k] = value
+        return holds_other_run(out, mine)
+
+    from alignlab.run_config import RunConfig
+
+    default = RunConfig()
+    assert resolved["rollout"]["kl_estimator"] == default.rollout.kl_estimator  # ok.yaml leaves both at their defaults
+    assert resolved["train"]["eval_points"] == default.train.eval_points
+    assert not held("rollout.kl_estimator")  # the new knob at its default: the same run
+    assert not held("train.eval_points")
+    assert held("rollout.kl_estimator", rollout__kl_estimator="k3")  # the new knob set: another run
+    assert held("train.eval_points", train__lr=resolved["train"]["lr"] * 2)  # another value changed

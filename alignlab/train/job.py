@@ -145,7 +145,35 @@ def holds_other_run(out: Path, resolved: dict[str, Any]) -> bool:
         return True
     # the same directory spelt another way (relative, absolute, a trailing slash) is the same run
     mine = {k: v for k, v in json.loads(json.dumps(resolved)).items() if k != "out_dir"}
-    return bool({k: v for k, v in held.items() if k != "out_dir"} != mine)
+    held = _with_new_defaults({k: v for k, v in held.items() if k != "out_dir"}, mine, _defaults(mine))
+    return bool(held != mine)
+
+
+def _defaults(resolved: dict[str, Any]) -> dict[str, Any]:
+    """The resolved config of a run with every knob at its default (the task's aside), for ``resolved``'s objective."""
+    defaults: dict[str, Any] = json.loads(json.dumps(RunConfig().to_dict()))
+    defaults.pop("task", None)
+    name = resolved.get("objective", {}).get("name") if isinstance(resolved.get("objective"), dict) else None
+    try:
+        knobs = get_objective(str(name)).config_cls().to_dict()
+        defaults["objective"] = {"name": name, **json.loads(json.dumps(knobs))}
+    except (AlignlabError, TypeError, ValueError):  # an unknown objective, or knobs without defaults
+        defaults.pop("objective", None)
+    return defaults
+
+
+def _with_new_defaults(held: dict[str, Any], mine: dict[str, Any], defaults: Any) -> dict[str, Any]:
+    """``held`` with each key it lacks filled in from ``mine`` where ``mine`` has it at its default: a knob
+    added to alignlab after the run was written, at its default, does not make it another run."""
+    out = dict(held)
+    for key, value in mine.items():
+        default = defaults.get(key) if isinstance(defaults, dict) else None
+        if key not in out:
+            if isinstance(defaults, dict) and key in defaults and default == value:
+                out[key] = value
+        elif isinstance(out[key], dict) and isinstance(value, dict):
+            out[key] = _with_new_defaults(out[key], value, default)
+    return out
 
 
 def claim_out_dir(

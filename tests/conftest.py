@@ -135,8 +135,9 @@ SMALL_RUNS = {
 }
 
 
-def train_small(small_imdb: Path, out: Path, method: str) -> dict:
-    """``alignlab train`` of the small ``method`` run (:data:`SMALL_RUNS`) into ``out``; its summary."""
+def train_small(small_imdb: Path, out: Path, method: str, overrides: list[str] | None = None) -> dict:
+    """``alignlab train`` of the small ``method`` run (:data:`SMALL_RUNS`) into ``out``, with dotted
+    ``overrides``; its summary."""
     import yaml
 
     from alignlab.train.job import run_training
@@ -151,4 +152,4 @@ def train_small(small_imdb: Path, out: Path, method: str) -> dict:
     }
     path = out.with_suffix(".yaml")
     path.write_text(yaml.safe_dump(doc))
-    return run_training(path)
+    return run_training(path, overrides or [])

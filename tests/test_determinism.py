@@ -72,3 +72,27 @@ def _same(a: Any, b: Any) -> bool:
     if isinstance(a, list | tuple) and isinstance(b, list | tuple):
         return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
     return bool(a == b)
+
+
+@pytest.mark.parametrize("method", sorted(SMALL_RUNS))
+def test_gradient_checkpointing_trains_to_the_same_numbers(method, small_imdb, cache, tmp_path, monkeypatch):
+    """train.gradient_checkpointing recomputes activations in the backward (it does: the layers go through
+    torch's checkpoint only then) and gives the same losses, gradient norms and sampled evaluations as
+    keeping them (DPO through the offline trainer, PPO through the online)."""
+    from transformers import modeling_utils
+
+    recomputations: list[int] = []
+    checkpoint = modeling_utils.checkpoint
+    monkeypatch.setattr(modeling_utils, "checkpoint", lambda *a, **k: recomputations.append(1) or checkpoint(*a, **k))
+    runs = {}
+    for name, on in (("kept", "false"), ("recomputed", "true")):
+        before = len(recomputations)
+        train_small(small_imdb, tmp_path / name, method, [f"train.gradient_checkpointing={on}"])
+        runs[name] = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        assert (len(recomputations) > before) == (on == "true")
+    kept, recomputed = runs["kept"], runs["recomputed"]
+    assert [r["step"] for r in kept] == [r["step"] for r in recomputed]
+    for a, b in zip(kept, recomputed, strict=True):
+        for key in ("loss", "grad_norm", "sample_reward", "sample_kl"):
+            if key in a:
+                assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), (key, a["step"])

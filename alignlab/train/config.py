@@ -37,6 +37,11 @@ class TrainConfig(Config):
         "auto", "auto: bf16 autocast where the device supports it (CUDA with bf16), else full precision."
     )
     disable_dropout: bool = knob(True, "Switch dropout off in every trained model (the DPO code and TRL do).")
+    gradient_checkpointing: bool = knob(
+        False,
+        "Recompute each layer's activations in the backward instead of keeping them: less memory, about a "
+        "third more compute per trained token; the same numbers (Hugging Face models only).",
+    )
     eval_schedule: Literal["every", "log", "list"] = knob(
         "every",
         "When to evaluate, always at step 0 and the last step too: every (train.eval_every), log "
@@ -154,6 +159,19 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> Any:
 
     name = "constant_with_warmup" if cfg.schedule == "constant" else cfg.schedule
     return get_scheduler(name, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.steps)
+
+
+def enable_gradient_checkpointing(*models: torch.nn.Module | None) -> None:
+    """``train.gradient_checkpointing``: each Hugging Face model among ``models`` (a LoRA policy's base
+    model through peft) recomputes its layers' activations in the backward. Non-reentrant, so a
+    LoRA policy, whose embedding outputs need no gradient, still gets the adapters' gradients; only
+    in training mode, so the references and the samplers (eval mode) run as before."""
+    for model in models:
+        enable = getattr(model, "activation_checkpointing_enable", None)  # transformers ≥ 5's name
+        if callable(enable):
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        elif callable(enable := getattr(model, "gradient_checkpointing_enable", None)):
+            enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def disable_dropout(model: torch.nn.Module) -> None:

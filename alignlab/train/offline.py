@@ -50,7 +50,14 @@ from tqdm.auto import tqdm
 from alignlab import interrupts
 from alignlab.objectives import Objective, ObjectiveConfig, ObjectiveError
 from alignlab.objectives.base import LossOutput, ObjectiveState, PairedLogps
-from alignlab.train.config import TrainConfig, build_optimizer, build_scheduler, check_batch, disable_dropout
+from alignlab.train.config import (
+    TrainConfig,
+    build_optimizer,
+    build_scheduler,
+    check_batch,
+    disable_dropout,
+    enable_gradient_checkpointing,
+)
 from alignlab.train.data import BatchOrder, PairData, UnpairedData, shard
 from alignlab.train.loop import RunLoop, mean_over_processes
 
@@ -201,6 +208,8 @@ def train_offline(
     order = BatchOrder(n_rows, cfg.batch_size, cfg.seed)
     if cfg.disable_dropout:
         disable_dropout(model)
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     optimizer = build_optimizer(model.parameters(), cfg)
     scheduler = build_scheduler(optimizer, cfg)
     loop = RunLoop(out_dir, model, optimizer, scheduler, accelerator, cfg, tokenizer=tokenizer)

@@ -49,7 +49,13 @@ from alignlab.core.scoring import token_logps
 from alignlab.core.stats import masked_mean, masked_var
 from alignlab.errors import ConfigError
 from alignlab.objectives import Objective, ObjectiveConfig, ObjectiveError
-from alignlab.train.config import TrainConfig, build_optimizer, build_scheduler, disable_dropout
+from alignlab.train.config import (
+    TrainConfig,
+    build_optimizer,
+    build_scheduler,
+    disable_dropout,
+    enable_gradient_checkpointing,
+)
 from alignlab.train.data import BatchOrder, shard
 from alignlab.train.loop import RunLoop, mean_over_processes
 from alignlab.train.online_batches import (
@@ -256,6 +262,8 @@ def train_online(
     if cfg.disable_dropout:
         disable_dropout(core)
         disable_dropout(reference)
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(core.policy, core.critic)
     reference.requires_grad_(False).eval().to(accelerator.device)
     optimizer = build_optimizer(core.parameters(), cfg)
     scheduler = build_scheduler(optimizer, cfg)

@@ -24,7 +24,7 @@ def test_the_protocol_demo_tunes_runs_seeds_and_summarises(
     argv = ["run", "experiments/protocol_demo.yaml", f"out_dir={results}", f"runs_dir={runs}"]
     assert main(argv) == 0
     tuning = pd.read_csv(results / "tuning.csv")
-    assert set(tuning["method"]) == {"dpo", "ipo", "PPO-GT"}
+    assert set(tuning["method"]) == {"DPO", "IPO", "PPO-GT"}  # labels default to display names
     assert (tuning.groupby("method")["selected"].sum() == 1).all()  # one choice per method, by its score
     for _, chosen in tuning[tuning["selected"]].iterrows():
         same = tuning[tuning["method"] == chosen["method"]]
@@ -34,7 +34,7 @@ def test_the_protocol_demo_tunes_runs_seeds_and_summarises(
     assert (frontier.groupby("method")["seed"].nunique() == 2).all()
     assert sorted(frontier["step"].unique())[:3] == [0, 1, 2]  # dense at the start
     summary = pd.read_csv(results / "summary.csv")
-    assert set(summary["method"]) == {"dpo", "ipo", "PPO-GT"}
+    assert set(summary["method"]) == {"DPO", "IPO", "PPO-GT"}
     for name in ("frontier.png", "frontier.md", "tuning.md"):
         assert (results / name).stat().st_size > 0
     capsys.readouterr()
@@ -42,4 +42,4 @@ def test_the_protocol_demo_tunes_runs_seeds_and_summarises(
     assert '"trained": 0' in capsys.readouterr().out
     assert main(["list", *argv[1:]]) == 0
     listed = capsys.readouterr().out
-    assert "dpo: tuned by reward_at_kl at KL 2, 2 candidates" in listed and "finished  tune-dpo-lr0.002-seed0" in listed
+    assert "DPO: tuned by reward_at_kl at KL 2, 2 candidates" in listed and "finished  tune-dpo-lr0.002-seed0" in listed

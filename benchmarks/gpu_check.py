@@ -156,6 +156,22 @@ def report(phase: str, rows: list[dict[str, Any]], n_params: int, peak: float | 
     return out
 
 
+def _train_config(args: argparse.Namespace, steps: int, batch_size: int, lr: float) -> TrainConfig:
+    """AdamW at a constant ``lr``, no evaluation, no checkpoints, no trackers: only the steps are timed."""
+    return TrainConfig(
+        steps=steps,
+        batch_size=batch_size,
+        optimizer="adamw",
+        lr=lr,
+        warmup_steps=0,
+        eval_every=10**6,
+        save_every=10**6,
+        mixed_precision=args.precision,
+        log_with=[],
+        progress=False,
+    )
+
+
 def dpo(tokenizer: Any, model: Any, args: argparse.Namespace, work: Path, peak: float | None) -> dict:
     """``args.dpo_steps`` DPO steps of ``args.batch`` pairs through the offline trainer."""
     rng = random.Random(1)
@@ -164,18 +180,7 @@ def dpo(tokenizer: Any, model: Any, args: argparse.Namespace, work: Path, peak: 
         PreferencePair(_text(rng, args.prompt_words), " " + _text(rng, args.words), " " + _text(rng, args.words))
         for _ in range(n)
     ]
-    cfg = TrainConfig(
-        steps=args.dpo_steps,
-        batch_size=args.batch,
-        optimizer="adamw",
-        lr=1e-5,
-        warmup_steps=0,
-        eval_every=10**6,
-        save_every=10**6,
-        mixed_precision=args.precision,
-        log_with=[],
-        progress=False,
-    )
+    cfg = _train_config(args, args.dpo_steps, args.batch, lr=1e-5)
     accelerator = make_accelerator(cfg, work / "dpo")
     data = PairData.build(tokenizer, pairs, args.max_length)
     # π_ref = the initial policy; its log-probs computed once and cached, then the copy is dropped
@@ -201,18 +206,7 @@ def ppo(tokenizer: Any, model: Any, args: argparse.Namespace, work: Path, peak: 
     assert objective.needs.online is not None
     rc = RolloutConfig(max_new_tokens=args.new_tokens, generation_batch_size=args.rollouts, samples_per_prompt=1)
     s = Settings.resolve(rc, objective.needs.online)
-    cfg = TrainConfig(
-        steps=args.ppo_iterations,
-        batch_size=args.rollouts,
-        optimizer="adamw",
-        lr=1e-6,
-        warmup_steps=0,
-        eval_every=10**6,
-        save_every=10**6,
-        mixed_precision=args.precision,
-        log_with=[],
-        progress=False,
-    )
+    cfg = _train_config(args, args.ppo_iterations, args.rollouts, lr=1e-6)
 
     def reward(prompts: Sequence[str], completions: Sequence[str]) -> torch.Tensor:
         return torch.tensor([c.count("a") / max(1, len(c)) for c in completions])

@@ -14,6 +14,10 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# the README's command sets ALIGNLAB_DATA_DIR=../shared/data, relative to the repository root; tests that
+# change directory (into the bad-input corpus, a temp dir) or start subprocesses there must see it whole
+if os.environ.get("ALIGNLAB_DATA_DIR"):
+    os.environ["ALIGNLAB_DATA_DIR"] = str(Path(os.environ["ALIGNLAB_DATA_DIR"]).expanduser().resolve())
 
 
 def tiny_gpt2(vocab_size: int = 64, seed: int = 0, dtype: torch.dtype = torch.float64) -> GPT2LMHeadModel:

@@ -18,7 +18,6 @@ In numbered steps:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import random
@@ -30,7 +29,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-import alignlab
+from alignlab.cache_keys import code_version, fingerprint, texts_fingerprint
 from alignlab.core.scoring import sequence_logps, token_logps
 from alignlab.data import DataError, cache_root
 from alignlab.encoding import encode_text
@@ -62,30 +61,6 @@ class Policy:
     tokenizer: Any
     path: Path | None
     metrics: dict[str, Any]
-
-
-def code_version(*modules: Any) -> str:
-    """alignlab's version plus a hash of the source of ``modules``: a code change invalidates the cache."""
-    digest = hashlib.sha256(alignlab.__version__.encode())
-    for module in modules:
-        digest.update(Path(module.__file__).read_bytes())
-    return f"{alignlab.__version__}-{digest.hexdigest()[:12]}"
-
-
-def fingerprint(*parts: Any) -> str:
-    """A short stable hash of JSON-serialisable parts (strings are hashed in full)."""
-    digest = hashlib.sha256()
-    for part in parts:
-        digest.update(json.dumps(part, sort_keys=True, default=str).encode())
-    return digest.hexdigest()[:16]
-
-
-def texts_fingerprint(texts: list[str]) -> str:
-    digest = hashlib.sha256()
-    for t in texts:
-        digest.update(t.encode())
-        digest.update(b"\0")
-    return f"{len(texts)}-{digest.hexdigest()[:16]}"
 
 
 def _tokenizer(texts: list[str], cfg: ModelConfig, seed: int, root: Path, data_key: str) -> Any:

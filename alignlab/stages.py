@@ -19,13 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from alignlab import pairs as pairs_module
+from alignlab.cache_keys import code_version, fingerprint, texts_fingerprint
 from alignlab.errors import AlignlabError
 from alignlab.io import atomic_dir, atomic_write_json, clear_temps, file_lock, load_intact
 from alignlab.models import model_context
 from alignlab.pairs import PairGenConfig, generate_pairs, load_pairs
 from alignlab.progress import cached, stage
 from alignlab.rewards.model import RewardModel, RewardModelConfig, train_reward_model
-from alignlab.sft import Policy, code_version, fingerprint, texts_fingerprint
+from alignlab.sft import Policy
 from alignlab.tasks import Task
 from alignlab.tasks.base import PreferencePair, in_eval_split
 

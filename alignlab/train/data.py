@@ -27,12 +27,12 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from alignlab import progress
+from alignlab.cache_keys import fingerprint, texts_fingerprint
 from alignlab.core.scoring import EncodedBatch, score_pairs, sequence_logps, token_logps
 from alignlab.data import DataError, cache_root
 from alignlab.encoding import encode_completions
 from alignlab.io import atomic_file, checksum_path, clear_temps, file_lock, load_intact
 from alignlab.objectives.base import Needs, PairedLogps, UnpairedLogps
-from alignlab.sft import fingerprint, texts_fingerprint
 from alignlab.tasks.base import PreferencePair
 
 

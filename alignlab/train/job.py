@@ -29,6 +29,7 @@ from typing import Any
 
 from alignlab import stages
 from alignlab.adapters import with_adapters
+from alignlab.cache_keys import code_version
 from alignlab.config import apply_overrides, blaming, load_yaml, parse_override, parse_yaml
 from alignlab.data import cache_root, check_cache_writable
 from alignlab.errors import AlignlabError, ConfigError
@@ -39,7 +40,7 @@ from alignlab.ownership import check_claimable, mark, remove_owned, training_loc
 from alignlab.plugins import load_plugins
 from alignlab.progress import say
 from alignlab.run_config import MOVED_TO_ROLLOUT, RunConfig
-from alignlab.sft import code_version, prepare_policy
+from alignlab.sft import prepare_policy
 from alignlab.tasks import TASKS, Task, build_task, task_config
 from alignlab.tasks.base import PreferencePair
 from alignlab.train.sources import check_data, flip_labels, offline_rows, read_rows

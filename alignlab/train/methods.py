@@ -13,7 +13,6 @@ reward of samples on held-out prompts and their sequence KL to the reference.
 
 from __future__ import annotations
 
-import hashlib
 import random
 import sys
 from collections.abc import Callable
@@ -25,11 +24,11 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from alignlab.adapters import AdaptersOff, is_adapted, trainable_parameters
+from alignlab.cache_keys import code_version, tokenizer_key, weights_key
 from alignlab.core import scoring
 from alignlab.encoding import encode_text
 from alignlab.models import model_context
 from alignlab.objectives.base import SampledRewards
-from alignlab.sft import code_version
 from alignlab.tasks import Task
 from alignlab.train import data as data_module
 from alignlab.train.data import PairData, UnpairedData, UnpairedExample, unpaired_from_pairs
@@ -48,22 +47,6 @@ if TYPE_CHECKING:  # the run config gathers every section; imported for types on
 # by id, and is used only if they are still the same objects.
 _PROMPTS: dict[tuple[Any, ...], tuple[Task, list[str]]] = {}
 _EVALUATIONS: dict[tuple[Any, ...], tuple[Any, dict[str, float]]] = {}
-
-
-def tokenizer_key(tokenizer: Any) -> str:
-    """A fingerprint of what a tokenizer does (its serialised vocabulary, merges and special tokens)."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    text = backend.to_str() if backend is not None else f"{type(tokenizer).__name__}:{id(tokenizer)}"
-    return hashlib.sha1(text.encode()).hexdigest()
-
-
-def weights_key(model: torch.nn.Module) -> str:
-    """A fingerprint of a model's weights (milliseconds at CPU scale)."""
-    h = hashlib.blake2b(digest_size=16)
-    for name, tensor in model.state_dict().items():
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def eval_prompts(

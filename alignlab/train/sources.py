@@ -26,13 +26,13 @@ from typing import TYPE_CHECKING, Any, Literal, TypeGuard
 import torch
 
 from alignlab import stages
+from alignlab.cache_keys import texts_fingerprint, weights_key
 from alignlab.data import LOCAL_SUFFIXES, DataError
 from alignlab.errors import ConfigError
 from alignlab.models import model_context
 from alignlab.objectives import Needs, Objective
 from alignlab.pairs import PairGenConfig
 from alignlab.schema import Config, knob
-from alignlab.sft import texts_fingerprint
 from alignlab.tasks import Task
 from alignlab.tasks.base import (
     DataReport,
@@ -227,8 +227,6 @@ def score_pairs(rm: Any, pairs: list[PreferencePair]) -> list[PreferencePair]:
             "chosen": rm(prompts, [p.chosen for p in pairs]).double(),
             "rejected": rm(prompts, [p.rejected for p in pairs]).double(),
         }
-
-    from alignlab.train.methods import weights_key  # here: reading a YAML imports no transformers
 
     key = [weights_key(rm.model), texts_fingerprint(texts)]
     scores = cached_reference(

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from alignlab.core.scoring import EncodedBatch, concat_pairs
 from alignlab.encoding import encode_completions
+from alignlab.errors import AlignlabError
 from alignlab.io import atomic_dir
 from alignlab.models import model_context
 from alignlab.objectives.base import LossOutput
@@ -145,7 +146,8 @@ def train_reward_model(
     progress: bool = True,
     out_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """Bradley–Terry training through the offline trainer; returns held-out accuracy before and after.
+    """Bradley–Terry training through the offline trainer; returns held-out accuracy before and after
+    (``None`` when ``held_out`` is empty).
 
     ``out_dir`` holds the run's checkpoints and metrics (an interrupted run resumes from it); by
     default a temporary directory, removed afterwards.
@@ -158,9 +160,15 @@ def train_reward_model(
 
     max_length = cfg.max_length or rm.context
     train_data = PairData.build(rm.tokenizer, train, max_length)
-    eval_data = PairData.build(rm.tokenizer, held_out, max_length)
-    before = evaluate_reward_model(rm, eval_data)
+    # no held-out pair (a small generated set whose prompts all fell in the train split): trained, not measured
+    eval_data = PairData.build(rm.tokenizer, held_out, max_length) if held_out else None
+    before = evaluate_reward_model(rm, eval_data) if eval_data is not None else None
     steps = cfg.epochs * (len(train_data) // cfg.batch_size)
+    if steps < 1:
+        raise AlignlabError(
+            f"the reward model has {len(train_data)} training pairs, fewer than its batch size of "
+            f"{cfg.batch_size}: make more pairs or set a smaller batch_size"
+        )
     tcfg = TrainConfig(
         steps=steps,
         batch_size=cfg.batch_size,
@@ -192,7 +200,7 @@ def train_reward_model(
         )
     return {
         "held_out_before": before,
-        "held_out": evaluate_reward_model(rm, eval_data),
+        "held_out": evaluate_reward_model(rm, eval_data) if eval_data is not None else None,
         "train_pairs": len(train_data),
         "steps": steps,
         "train_seconds": round(time.time() - t0, 2),

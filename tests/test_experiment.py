@@ -517,3 +517,35 @@ def test_win_rate_experiment_on_hh_writes_the_temperature_table(tmp_path, data_d
     compute = pd.read_csv(tmp_path / "results" / "compute.csv").set_index("run")
     assert compute.loc["SFT", "roles"] == "policy + reward_model"  # best-of-N ranked by the reward model
     assert compute.loc["dpo", "roles"] == "policy + reference" and compute.loc["dpo", "trainable"] == 1
+
+
+def test_the_budget_bars_start_at_pi_refs_reward_not_at_best_of_ns():
+    """π_ref's reward is 0.1 (the trained methods' step 0); best-of-N's rows are also at step 0 but are
+    its samples' reward (1.5): the bars' baseline is 0.1, not the mean of all step-0 rows (0.55)."""
+    import matplotlib.pyplot as plt
+
+    from alignlab.experiment.plots import _frontier_figure, reference_reward
+    from alignlab.experiment.summary import seed_means
+
+    rows = _frontier_frame()
+    bon = pd.DataFrame(
+        [
+            {
+                **rows.iloc[0].to_dict(),
+                "method": "best-of-N",
+                "objective": "best_of_n",
+                "run": f"bon-{n}",
+                "setting": f"n={n}",
+                "step": 0,
+                "kl": kl,
+                "reward": 1.5,
+            }
+            for n, kl in ((4, 0.64), (16, 1.83))
+        ]
+    )
+    frame = pd.concat([rows, bon], ignore_index=True)
+    assert reference_reward(seed_means(frame)) == pytest.approx(0.1)
+    fig = _frontier_figure(frame, "t", False, True, (1.0,), (), False)
+    bars = fig.axes[-1]
+    assert [line.get_ydata()[0] for line in bars.get_lines() if line.get_color() == "grey"] == [pytest.approx(0.1)]
+    plt.close(fig)

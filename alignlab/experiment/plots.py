@@ -184,7 +184,7 @@ def _frontier_figure(
     budgets = reward_at_budgets(frame, kl_budgets) if len(kl_budgets) else None
     ncols = len(groups) + (budgets is not None)
     fig, axes = plt.subplots(1, ncols, figsize=(6.4 * ncols, 5.4), sharey=True, squeeze=False)
-    base = float(means.loc[means["step"] == 0, "reward"].mean()) if (means["step"] == 0).any() else None
+    base = reference_reward(means)
     for ax, group in zip(axes[0], groups, strict=False):
         handles = []
         for method in group:
@@ -234,9 +234,16 @@ def _draw_method(ax: Any, means: pd.DataFrame, rows: pd.DataFrame, colour: Any, 
         # the run's end: its marker ringed, and the setting written beside it
         ax.scatter(kl[-1:], reward[-1:], s=46, marker=marker, facecolors="none", edgecolors="black", lw=0.7, zorder=4)
         box = {"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.75}
-        ax.annotate(
-            label, (kl[-1], reward[-1]), xytext=(5, 4), textcoords="offset points", fontsize=7, color=colour, bbox=box
-        )
+        if label != "-":  # a method run at one unnamed setting: its line in the legend says it all
+            ax.annotate(
+                label,
+                (kl[-1], reward[-1]),
+                xytext=(5, 4),
+                textcoords="offset points",
+                fontsize=7,
+                color=colour,
+                bbox=box,
+            )
         handles.append(Line2D([], [], ls="", marker=marker, color=colour, alpha=0.75, label=f"  {label}"))
     front = means[means["on_front"]].sort_values("kl")
     full_method = bool(means["complete"].all())
@@ -267,6 +274,15 @@ def _draw_fit(ax: Any, means: pd.DataFrame, base: float, colour: Any, use_p: boo
     if params is not None:
         grid = np.linspace(0, math.sqrt(kl.max()), 100)
         ax.plot(grid**2, _scale(use_p)(base + gao_curve(grid, *params, kind)), ":", color=colour, lw=1.4)
+
+
+def reference_reward(means: pd.DataFrame) -> float | None:
+    """π_ref's reward, from :func:`seed_means` rows: the mean of the step-0 rows of the methods that
+    train (their step 0 evaluates π_ref itself), not of a sampling-only method's rows (best-of-N's are
+    at step 0 too, but they are its samples' reward); None when no trained method has a step 0."""
+    trains = ~means["objective"].map(samples_only).astype(bool)
+    rows = means.loc[(means["step"] == 0) & trains, "reward"]
+    return float(rows.mean()) if len(rows) else None
 
 
 def _draw_budgets(
@@ -331,7 +347,7 @@ def plot_compute(frame: pd.DataFrame, out_dir: Path, title: str = "", axis: str 
     methods = list(dict.fromkeys(frame["method"]))
     colours = _colours(methods)
     fig, axes = plt.subplots(1, len(COMPUTE_AXES), figsize=(6.2 * len(COMPUTE_AXES), 5.0), sharey=True)
-    base = means.loc[means["step"] == 0, "reward"]
+    base = reference_reward(seed_means(frame))
     for ax, (c, label) in zip(axes, COMPUTE_AXES.items(), strict=True):
         for method in methods:
             rows = means[(means["method"] == method) & (means[c] > 0)]
@@ -343,8 +359,8 @@ def plot_compute(frame: pd.DataFrame, out_dir: Path, title: str = "", axis: str 
             front = rows[rows[f"on_front_{c}"]].sort_values(c)
             if not front.empty:
                 ax.plot(front[c], y(front["reward"]), "-", color=colours[method], lw=2.4, label=method)
-        if not base.empty:
-            ax.axhline(float(y(base.mean())), color="grey", lw=0.8, ls=":", label="π_ref (step 0)")
+        if base is not None:
+            ax.axhline(float(y(base)), color="grey", lw=0.8, ls=":", label="π_ref (step 0)")
         ax.set_xscale("log")
         ax.set_xlabel(label)
         ax.grid(alpha=0.3, which="both")

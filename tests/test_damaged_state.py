@@ -451,3 +451,27 @@ def test_a_garbage_winrate_or_compute_csv_is_one_line_from_table(tmp_path, capsy
     assert main(["table", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("alignlab: error: ") and expected in err, err
+
+
+def test_finished_runs_on_another_pi_ref_are_named_not_mixed_into_the_results(sweep):
+    """A run finished before the SFT stage changed (its summary names another π_ref) and one after:
+    collecting refuses with one line naming the stale run, and writes nothing; once it is retrained
+    the results are written again."""
+    from alignlab.errors import AlignlabError
+    from alignlab.experiment.runner import collect
+
+    exp = load_experiment(sweep)
+    stale, fresh = (Path(r.cfg.out_dir) for r in exp.runs)
+    summary = json.loads((stale / "summary.json").read_text())
+    summary["policy"] = "$ALIGNLAB_CACHE_DIR/sft/0123456789abcdef"
+    (stale / "summary.json").write_text(json.dumps(summary))
+    older = (fresh / "summary.json").stat().st_mtime - 60
+    os.utime(stale / "summary.json", (older, older))
+    frontier = sweep.parent / "results" / "frontier.csv"
+    before = frontier.read_bytes()
+    with pytest.raises(AlignlabError, match=rf"1 finished run\(s\) .*sft/0123456789abcdef.*: {exp.runs[0].run_id};"):
+        collect(exp)
+    assert frontier.read_bytes() == before
+    shutil.rmtree(stale)  # what the message asks for: the run is retrained on the current π_ref
+    assert run_experiment(sweep)["trained"] == 1
+    assert collect(load_experiment(sweep))["frontier_rows"] > 0

@@ -96,6 +96,42 @@ def run_rows(experiment: str, run: Any) -> tuple[list[dict[str, Any]], list[dict
     return frontier, winrate
 
 
+def mixed_references(runs: Sequence[Any]) -> str | None:
+    """What is wrong when finished runs that should share π_ref were trained on different ones, else None.
+
+    Runs with the same task, model and SFT settings share one SFT stage; its cache key also hashes the
+    code that builds it, so an experiment resumed after that code (or the data) changed trains its
+    remaining runs on a new π_ref while the finished ones keep the old: their points are not
+    comparable. The newest finished run's π_ref (its ``summary.json``'s ``policy``) counts as current.
+    """
+    from alignlab.sft import sft_model_settings
+    from alignlab.train.state import read_summary
+
+    groups: dict[str, list[tuple[float, str, str]]] = {}
+    for run in runs:
+        out = Path(run.cfg.out_dir)
+        summary = read_summary(out)
+        if summary is None or not summary.get("policy"):
+            continue
+        key = json.dumps(
+            [run.cfg.task, sft_model_settings(run.cfg.model), run.cfg.sft.to_dict()], sort_keys=True, default=str
+        )
+        groups.setdefault(key, []).append(((out / "summary.json").stat().st_mtime, run.run_id, str(summary["policy"])))
+    for members in groups.values():
+        current = max(members)[2]
+        stale = [(run_id, policy) for _, run_id, policy in sorted(members) if policy != current]
+        if stale:
+            names = ", ".join(run_id for run_id, _ in stale[:4]) + (
+                f" and {len(stale) - 4} more" if len(stale) > 4 else ""
+            )
+            return (
+                f"{len(stale)} finished run(s) were trained on another π_ref ({stale[0][1]}) than the newest runs "
+                f"({current}): {names}; the SFT stage changed between them (its code, data or settings), so their "
+                "points are not comparable: delete those run directories and run the experiment again to retrain them"
+            )
+    return None
+
+
 def step_seconds(row: dict[str, Any]) -> float:
     """The measured seconds of one train row's step: PPO's phases (generation, scoring, update), else ``step_s``."""
     if "gen_s" in row:

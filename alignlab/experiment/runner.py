@@ -28,9 +28,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from alignlab.errors import AlignlabError
 from alignlab.experiment.config import Experiment, PlannedRun, load_experiment, preflight
 from alignlab.experiment.csvs import COMPUTE_COLUMNS, FRONTIER_COLUMNS, WINRATE_COLUMNS, write_csv
-from alignlab.experiment.report import compute_rows, plot_dir, run_rows, table_dir
+from alignlab.experiment.report import compute_rows, mixed_references, plot_dir, run_rows, table_dir
 from alignlab.experiment.tuning import TUNING_COLUMNS, every_run, select_all, tune_runs, tuning_markdown, unselected
 from alignlab.io import atomic_write_text, atomic_write_yaml, clear_temps, file_lock
 from alignlab.ownership import directory_lock, mark, remove_owned, training_lock
@@ -74,7 +75,14 @@ def collect(exp: Experiment, draw: bool = True, fit: bool = False) -> dict[str, 
 
     One process at a time (a lock on the results directory): it first removes what a writer killed
     mid-write left there, which no other process can be writing while it holds the lock.
+
+    Raises:
+        AlignlabError: finished runs that should share π_ref were trained on different ones
+            (:func:`~alignlab.experiment.report.mixed_references`); nothing is written.
     """
+    mixed = mixed_references([*exp.runs, *tune_runs(exp)])
+    if mixed:
+        raise AlignlabError(f"{exp.runs_dir}: {mixed}")
     frontier: list[dict[str, Any]] = []
     winrate: list[dict[str, Any]] = []
     for run in exp.runs:
@@ -167,8 +175,6 @@ def _select(exp: Experiment, write: bool) -> Experiment:
     Raises:
         AlignlabError: a tuned method none of whose candidates finished with a score (after writing them).
     """
-    from alignlab.errors import AlignlabError
-
     selected, rows = select_all(exp)
     if write and int(os.environ.get("RANK", "0")) == 0:
         with directory_lock(exp.out_dir):
@@ -297,6 +303,4 @@ def _spawn_workers(path: str | Path, overrides: list[str], workers: int) -> None
         raise
     failed = [c for c in codes if c != 0]
     if failed:
-        from alignlab.errors import AlignlabError
-
         raise AlignlabError(f"{len(failed)} of {workers} worker processes failed (exit {failed[0]}); see above")

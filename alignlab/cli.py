@@ -49,7 +49,7 @@ def _objectives(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     import json
 
-    from alignlab.train.job import run_training
+    from alignlab.jobs.job import run_training
 
     summary = run_training(args.file, args.overrides, force=args.force)
     print(json.dumps(summary, indent=2))

@@ -256,7 +256,7 @@ def render() -> str:
     )
     run = (
         "## Run YAML (`alignlab train`)\n\n"
-        "One training run (`RunConfig`, `alignlab/train/job.py`). `task` and `objective` are described "
+        "One training run (`RunConfig`, `alignlab/run_config.py`). `task` and `objective` are described "
         "in their own sections below.\n\n"
     )
     prepare = (

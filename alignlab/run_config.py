@@ -3,9 +3,9 @@ frozen dataclass per section, every key documented and range-checked (docs/yaml_
 generated from these).
 
 The sections live beside the code they configure (``model``: :mod:`alignlab.models`, ``sft``:
-:mod:`alignlab.sft`, ``data``: :mod:`alignlab.train.sources`, ``train``: :mod:`alignlab.train.config`,
+:mod:`alignlab.sft`, ``data``: :mod:`alignlab.jobs.sources`, ``train``: :mod:`alignlab.train.config`,
 ``rollout``: :mod:`alignlab.train.online_batches`); this module gathers them, so that the
-orchestration and every trainer can type ``cfg: RunConfig`` without importing :mod:`alignlab.train.job`.
+orchestration and every trainer can type ``cfg: RunConfig`` without importing :mod:`alignlab.jobs.job`.
 """
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from alignlab.jobs.sources import DataConfig
 from alignlab.models import ModelConfig
 from alignlab.rewards.model import RewardModelConfig
 from alignlab.schema import Config, knob
 from alignlab.sft import SFTConfig
 from alignlab.train.config import TrainConfig
 from alignlab.train.online_batches import RolloutConfig
-from alignlab.train.sources import DataConfig
 
 
 @dataclass(frozen=True)

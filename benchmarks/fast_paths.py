@@ -38,7 +38,7 @@ from vs_trl import REPO, imdb_inputs, quiet
 from alignlab.core import scoring
 from alignlab.core.rollout import encode_prompts
 from alignlab.core.scoring import score_pairs, sequence_logps, token_logps
-from alignlab.train import methods
+from alignlab.jobs import methods
 from alignlab.train.data import BatchOrder, PairData, _sequence_sums, cached_reference
 
 

@@ -40,7 +40,7 @@ EXPERIMENT = REPO / "experiments" / "imdb_frontier.yaml"
 
 def ppo_phases(label: str, iterations: int) -> dict[str, float]:
     """Train ``label``'s first run for ``iterations`` in this process; medians of its phase times."""
-    from alignlab.train.job import execute, resolve_dict
+    from alignlab.jobs.job import execute, resolve_dict
 
     run = next(r for r in load_experiment(EXPERIMENT).planned if r.label == label)
     with tempfile.TemporaryDirectory() as tmp:

@@ -48,10 +48,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from alignlab.core.scoring import EncodedBatch  # noqa: E402
+from alignlab.jobs.job import peak_rss_mb, reset_peak_rss  # noqa: E402
 from alignlab.objectives import get_objective  # noqa: E402
 from alignlab.train.config import TrainConfig  # noqa: E402
 from alignlab.train.data import BatchOrder, PairData, UnpairedData, _sequence_sums  # noqa: E402
-from alignlab.train.job import peak_rss_mb, reset_peak_rss  # noqa: E402
 from alignlab.train.loop import make_accelerator  # noqa: E402
 from alignlab.train.offline import objective_step, train_offline  # noqa: E402
 
@@ -81,9 +81,9 @@ def imdb_inputs(n_pairs: int) -> tuple[Any, list[Any]]:
     from alignlab import stages
     from alignlab.data import cache_root
     from alignlab.experiment import load_experiment
+    from alignlab.jobs.sources import read_rows
     from alignlab.sft import prepare_policy
     from alignlab.tasks import build_task
-    from alignlab.train.sources import read_rows
 
     exp = load_experiment(REPO / "experiments" / "imdb_frontier.yaml")
     cfg = next(run.cfg for run in exp.runs if run.method.name == "dpo")

@@ -68,10 +68,10 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from vs_trl import Block, _trl_clock, per_step, quiet  # noqa: E402
 
 from alignlab.core.scoring import position_ids  # noqa: E402
+from alignlab.jobs.job import peak_rss_mb, reset_peak_rss  # noqa: E402
 from alignlab.objectives import get_objective  # noqa: E402
 from alignlab.train.config import TrainConfig, build_optimizer, disable_dropout  # noqa: E402
 from alignlab.train.data import BatchOrder  # noqa: E402
-from alignlab.train.job import peak_rss_mb, reset_peak_rss  # noqa: E402
 from alignlab.train.loop import make_accelerator  # noqa: E402
 from alignlab.train.online import collect, train_online  # noqa: E402
 from alignlab.train.online_batches import Costs, PolicyAndValue, RolloutConfig, Settings, minibatch_loss, units  # noqa: E402
@@ -132,10 +132,10 @@ def imdb_inputs(n_prompts: int) -> tuple[Any, Any, list[str]]:
     from alignlab import stages
     from alignlab.data import cache_root
     from alignlab.experiment import load_experiment
+    from alignlab.jobs.methods import eval_prompts
     from alignlab.models import model_context
     from alignlab.sft import prepare_policy
     from alignlab.tasks import build_task
-    from alignlab.train.methods import eval_prompts
 
     exp = load_experiment(REPO / "experiments" / "imdb_frontier.yaml")
     cfg = next(run.cfg for run in exp.planned if run.method.name == "dpo")

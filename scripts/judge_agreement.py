@@ -7,7 +7,7 @@ For each experiment YAML — a win-rate experiment on a task of human pairs (``d
 HH, TL;DR) — through alignlab's own stages and cache (``$ALIGNLAB_CACHE_DIR``):
 
 1. the task, split as the experiment splits it (``task.eval_fraction``), and its SFT policy;
-2. the reward model exactly as the experiment's runs build it (:func:`alignlab.train.job.run_reward_model`:
+2. the reward model exactly as the experiment's runs build it (:func:`alignlab.jobs.job.run_reward_model`:
    Bradley–Terry from the SFT policy on the train pairs only), then one per ``--reward-variant``
    (dotted overrides on the experiment, e.g. more pairs or epochs);
 3. the LLM judge of ``eval.winrate.judge: llm`` (:func:`alignlab.rewards.judges.llm_judge`) for each
@@ -107,12 +107,12 @@ def _rm_setup(cfg: Any, metrics: dict[str, Any]) -> str:
 def judge_task(path: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     """The rows of one experiment: every judge on the same held-out human pairs."""
     from alignlab.data import cache_root
+    from alignlab.jobs.job import run_reward_model
     from alignlab.models import model_context
     from alignlab.rewards.agreement import judge_agreement
     from alignlab.rewards.judges import RewardJudge, llm_judge
     from alignlab.sft import prepare_policy
     from alignlab.tasks import build_task
-    from alignlab.train.job import run_reward_model
 
     root = cache_root()
     exp, cfg = _run_config(path, [])
@@ -247,7 +247,7 @@ the human labellers chose, on held-out human pairs that no judge was trained on.
   (but all of them, not only `data.eval_pairs`). The reward models train on the other side of
   the split only.
 - **Judges:** `reward_model` is the Bradley–Terry reward model exactly as the experiment's runs
-  build it (`alignlab.train.job.run_reward_model`, the same cache entry); a row with overrides in its
+  build it (`alignlab.jobs.job.run_reward_model`, the same cache entry); a row with overrides in its
   name is a variant trained with those settings. `llm:…` is the pairwise LLM judge of
   `eval.winrate.judge: llm` (`alignlab.rewards.judges.llm_judge`: the DPO paper's prompt for the
   task, next-token odds of "A" against "B").

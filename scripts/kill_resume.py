@@ -281,7 +281,7 @@ RULES: dict[tuple[str, str], str] = {
     ("train/state.py", "flush"): "metrics writing",
     ("train/evaluation.py", "sample_metrics"): "evaluation",
     ("train/offline.py", "evaluate_step"): "evaluation",
-    ("train/methods.py", "evaluate"): "evaluation",
+    ("jobs/methods.py", "evaluate"): "evaluation",
     ("train/data.py", "cached_reference"): "reference caching",
     ("train/data.py", "attach_reference"): "reference caching",
     ("train/offline.py", "train_offline"): "training step",
@@ -289,15 +289,15 @@ RULES: dict[tuple[str, str], str] = {
     ("train/online.py", "update"): "training step",
     ("train/online.py", "train_online"): "training step",
     ("train/loop.py", "__init__"): "resume (loading a checkpoint)",
-    ("train/methods.py", "eval_prompts"): "run setup",
-    ("train/methods.py", "load_reference"): "run setup",
-    ("train/methods.py", "train_method"): "run setup",
-    ("train/methods.py", "offline_trainer"): "run setup",
-    ("train/methods.py", "online_trainer"): "run setup",
-    ("train/job.py", "claim_out_dir"): "run setup",
-    ("train/job.py", "_pairs"): "loading stages",
-    ("train/job.py", "_method_data"): "loading stages",
-    ("train/job.py", "task"): "reading data",
+    ("jobs/methods.py", "eval_prompts"): "run setup",
+    ("jobs/methods.py", "load_reference"): "run setup",
+    ("jobs/methods.py", "train_method"): "run setup",
+    ("jobs/methods.py", "offline_trainer"): "run setup",
+    ("jobs/methods.py", "online_trainer"): "run setup",
+    ("jobs/job.py", "claim_out_dir"): "run setup",
+    ("jobs/job.py", "_pairs"): "loading stages",
+    ("jobs/job.py", "_method_data"): "loading stages",
+    ("jobs/job.py", "task"): "reading data",
     ("sft.py", "_tokenizer"): "tokenizer",
     ("sft.py", "_build_policy"): "sft",
     ("sft.py", "train_sft"): "sft",
@@ -349,7 +349,7 @@ def classify(dump: str) -> tuple[str, str]:
         return "startup", f"importing {ours[0][0]}"
     for module, func, line in ours:
         rule = RULES.get((module, func)) or RULES.get((module, "*"))
-        if module == "train/job.py" and func == "execute":
+        if module == "jobs/job.py" and func == "execute":
             inner = ours[0][0]
             rule = "result writing" if inner == "io.py" else "run setup"
         if func in ("train_offline", "train_online") and line < loops.get(module, 0):

@@ -31,10 +31,10 @@ def tiny_gpt2(vocab_size: int = 64, seed: int = 0, dtype: torch.dtype = torch.fl
 def _registries_restored():
     """Each test sees the built-in objectives, trainers and estimators only: what a test's plugin
     registers is dropped after it (a plugin in one test must not change another's listing)."""
-    import alignlab.train.methods  # noqa: F401  (the built-in trainers, registered before the snapshot)
+    import alignlab.jobs.methods  # noqa: F401  (the built-in trainers, registered before the snapshot)
     from alignlab.core import advantages
+    from alignlab.jobs import trainers
     from alignlab.objectives import registry
-    from alignlab.train import trainers
 
     tables = [registry._REGISTRY, registry._ALIASES, trainers.TRAINERS, advantages.ESTIMATORS]
     saved = [dict(t) for t in tables]
@@ -144,7 +144,7 @@ def train_small(small_imdb: Path, out: Path, method: str, overrides: list[str] |
     ``overrides``; its summary."""
     import yaml
 
-    from alignlab.train.job import run_training
+    from alignlab.jobs.job import run_training
 
     doc = {
         "task": {"name": "imdb", "data_dir": str(small_imdb), "use_unsup": False},

@@ -28,11 +28,11 @@ import yaml
 from alignlab.cli import main
 from alignlab.experiment.config import load_experiment
 from alignlab.io import atomic_write_json, atomic_write_jsonl, atomic_write_yaml
+from alignlab.jobs.job import Method, _resolved, claim_out_dir, resolve
 from alignlab.ownership import training_lock
 from alignlab.run_config import RunConfig
 from alignlab.tasks import build_task
 from alignlab.tasks.base import BadRowError
-from alignlab.train.job import Method, _resolved, claim_out_dir, resolve
 
 CORPUS = Path(__file__).resolve().parent / "fixtures" / "bad_inputs"
 CASES: list[dict[str, Any]] = yaml.safe_load((CORPUS / "cases.yaml").read_text(encoding="utf-8"))

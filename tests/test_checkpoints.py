@@ -19,7 +19,7 @@ import torch
 from conftest import SMALL_RUNS, train_small
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, GenerationConfig
 
-from alignlab.train import methods
+from alignlab.jobs import methods
 
 TEXT = "This movie was a wonderful surprise, and the"
 

@@ -20,11 +20,11 @@ import torch
 from alignlab.core.scoring import EncodedBatch
 from alignlab.experiment.csvs import COMPUTE_COLUMNS, FRONTIER_COLUMNS, read_csv, write_csv
 from alignlab.experiment.report import compute_rows, plot_dir, run_rows, table_dir
+from alignlab.jobs.job import run_training
 from alignlab.objectives import get_objective
 from alignlab.tasks.base import PreferencePair
 from alignlab.train import online as ppo_module
 from alignlab.train.data import PairData, UnpairedData, UnpairedExample
-from alignlab.train.job import run_training
 from alignlab.train.offline import objective_step
 
 CORPUS = Path(__file__).resolve().parent / "fixtures" / "bad_inputs"

@@ -22,8 +22,8 @@ import pytest
 from alignlab.errors import ConfigError
 from alignlab.experiment.config import load_experiment
 from alignlab.interrupts import Interrupted
+from alignlab.jobs.job import resolve, run_training
 from alignlab.train.config import TrainConfig, eval_steps
-from alignlab.train.job import resolve, run_training
 
 CORPUS = Path(__file__).resolve().parent / "fixtures" / "bad_inputs"
 

@@ -11,9 +11,9 @@ from types import SimpleNamespace
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from alignlab.jobs import methods
 from alignlab.models import train_tokenizer
 from alignlab.run_config import EvalConfig
-from alignlab.train import methods
 from alignlab.train.config import TrainConfig
 
 TEXTS = [

@@ -534,8 +534,8 @@ def test_json_results_are_strict_json() -> None:
 
 def test_a_damaged_winrate_file_of_an_unfinished_run_is_judged_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """winrate.json is read back by a resumed run; a damaged one is moved aside (kept) and judged anew."""
-    from alignlab.train import methods
-    from alignlab.train.job import resolve
+    from alignlab.jobs import methods
+    from alignlab.jobs.job import resolve
 
     class JudgedAgain(Exception):
         pass
@@ -642,8 +642,8 @@ def test_a_run_written_before_a_knob_existed_is_the_same_run_at_that_knobs_defau
     or a changed value, is another run."""
     import yaml
 
+    from alignlab.jobs.job import _resolved, holds_other_run, resolve
     from alignlab.tasks import build_task
-    from alignlab.train.job import _resolved, holds_other_run, resolve
 
     monkeypatch.chdir(CORPUS)  # ok.yaml's data directory is relative to the corpus
     cfg, method = resolve(OK, [])

@@ -14,15 +14,15 @@ import torch
 from conftest import CORPUS, tiny_gpt2
 from safetensors.torch import load_file
 
-import alignlab.train.methods as methods  # registers the trainers before the registries' snapshot
+import alignlab.jobs.methods as methods  # registers the trainers before the registries' snapshot
 import alignlab.train.offline as offline
 from alignlab.adapters import AdaptersOff, LoraConfig, add_adapters
 from alignlab.core import scoring
 from alignlab.core.scoring import token_logps
 from alignlab.errors import ConfigError
 from alignlab.interrupts import Interrupted
+from alignlab.jobs.job import run_training
 from alignlab.objectives import list_objectives
-from alignlab.train.job import run_training
 
 SCORED = CORPUS / "data" / "pairs" / "scored.jsonl"
 UNPAIRED = CORPUS / "data" / "pairs" / "unpaired.jsonl"
@@ -172,9 +172,9 @@ def test_llama_and_smollm2_adapt_the_four_attention_projections():
 def test_without_lora_the_sft_stage_and_the_resolved_config_are_those_of_before():
     """``lora: null`` is not in a run's resolved config (a run directory of an earlier alignlab is still
     this run), and the SFT stage's settings never hold ``lora`` (runs with and without adapters share it)."""
+    from alignlab.jobs.job import _resolved, resolve
     from alignlab.models import ModelConfig
     from alignlab.sft import sft_model_settings
-    from alignlab.train.job import _resolved, resolve
 
     plain, method = resolve(CORPUS / "train" / "ok.yaml", [])
     adapted, _ = resolve(CORPUS / "train" / "ok.yaml", [LORA])

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from alignlab.train.job import run_training
+from alignlab.jobs.job import run_training
 
 SMOKE_MODEL = {"preset": "smoke", "vocab_size": 1000, "tokenizer_texts": 2000}
 SMOKE_SFT = {"steps": 60, "batch_size": 16, "seq_len": 64, "lr": 2.0e-3, "warmup_steps": 6, "eval_blocks": 8}
@@ -158,7 +158,7 @@ TRAINER_PLUGIN = textwrap.dedent(
     '''
     """A plugin's own trainer, and an objective that names it."""
     from alignlab.objectives import LossOutput, Needs, ObjectiveConfig, register_objective
-    from alignlab.train.trainers import RunContext, register_trainer
+    from alignlab.jobs.trainers import RunContext, register_trainer
 
 
     @register_trainer("count_prompts", data=())

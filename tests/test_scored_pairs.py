@@ -25,6 +25,8 @@ import torch
 
 from alignlab import stages
 from alignlab.interrupts import Interrupted
+from alignlab.jobs.job import resolve, resolve_dict, run_training
+from alignlab.jobs.sources import flip_labels, offline_rows
 from alignlab.models import build_preset, train_tokenizer
 from alignlab.objectives import Needs
 from alignlab.pairs import _gzip_jsonl, load_pairs
@@ -33,8 +35,6 @@ from alignlab.tasks import build_task
 from alignlab.tasks.base import PreferencePair, in_eval_split
 from alignlab.train import data as train_data
 from alignlab.train.data import BatchOrder
-from alignlab.train.job import resolve, resolve_dict, run_training
-from alignlab.train.sources import flip_labels, offline_rows
 
 CORPUS = Path(__file__).resolve().parent / "fixtures" / "bad_inputs"
 SCORED = CORPUS / "data" / "pairs" / "scored.jsonl"

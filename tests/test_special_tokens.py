@@ -44,6 +44,7 @@ from alignlab.encoding import (
     special_ids,
     template_tokens,
 )
+from alignlab.jobs.methods import eval_prompts
 from alignlab.models import train_tokenizer
 from alignlab.prepare import fits
 from alignlab.rewards.judges import DIALOGUE_TEMPLATE, CausalLMJudge
@@ -51,7 +52,6 @@ from alignlab.rewards.model import RewardModel
 from alignlab.sft import pack
 from alignlab.tasks import build_task
 from alignlab.tasks.base import DataReport, PreferencePair, fit_to_context
-from alignlab.train.methods import eval_prompts
 
 # every special string of any of the three tokenizers, and look-alikes that are not special anywhere
 SPECIAL_STRINGS = ["<|endoftext|>", "<|pad|>", "<s>", "<pad>", "<unk>", "<|im_start|>", "<|im_end|>", "<tool>"]

@@ -17,6 +17,7 @@ import yaml
 from transformers import AutoModelForCausalLM
 
 from alignlab.errors import ConfigError
+from alignlab.jobs.job import resolve, run_training
 from alignlab.models import ModelConfig
 from alignlab.objectives import get_objective, list_objectives
 from alignlab.objectives.base import LossOutput
@@ -24,7 +25,6 @@ from alignlab.sft import SFTConfig, prepare_policy
 from alignlab.tasks import build_task
 from alignlab.train.config import TrainConfig
 from alignlab.train.data import PairData, UnpairedData, unpaired_from_pairs
-from alignlab.train.job import resolve, run_training
 from alignlab.train.loop import TrainingDiverged, make_accelerator
 from alignlab.train.offline import evaluate_step, objective_step, train_offline
 

@@ -24,7 +24,7 @@ run with every seed and sweep setting on the test prompts (:mod:`alignlab.experi
 ``seeds: 3`` (or ``seeds: [0, 1, 2]``) at the top runs every method with each seed, as if ``seed``
 were in its sweep (a method's own ``sweep.seed`` or ``train.seed`` then conflicts: an error). A sweep
 key is one of the objective's knobs, ``seed`` (``train.seed``), or a dotted run key
-(``train.lr``). Each run is a :class:`~alignlab.train.job.RunConfig`, validated before anything
+(``train.lr``). Each run is a :class:`~alignlab.run_config.RunConfig`, validated before anything
 runs, with its id built from the label as written (else the objective's name) and the swept values
 (``dpo-beta0.1-seed1``); a method's label defaults to its objective's display name (``DPO``). On
 the command line a method's keys are named by index or by label: ``methods[0].sweep.beta=[0.2]``,
@@ -46,14 +46,14 @@ from typing import Any, Literal
 
 from alignlab.config import Override, apply_overrides, blaming, load_yaml, parse_override
 from alignlab.errors import ConfigError
+from alignlab.jobs.job import resolve_dict
+from alignlab.jobs.trainers import Method
 from alignlab.objectives import display_name
 from alignlab.objectives.registry import samples_only
 from alignlab.plugins import load_plugins
 from alignlab.run_config import RunConfig
 from alignlab.schema import Config, knob
 from alignlab.tasks import task_config
-from alignlab.train.job import resolve_dict
-from alignlab.train.trainers import Method
 
 # the keys of a methods[] entry that are not objective knobs (and `tune`, a method's TuneConfig)
 METHOD_KEYS = ("name", "label", "sweep")
@@ -535,9 +535,9 @@ def preflight(exp: Experiment, force: bool = False) -> None:
     """
     from alignlab.data import check_cache_writable
     from alignlab.experiment.tuning import every_run
+    from alignlab.jobs.job import _resolved, holds_other_run
     from alignlab.ownership import check_claimable, check_writable, real_path
     from alignlab.tasks import build_task
-    from alignlab.train.job import _resolved, holds_other_run
 
     runs = every_run(exp)  # the tuning runs and the final runs of every candidate too
     check_claimable(exp.out_dir, "results", "out_dir", exp.source)

@@ -56,8 +56,8 @@ def listed_status(run: PlannedRun, source: str) -> str:
     """:func:`status` for ``alignlab list``, which also says ``changed`` when the run directory holds a run
     whose stored config (``config.yaml``) is not this run's (the YAML or an override changed since):
     ``alignlab run`` refuses it until it is given another runs_dir, or ``--force``."""
+    from alignlab.jobs.job import _resolved, holds_other_run
     from alignlab.tasks import build_task
-    from alignlab.train.job import _resolved, holds_other_run
 
     out = Path(run.cfg.out_dir)
     changed = (out / "config.yaml").is_file() and holds_other_run(
@@ -201,7 +201,7 @@ def _work(exp: Experiment, runs: list[PlannedRun] | None = None) -> None:
 
     Under ``accelerate launch`` all processes train every run together, in order, without locks.
     """
-    from alignlab.train.job import Shared, execute
+    from alignlab.jobs.job import Shared, execute
     from alignlab.train.loop import TrainingDiverged
 
     shared = Shared()

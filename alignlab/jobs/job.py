@@ -34,6 +34,8 @@ from alignlab.config import apply_overrides, blaming, load_yaml, parse_override,
 from alignlab.data import cache_root, check_cache_writable
 from alignlab.errors import AlignlabError, ConfigError
 from alignlab.io import atomic_write_json, atomic_write_yaml, clear_temps
+from alignlab.jobs.sources import check_data, flip_labels, offline_rows, read_rows
+from alignlab.jobs.trainers import Method, trainer_for
 from alignlab.models import model_context
 from alignlab.objectives import get_objective
 from alignlab.ownership import check_claimable, mark, remove_owned, training_lock
@@ -43,9 +45,7 @@ from alignlab.run_config import MOVED_TO_ROLLOUT, RunConfig
 from alignlab.sft import prepare_policy
 from alignlab.tasks import TASKS, Task, build_task, task_config
 from alignlab.tasks.base import PreferencePair
-from alignlab.train.sources import check_data, flip_labels, offline_rows, read_rows
 from alignlab.train.state import publish_final, read_summary
-from alignlab.train.trainers import Method, trainer_for
 
 
 def check_split(cfg: RunConfig, method: Method, num_processes: int, source: str | None = None) -> None:
@@ -286,7 +286,7 @@ def execute(
             judge = shared.judge(task, cfg.sft.seed, root) if task.name == "imdb" else None
             data = _method_data(cfg, method, task, policy, judge, root)
         # 3-4. train
-        from alignlab.train.methods import train_method, win_rate_rows
+        from alignlab.jobs.methods import train_method, win_rate_rows
 
         # the policy that trains: the SFT policy, or fresh LoRA adapters on it (π_ref: the adapters off)
         policy = with_adapters(policy, cfg.model.lora, cfg.train.seed)

@@ -1,4 +1,4 @@
-"""Step 3–4 of ``alignlab train``: the trainer the method's needs select (:mod:`alignlab.train.trainers`),
+"""Step 3–4 of ``alignlab train``: the trainer the method's needs select (:mod:`alignlab.jobs.trainers`),
 and the three built-in ones:
 
 - ``offline``: paired objectives get :class:`~alignlab.train.data.PairData`, reference log-probs cached
@@ -27,6 +27,7 @@ from alignlab.adapters import AdaptersOff, is_adapted, trainable_parameters
 from alignlab.cache_keys import code_version, tokenizer_key, weights_key
 from alignlab.core import scoring
 from alignlab.encoding import encode_text
+from alignlab.jobs.trainers import Method, RunContext, register_trainer, trainer_for
 from alignlab.models import model_context
 from alignlab.objectives.base import SampledRewards
 from alignlab.tasks import Task
@@ -37,7 +38,6 @@ from alignlab.train.offline import evaluate_step, objective_step, train_offline
 from alignlab.train.online import PolicyAndValue, train_online
 from alignlab.train.online_batches import Settings, check_online_batch
 from alignlab.train.state import MetricsLog
-from alignlab.train.trainers import Method, RunContext, register_trainer, trainer_for
 
 if TYPE_CHECKING:  # the run config gathers every section; imported for types only
     from alignlab.run_config import RunConfig

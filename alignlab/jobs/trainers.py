@@ -3,7 +3,7 @@
 A trainer is a function ``run(ctx: RunContext) -> dict`` (the last evaluation row) plus a check of the
 run's batch settings, registered for the kinds of data it trains on (``Needs.data``):
 
-- ``offline`` (:mod:`alignlab.train.methods`): paired and unpaired objectives (DPO, IPO, KTO, ...);
+- ``offline`` (:mod:`alignlab.jobs.methods`): paired and unpaired objectives (DPO, IPO, KTO, ...);
 - ``online``: rollouts from the current policy (PPO, RLOO, GRPO, online and iterative DPO);
 - ``sampling``: nothing trained, samples ranked (best-of-N).
 
@@ -108,7 +108,7 @@ def trainer_for(needs: Needs) -> Trainer:
     Raises:
         AlignlabError: no such trainer (with a "did you mean").
     """
-    import alignlab.train.methods  # noqa: F401  (registers the built-in trainers)
+    import alignlab.jobs.methods  # noqa: F401  (registers the built-in trainers)
 
     if needs.trainer is not None:
         if needs.trainer not in TRAINERS:

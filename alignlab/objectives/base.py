@@ -109,7 +109,7 @@ class Needs:
     online: Online | None = None
     """Online objectives: the estimator, KL placement and default rollout settings (default :class:`Online`)."""
     trainer: str | None = None
-    """The trainer that runs the objective (:mod:`alignlab.train.trainers`): None for the one registered
+    """The trainer that runs the objective (:mod:`alignlab.jobs.trainers`): None for the one registered
     for its ``data`` kind; a plugin may name its own."""
 
     def __post_init__(self) -> None:

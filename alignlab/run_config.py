@@ -2,10 +2,13 @@
 frozen dataclass per section, every key documented and range-checked (docs/yaml_reference.md is
 generated from these).
 
-The sections live beside the code they configure (``model``: :mod:`alignlab.models`, ``sft``:
-:mod:`alignlab.sft`, ``data``: :mod:`alignlab.jobs.sources`, ``train``: :mod:`alignlab.train.config`,
-``rollout``: :mod:`alignlab.train.online_batches`); this module gathers them, so that the
-orchestration and every trainer can type ``cfg: RunConfig`` without importing :mod:`alignlab.jobs.job`.
+The sections of the code below the orchestration live beside that code (``model``:
+:mod:`alignlab.models`, ``sft``: :mod:`alignlab.sft`, ``train``: :mod:`alignlab.train.config`,
+``rollout``: :mod:`alignlab.train.online_batches`, ``reward.model``: :mod:`alignlab.rewards.model`)
+and are gathered here; the sections of the orchestration itself (``data``, read by
+:mod:`alignlab.jobs.sources`; ``reward``; ``eval``, read by :mod:`alignlab.jobs.methods`) are defined
+here. So this module sits below :mod:`alignlab.jobs`, whose every part types ``cfg: RunConfig``, and
+imports nothing from it.
 """
 
 from __future__ import annotations
@@ -13,13 +16,54 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from alignlab.jobs.sources import DataConfig
 from alignlab.models import ModelConfig
+from alignlab.pairs import PairGenConfig
 from alignlab.rewards.model import RewardModelConfig
 from alignlab.schema import Config, knob
 from alignlab.sft import SFTConfig
 from alignlab.train.config import TrainConfig
 from alignlab.train.online_batches import RolloutConfig
+
+
+@dataclass(frozen=True)
+class DataConfig(Config):
+    source: Literal["generated", "task", "reviews", "file"] = knob(
+        "generated",
+        "generated: pairs sampled from the SFT policy and ranked by the gold judge (DPO paper §6.1); "
+        "task: the task's human pairs (hh, tldr, cnndm); reviews: IMDb review continuations, positive "
+        "chosen over negative (labels known, no sampling); file: the rows of data.path.",
+    )
+    path: str | None = knob(
+        None,
+        "source: file - a local .jsonl, .jsonl.gz or .parquet file (relative to the working directory) or a Hub "
+        "dataset id (owner/name). Pairs: prompt, chosen, rejected and optionally chosen_score, rejected_score "
+        "(both on every row or on none); unpaired rows for KTO: prompt, completion, label (true: desirable). "
+        "Held-out rows: a hash split of the prompts (task.eval_fraction, task.seed).",
+    )
+    hub_split: str = knob("train", "The split of the Hub dataset that data.path names.")
+    pairs: int | None = knob(None, "Use at most this many training pairs (null: all).", gt=0)
+    eval_pairs: int = knob(128, "Held-out pairs for the evaluation loss and metrics.", gt=0)
+    generate: PairGenConfig = knob(default_factory=PairGenConfig, help="Pair generation (source: generated).")
+    prompt_words: int = knob(4, "Words of a review opening used as the prompt (source: reviews).", gt=0)
+    completion_words: int = knob(16, "Words of each continuation (source: reviews).", gt=0)
+    kto_pairs_as_unpaired: bool = knob(
+        True, "KTO from pairs: chosen completions are desirable, rejected ones undesirable (KTO §4)."
+    )
+    scores: Literal["data", "reward_model", "none"] = knob(
+        "data",
+        "Scores of the chosen and rejected completions, for objectives that need them (madpo, odpo): data: "
+        "the pairs' own (generated: the gold judge's rewards; file: its chosen_score/rejected_score); "
+        "reward_model: a Bradley-Terry reward model (reward.model) trained on the training pairs only scores "
+        "every pair (cached); none: no scores.",
+    )
+    label_noise: float = knob(
+        0.0,
+        "ε: flip the label of round(ε·n) of the n training pairs, chosen by label_noise_seed (chosen and "
+        "rejected swapped, each keeping its own score); held-out pairs are never flipped.",
+        ge=0,
+        lt=0.5,
+    )
+    label_noise_seed: int = knob(0, "Seed of the choice of flipped pairs.")
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import random
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,6 +30,7 @@ from alignlab.encoding import encode_text
 from alignlab.jobs.trainers import Method, RunContext, register_trainer, trainer_for
 from alignlab.models import model_context
 from alignlab.objectives.base import SampledRewards
+from alignlab.run_config import RunConfig
 from alignlab.tasks import Task
 from alignlab.train import data as data_module
 from alignlab.train.data import PairData, UnpairedData, UnpairedExample, unpaired_from_pairs
@@ -38,9 +39,6 @@ from alignlab.train.offline import evaluate_step, objective_step, train_offline
 from alignlab.train.online import PolicyAndValue, train_online
 from alignlab.train.online_batches import Settings, check_online_batch
 from alignlab.train.state import MetricsLog
-
-if TYPE_CHECKING:  # the run config gathers every section; imported for types only
-    from alignlab.run_config import RunConfig
 
 # Per-process memos: consecutive runs of an experiment share the task, the tokenizer's prompts and
 # the evaluation of π_ref itself (every run's step 0). Each entry keeps the objects its key names

@@ -19,9 +19,8 @@ import os
 import random
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeGuard
+from typing import Any, Literal, TypeGuard
 
 import torch
 
@@ -31,8 +30,7 @@ from alignlab.data import LOCAL_SUFFIXES, DataError
 from alignlab.errors import ConfigError
 from alignlab.models import model_context
 from alignlab.objectives import Needs, Objective
-from alignlab.pairs import PairGenConfig
-from alignlab.schema import Config, knob
+from alignlab.run_config import DataConfig, RunConfig
 from alignlab.tasks import Task
 from alignlab.tasks.base import (
     DataReport,
@@ -49,52 +47,8 @@ from alignlab.tasks.base import (
 )
 from alignlab.train.data import UnpairedExample, cached_reference
 
-if TYPE_CHECKING:  # the run config gathers every section; imported for types only
-    from alignlab.run_config import RunConfig
-
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 Rows = list[PreferencePair] | list[UnpairedExample]
-
-
-@dataclass(frozen=True)
-class DataConfig(Config):
-    source: Literal["generated", "task", "reviews", "file"] = knob(
-        "generated",
-        "generated: pairs sampled from the SFT policy and ranked by the gold judge (DPO paper §6.1); "
-        "task: the task's human pairs (hh, tldr, cnndm); reviews: IMDb review continuations, positive "
-        "chosen over negative (labels known, no sampling); file: the rows of data.path.",
-    )
-    path: str | None = knob(
-        None,
-        "source: file - a local .jsonl, .jsonl.gz or .parquet file (relative to the working directory) or a Hub "
-        "dataset id (owner/name). Pairs: prompt, chosen, rejected and optionally chosen_score, rejected_score "
-        "(both on every row or on none); unpaired rows for KTO: prompt, completion, label (true: desirable). "
-        "Held-out rows: a hash split of the prompts (task.eval_fraction, task.seed).",
-    )
-    hub_split: str = knob("train", "The split of the Hub dataset that data.path names.")
-    pairs: int | None = knob(None, "Use at most this many training pairs (null: all).", gt=0)
-    eval_pairs: int = knob(128, "Held-out pairs for the evaluation loss and metrics.", gt=0)
-    generate: PairGenConfig = knob(default_factory=PairGenConfig, help="Pair generation (source: generated).")
-    prompt_words: int = knob(4, "Words of a review opening used as the prompt (source: reviews).", gt=0)
-    completion_words: int = knob(16, "Words of each continuation (source: reviews).", gt=0)
-    kto_pairs_as_unpaired: bool = knob(
-        True, "KTO from pairs: chosen completions are desirable, rejected ones undesirable (KTO §4)."
-    )
-    scores: Literal["data", "reward_model", "none"] = knob(
-        "data",
-        "Scores of the chosen and rejected completions, for objectives that need them (madpo, odpo): data: "
-        "the pairs' own (generated: the gold judge's rewards; file: its chosen_score/rejected_score); "
-        "reward_model: a Bradley-Terry reward model (reward.model) trained on the training pairs only scores "
-        "every pair (cached); none: no scores.",
-    )
-    label_noise: float = knob(
-        0.0,
-        "ε: flip the label of round(ε·n) of the n training pairs, chosen by label_noise_seed (chosen and "
-        "rejected swapped, each keeping its own score); held-out pairs are never flipped.",
-        ge=0,
-        lt=0.5,
-    )
-    label_noise_seed: int = knob(0, "Seed of the choice of flipped pairs.")
 
 
 def check_data(data: DataConfig, needs: Needs, name: str, task_name: Any, source: str, prefix: str) -> None:

@@ -20,16 +20,14 @@ import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from torch import nn
 
 from alignlab.errors import AlignlabError
 from alignlab.objectives import Needs, Objective, ObjectiveConfig
+from alignlab.run_config import RunConfig
 from alignlab.tasks import Task
-
-if TYPE_CHECKING:  # the run config gathers every section; imported for types only
-    from alignlab.run_config import RunConfig
 
 
 @dataclass(frozen=True)

@@ -31,10 +31,10 @@ from alignlab.errors import AlignlabError, ConfigError
 from alignlab.io import atomic_write_text, atomic_write_yaml
 from alignlab.models import ModelConfig, model_context
 from alignlab.pairs import PairGenConfig
-from alignlab.rewards.model import RewardModelConfig
 from alignlab.schema import Config, knob
 from alignlab.sft import SFTConfig, prepare_policy
 from alignlab.tasks import build_task
+from alignlab.train.reward_model import RewardModelConfig
 
 
 @dataclass(frozen=True)

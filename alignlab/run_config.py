@@ -4,7 +4,7 @@ generated from these).
 
 The sections of the code below the orchestration live beside that code (``model``:
 :mod:`alignlab.models`, ``sft``: :mod:`alignlab.sft`, ``train``: :mod:`alignlab.train.config`,
-``rollout``: :mod:`alignlab.train.online_batches`, ``reward.model``: :mod:`alignlab.rewards.model`)
+``rollout``: :mod:`alignlab.train.online_batches`, ``reward.model``: :mod:`alignlab.train.reward_model`)
 and are gathered here; the sections of the orchestration itself (``data``, read by
 :mod:`alignlab.jobs.sources`; ``reward``; ``eval``, read by :mod:`alignlab.jobs.methods`) are defined
 here. So this module sits below :mod:`alignlab.jobs`, whose every part types ``cfg: RunConfig``, and
@@ -18,11 +18,11 @@ from typing import Any, Literal
 
 from alignlab.models import ModelConfig
 from alignlab.pairs import PairGenConfig
-from alignlab.rewards.model import RewardModelConfig
 from alignlab.schema import Config, knob
 from alignlab.sft import SFTConfig
 from alignlab.train.config import TrainConfig
 from alignlab.train.online_batches import RolloutConfig
+from alignlab.train.reward_model import RewardModelConfig
 
 
 @dataclass(frozen=True)

@@ -25,10 +25,11 @@ from alignlab.io import atomic_dir, atomic_write_json, clear_temps, file_lock, l
 from alignlab.models import model_context
 from alignlab.pairs import PairGenConfig, generate_pairs, load_pairs
 from alignlab.progress import cached, stage
-from alignlab.rewards.model import RewardModel, RewardModelConfig, train_reward_model
+from alignlab.rewards.model import RewardModel
 from alignlab.sft import Policy
 from alignlab.tasks import Task
 from alignlab.tasks.base import PreferencePair, in_eval_split
+from alignlab.train.reward_model import RewardModelConfig, train_reward_model
 
 
 def gold_judge(task: Task, seed: int, root: Path) -> Any:
@@ -115,8 +116,12 @@ def reward_model(
     texts = [t for p in train for t in (p.prompt, p.chosen, p.rejected)]
     from alignlab.rewards import model as rm_module
     from alignlab.train import offline
+    from alignlab.train import reward_model as rm_training
 
-    key = fingerprint(str(policy.path), texts_fingerprint(texts), cfg.to_dict(), code_version(rm_module, offline))
+    # the code that computes it: the scorer's architecture, its Bradley-Terry training, the offline trainer
+    key = fingerprint(
+        str(policy.path), texts_fingerprint(texts), cfg.to_dict(), code_version(rm_module, rm_training, offline)
+    )
     path = root / "reward_model" / key
     with file_lock(path.parent / f".{key}.lock"):  # one builder; the others wait, then load
         found = load_intact(path, _reward_model_and_metrics, "the cached reward model")

@@ -399,7 +399,8 @@ def rm_sides(work: Work, ordered: list[Any]) -> tuple[Callable[[], Block], Calla
     from transformers import AutoModelForSequenceClassification
     from trl import RewardConfig, RewardTrainer
 
-    from alignlab.rewards.model import RewardModel, reward_model_step
+    from alignlab.rewards.model import RewardModel
+    from alignlab.train.reward_model import reward_model_step
 
     B, S, tok = work.batch_size, work.steps, work.tokenizer
     with tempfile.TemporaryDirectory() as tmp, quiet():

@@ -37,13 +37,13 @@ from alignlab.io import MANIFEST
 from alignlab.models import ModelConfig
 from alignlab.objectives.base import LossOutput
 from alignlab.pairs import PairGenConfig
-from alignlab.rewards.model import RewardModelConfig
 from alignlab.sft import SFTConfig, lm_nll, prepare_policy
 from alignlab.tasks import build_task
 from alignlab.train.config import TrainConfig
 from alignlab.train.data import PairData
 from alignlab.train.loop import make_accelerator
 from alignlab.train.offline import train_offline
+from alignlab.train.reward_model import RewardModelConfig
 
 TIMING = ("wall_s", "step_s", "wall_time_s", "peak_rss_mb")
 

@@ -11,17 +11,17 @@ from torch.testing import assert_close
 from alignlab.errors import AlignlabError
 from alignlab.models import build_preset, train_tokenizer
 from alignlab.rewards import Reward
-from alignlab.rewards.model import (
-    RewardModel,
+from alignlab.rewards.model import RewardModel
+from alignlab.tasks import build_task
+from alignlab.tasks.base import PreferencePair
+from alignlab.train.data import PairData
+from alignlab.train.reward_model import (
     RewardModelConfig,
     bradley_terry_loss,
     evaluate_reward_model,
     pair_rewards,
     train_reward_model,
 )
-from alignlab.tasks import build_task
-from alignlab.tasks.base import PreferencePair
-from alignlab.train.data import PairData
 
 GOOD = ["great", "wonderful", "superb", "lovely"]
 BAD = ["awful", "boring", "dreadful", "dull"]

@@ -38,7 +38,7 @@ from vs_trl import REPO, imdb_inputs, quiet
 from alignlab.core import scoring
 from alignlab.core.rollout import encode_prompts
 from alignlab.core.scoring import score_pairs, sequence_logps, token_logps
-from alignlab.jobs import methods
+from alignlab.jobs import evaluation
 from alignlab.train.data import BatchOrder, PairData, _sequence_sums, cached_reference
 
 
@@ -126,19 +126,19 @@ def main() -> None:
     judge = stages.gold_judge(task, run.cfg.sft.seed, cache_root())
 
     def derive() -> None:
-        methods._PROMPTS.clear()
-        methods.eval_prompts(task, tok, 512, 48, 64)
+        evaluation._PROMPTS.clear()
+        evaluation.eval_prompts(task, tok, 512, 48, 64)
 
     show(
         "evaluation prompts: per-process memo vs derived",
-        *ab(derive, lambda: methods.eval_prompts(task, tok, 512, 48, 64), 3),
+        *ab(derive, lambda: evaluation.eval_prompts(task, tok, 512, 48, 64), 3),
     )
 
     def evaluate(memo: bool) -> Callable[[], None]:
         def go() -> None:
             if not memo:
-                methods._EVALUATIONS.clear()
-            methods._sampler(run.cfg, task, policy, judge, reference)(policy.model)
+                evaluation._EVALUATIONS.clear()
+            evaluation.sampling_evaluation(run.cfg, task, policy, judge, reference)(policy.model)
 
         return go
 
@@ -147,7 +147,7 @@ def main() -> None:
     show("π_ref's evaluation (step 0): reused vs sampled", *timings)
 
     # 7. KV-cached generation
-    prompts = encode_prompts(tok, methods.eval_prompts(task, tok, 512, 48, 64))
+    prompts = encode_prompts(tok, evaluation.eval_prompts(task, tok, 512, 48, 64))
 
     def generate(cache: bool) -> Callable[[], None]:
         def go() -> None:

@@ -132,7 +132,7 @@ def imdb_inputs(n_prompts: int) -> tuple[Any, Any, list[str]]:
     from alignlab import stages
     from alignlab.data import cache_root
     from alignlab.experiment import load_experiment
-    from alignlab.jobs.methods import eval_prompts
+    from alignlab.jobs.evaluation import eval_prompts
     from alignlab.models import model_context
     from alignlab.sft import prepare_policy
     from alignlab.tasks import build_task

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from alignlab.jobs import methods
+from alignlab.jobs import evaluation
 from alignlab.models import train_tokenizer
 from alignlab.run_config import EvalConfig
 from alignlab.train.config import TrainConfig
@@ -46,15 +46,15 @@ def setup(monkeypatch):
     policy = SimpleNamespace(model=model, tokenizer=tokenizer, path="policy-dir")
     cfg = SimpleNamespace(eval=EvalConfig(prompts=4, max_new_tokens=6), train=TrainConfig())
     calls = []
-    real = methods.sample_metrics
+    real = evaluation.sample_metrics
 
     def counting(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(methods, "sample_metrics", counting)
-    monkeypatch.setattr(methods, "_EVALUATIONS", {})
-    monkeypatch.setattr(methods, "_PROMPTS", {})
+    monkeypatch.setattr(evaluation, "sample_metrics", counting)
+    monkeypatch.setattr(evaluation, "_EVALUATIONS", {})
+    monkeypatch.setattr(evaluation, "_PROMPTS", {})
     reward = lambda prompts, completions: torch.tensor([float(len(c)) for c in completions])  # noqa: E731
     return policy, cfg, reward, calls
 
@@ -62,40 +62,40 @@ def setup(monkeypatch):
 def test_prompts_are_derived_once_per_task_and_tokenizer(monkeypatch):
     policy, *_ = setup(monkeypatch)
     task = CountingTask()
-    first = methods.eval_prompts(task, policy.tokenizer, 64, 6, 3)
+    first = evaluation.eval_prompts(task, policy.tokenizer, 64, 6, 3)
     first.append("mutating the returned list changes nothing")
-    second = methods.eval_prompts(task, policy.tokenizer, 64, 6, 3)
+    second = evaluation.eval_prompts(task, policy.tokenizer, 64, 6, 3)
     assert task.calls == 1 and second == ["The movie", "I hated", "A quiet"]
-    methods.eval_prompts(CountingTask(), policy.tokenizer, 64, 6, 3)  # another task: derived afresh
+    evaluation.eval_prompts(CountingTask(), policy.tokenizer, 64, 6, 3)  # another task: derived afresh
     other = train_tokenizer(TEXTS[:4] * 3, vocab_size=280)
-    methods.eval_prompts(task, other, 64, 6, 3)  # another tokenizer: derived afresh
+    evaluation.eval_prompts(task, other, 64, 6, 3)  # another tokenizer: derived afresh
     assert task.calls == 2
 
 
 def test_the_evaluation_of_the_same_weights_is_reused_and_leaves_the_rng_alone(monkeypatch):
     policy, cfg, reward, calls = setup(monkeypatch)
     reference = copy.deepcopy(policy.model)
-    evaluate = methods._sampler(cfg, CountingTask(), policy, reward, reference)
+    evaluate = evaluation.sampling_evaluation(cfg, CountingTask(), policy, reward, reference)
     state = torch.get_rng_state()
     first = evaluate(policy.model)
     assert torch.equal(torch.get_rng_state(), state), "the evaluation moved the training RNG"
-    again = methods._sampler(cfg, CountingTask(), policy, reward, reference)(copy.deepcopy(policy.model))
+    again = evaluation.sampling_evaluation(cfg, CountingTask(), policy, reward, reference)(copy.deepcopy(policy.model))
     assert calls == [1] and again == first and first["sample_kl"] == 0.0
     with torch.no_grad():
         policy.model.transformer.wte.weight[0, 0] += 1.0  # trained weights: evaluated afresh
     changed = evaluate(policy.model)
     assert calls == [1, 1] and changed["sample_kl"] != 0.0
     # another reward object (another judge) is not served the first one's numbers
-    methods._sampler(cfg, CountingTask(), policy, lambda p, c: torch.zeros(len(c)), reference)(reference)
+    evaluation.sampling_evaluation(cfg, CountingTask(), policy, lambda p, c: torch.zeros(len(c)), reference)(reference)
     assert len(calls) == 3
 
 
 def test_a_reused_evaluation_equals_a_fresh_one(monkeypatch):
     policy, cfg, reward, calls = setup(monkeypatch)
     reference = copy.deepcopy(policy.model)
-    memoised = methods._sampler(cfg, CountingTask(), policy, reward, reference)
+    memoised = evaluation.sampling_evaluation(cfg, CountingTask(), policy, reward, reference)
     memoised(policy.model)
     reused = memoised(policy.model)
-    monkeypatch.setattr(methods, "_EVALUATIONS", {})
-    fresh = methods._sampler(cfg, CountingTask(), policy, reward, reference)(policy.model)
+    monkeypatch.setattr(evaluation, "_EVALUATIONS", {})
+    fresh = evaluation.sampling_evaluation(cfg, CountingTask(), policy, reward, reference)(policy.model)
     assert calls == [1, 1] and reused == fresh

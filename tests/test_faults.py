@@ -534,7 +534,7 @@ def test_json_results_are_strict_json() -> None:
 
 def test_a_damaged_winrate_file_of_an_unfinished_run_is_judged_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """winrate.json is read back by a resumed run; a damaged one is moved aside (kept) and judged anew."""
-    from alignlab.jobs import methods
+    from alignlab.jobs import evaluation
     from alignlab.jobs.job import resolve
 
     class JudgedAgain(Exception):
@@ -543,12 +543,12 @@ def test_a_damaged_winrate_file_of_an_unfinished_run_is_judged_again(tmp_path: P
     def judge_again(*args: Any, **kwargs: Any) -> Any:
         raise JudgedAgain
 
-    monkeypatch.setattr(methods, "model_context", lambda model: 64)
-    monkeypatch.setattr(methods, "eval_prompts", judge_again)
+    monkeypatch.setattr(evaluation, "model_context", lambda model: 64)
+    monkeypatch.setattr(evaluation, "eval_prompts", judge_again)
     cfg, _ = resolve(CORPUS / "train" / "text_special_tokens_hh.yaml", ["eval.winrate.temperatures=[0.0]"])
     (tmp_path / "winrate.json").write_text('[{"temperature": 0.0, "win_ra')
     with pytest.raises(JudgedAgain):
-        methods.win_rate_rows(
+        evaluation.win_rate_rows(
             cfg, None, type("Policy", (), {"model": None, "tokenizer": None})(), None, {}, tmp_path, None
         )
     assert (tmp_path / "damaged-winrate.json").read_text() == '[{"temperature": 0.0, "win_ra'

@@ -44,7 +44,7 @@ from alignlab.encoding import (
     special_ids,
     template_tokens,
 )
-from alignlab.jobs.methods import eval_prompts
+from alignlab.jobs.evaluation import eval_prompts
 from alignlab.models import train_tokenizer
 from alignlab.prepare import fits
 from alignlab.rewards.judges import DIALOGUE_TEMPLATE, CausalLMJudge

@@ -22,7 +22,7 @@ import yaml
 from alignlab.errors import ConfigError
 from alignlab.experiment.config import TuneConfig, load_experiment
 from alignlab.experiment.tuning import score, select
-from alignlab.jobs.methods import eval_prompts
+from alignlab.jobs.evaluation import eval_prompts
 from alignlab.models import train_tokenizer
 from alignlab.tasks import build_task
 

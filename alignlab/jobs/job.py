@@ -286,7 +286,8 @@ def execute(
             judge = shared.judge(task, cfg.sft.seed, root) if task.name == "imdb" else None
             data = _method_data(cfg, method, task, policy, judge, root)
         # 3-4. train
-        from alignlab.jobs.methods import train_method, win_rate_rows
+        from alignlab.jobs.evaluation import win_rate_rows
+        from alignlab.jobs.methods import train_method
 
         # the policy that trains: the SFT policy, or fresh LoRA adapters on it (π_ref: the adapters off)
         policy = with_adapters(policy, cfg.model.lora, cfg.train.seed)

@@ -7,15 +7,13 @@ and the three built-in ones:
   critic when the method's advantage estimator has one (:mod:`alignlab.train.online`);
 - ``sampling`` (best-of-N): no training; samples ranked by the objective, evaluated like every other.
 
-Every method is evaluated the same way (:func:`~alignlab.train.evaluation.sample_metrics`): mean
+Every method is evaluated the same way (:func:`~alignlab.jobs.evaluation.sampling_evaluation`): mean
 reward of samples on held-out prompts and their sequence KL to the reference.
 """
 
 from __future__ import annotations
 
 import random
-import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +22,9 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from alignlab.adapters import AdaptersOff, is_adapted, trainable_parameters
-from alignlab.cache_keys import code_version, tokenizer_key, weights_key
+from alignlab.cache_keys import code_version
 from alignlab.core import scoring
-from alignlab.encoding import encode_text
+from alignlab.jobs.evaluation import eval_prompts, sample_row, sampling_evaluation
 from alignlab.jobs.trainers import Method, RunContext, register_trainer, trainer_for
 from alignlab.models import model_context
 from alignlab.objectives.base import SampledRewards
@@ -34,102 +32,11 @@ from alignlab.run_config import RunConfig
 from alignlab.tasks import Task
 from alignlab.train import data as data_module
 from alignlab.train.data import PairData, UnpairedData, UnpairedExample, unpaired_from_pairs
-from alignlab.train.evaluation import best_of_n, bootstrap_ci, sample_metrics, win_rates
+from alignlab.train.evaluation import best_of_n, bootstrap_ci
 from alignlab.train.offline import evaluate_step, objective_step, train_offline
 from alignlab.train.online import PolicyAndValue, train_online
 from alignlab.train.online_batches import Settings, check_online_batch
 from alignlab.train.state import MetricsLog
-
-# Per-process memos: consecutive runs of an experiment share the task, the tokenizer's prompts and
-# the evaluation of π_ref itself (every run's step 0). Each entry keeps the objects its key names
-# by id, and is used only if they are still the same objects.
-_PROMPTS: dict[tuple[Any, ...], tuple[Task, list[str]]] = {}
-_EVALUATIONS: dict[tuple[Any, ...], tuple[Any, dict[str, float]]] = {}
-
-
-def eval_prompts(
-    task: Task, tokenizer: Any, context: int, max_new_tokens: int, n: int, split: str = "test"
-) -> list[str]:
-    """The first ``n`` prompts of ``split`` that leave room for ``max_new_tokens`` in the context
-    (computed once per process for a task, tokenizer and split).
-
-    ``split``: ``train``; ``test`` or ``validation``, the two disjoint parts of the held-out prompts
-    (:meth:`~alignlab.tasks.base.Task.held_out_prompts`): the frontier is evaluated on the test part,
-    tuning candidates on the validation part; or ``eval``, every held-out prompt.
-    """
-    key = (id(task), split, tokenizer_key(tokenizer), context, max_new_tokens, n)
-    if key in _PROMPTS and _PROMPTS[key][0] is task:
-        return list(_PROMPTS[key][1])
-    bos = 1 if tokenizer.bos_token_id is not None else 0
-    if split in ("test", "validation"):
-        prompts = task.held_out_prompts(split, tokenizer)  # type: ignore[arg-type]
-    else:
-        prompts = task.prompts(split, tokenizer)  # type: ignore[arg-type]
-    lengths = encode_text(tokenizer, prompts)
-    fitting = [p for p, ids in zip(prompts, lengths, strict=True) if len(ids) + bos + max_new_tokens <= context]
-    if not fitting:
-        from alignlab.data import DataError
-
-        shortest = min((len(ids) for ids in lengths), default=0) + bos
-        raise DataError(
-            f"task {task.name!r} ({task.source}): no {split} prompt leaves room for {max_new_tokens} new tokens in "
-            f"the model's context of {context} (the shortest prompt is {shortest} tokens): sample fewer tokens"
-        )
-    _PROMPTS[key] = (task, fitting[:n] if n else fitting)
-    return list(_PROMPTS[key][1])
-
-
-def _sampler(
-    cfg: RunConfig, task: Task, policy: Any, reward: Any, reference: torch.nn.Module
-) -> Callable[[Any], dict[str, float]]:
-    """The sampling evaluation: mean reward and KL of samples on held-out prompts.
-
-    It never touches the global RNG that training uses (it samples under a forked RNG), and the
-    evaluation of weights already evaluated in this process with the same prompts, reference,
-    reward and settings — π_ref at every run's step 0 — is reused rather than sampled again.
-    """
-    context = model_context(policy.model)
-    prompts = eval_prompts(
-        task, policy.tokenizer, context, cfg.eval.max_new_tokens, cfg.eval.prompts, split=cfg.eval.split
-    )
-    settings = (weights_key(reference), tuple(prompts), cfg.eval.to_dict(), cfg.train.eval_batch_size, id(reward))
-
-    def evaluate(model: Any) -> dict[str, float]:
-        key = (weights_key(model), *map(repr, settings))
-        if key in _EVALUATIONS and _EVALUATIONS[key][0] is reward:
-            return dict(_EVALUATIONS[key][1])
-        devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
-        with torch.random.fork_rng(devices=devices):
-            m = sample_metrics(
-                model,
-                reference,
-                policy.tokenizer,
-                prompts,
-                reward,
-                max_new_tokens=cfg.eval.max_new_tokens,
-                temperature=cfg.eval.temperature,
-                samples_per_prompt=cfg.eval.samples_per_prompt,
-                seed=cfg.eval.seed,
-                batch_size=cfg.train.eval_batch_size,
-            )
-        row = _sample_row(m, len(prompts) * cfg.eval.samples_per_prompt) | {"sample_length": m["length"]}
-        _EVALUATIONS[key] = (reward, row)
-        return dict(row)
-
-    return evaluate
-
-
-def _sample_row(m: dict[str, Any], n: int) -> dict[str, Any]:
-    """The metric-row fields of a sampling evaluation: means with their 95% bootstrap intervals."""
-    return {
-        "sample_reward": m["reward"],
-        "sample_reward_ci_low": m["reward_ci"][0],
-        "sample_reward_ci_high": m["reward_ci"][1],
-        "sample_kl": m["kl"],
-        "sample_kl_ci_low": m["kl_ci"][0],
-        "sample_kl_ci_high": m["kl_ci"][1],
-        "samples": n,
-    }
 
 
 def load_reference(policy: Any) -> torch.nn.Module:
@@ -165,7 +72,11 @@ def train_method(
     # one frozen π_ref per run, shared by the sampling evaluation, the online trainer and the reference cache
     wanted = needs_sampling_eval or trainer.needs_reference
     reference = load_reference(policy).to(accelerator.device) if wanted else None
-    sampler = _sampler(cfg, task, policy, reward, reference) if reference is not None and needs_sampling_eval else None
+    sampler = (
+        sampling_evaluation(cfg, task, policy, reward, reference)
+        if reference is not None and needs_sampling_eval
+        else None
+    )
     held = [_held("policy", policy.model, trainable=trains)]
     if is_adapted(policy.model) and (reference is not None or method.objective.needs.reference):
         # π_ref is the policy's own network with its adapters off: no second model in memory
@@ -361,61 +272,8 @@ def sampling_trainer(ctx: RunContext) -> dict[str, Any]:
     )
     low, high = bootstrap_ci(m["rewards"], seed=cfg.eval.seed)
     m |= {"reward_ci": (low, high), "kl_ci": (m["kl"], m["kl"])}  # the KL is analytic: no interval
-    row = {"step": 0, "split": "eval", **_sample_row(m, len(prompts)), "n": n}
+    row = {"step": 0, "split": "eval", **sample_row(m, len(prompts)), "n": n}
     log = MetricsLog(ctx.out, ctx.accelerator, None)
     log.log(row)
     log.flush()
     return row
-
-
-def win_rate_rows(
-    cfg: RunConfig, task: Task, policy: Any, judge: Any, data: dict[str, Any], out: Path, accelerator: Any
-) -> list[dict[str, Any]]:
-    """The trained policy's win rate against the task's held-out references, per temperature.
-
-    Written to ``out/winrate.json`` (a finished run reads it back rather than sampling again).
-    """
-    import json
-
-    from alignlab.io import atomic_write_json
-    from alignlab.rewards.judges import RewardJudge, llm_judge
-
-    path = out / "winrate.json"
-    if path.exists():
-        try:
-            done = json.loads(path.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError):
-            done = None
-        if isinstance(done, list):
-            return done
-        path.replace(path.with_name(f"damaged-{path.name}"))  # kept, never deleted: judged again below
-        print(f"alignlab: warning: {path} is damaged; moved to damaged-{path.name}, judging again", file=sys.stderr)
-    w = cfg.eval.winrate
-    max_new_tokens = w.max_new_tokens or cfg.eval.max_new_tokens
-    context = model_context(policy.model)
-    fitting = set(eval_prompts(task, policy.tokenizer, context, max_new_tokens, 0))
-    references = [(p, c) for p, c in task.references("eval") if p in fitting]
-    references = references[: w.prompts or len(references)]
-    if not references:
-        from alignlab.errors import AlignlabError
-
-        raise AlignlabError(f"task {task.name!r} has no held-out prompt with a reference that fits the context")
-    if w.judge == "llm":
-        assert w.judge_model is not None  # resolve_dict refuses the llm judge without a judge_model
-        judge_fn: Any = llm_judge(w.judge_model, task.name, cfg.eval.seed)
-    else:
-        judge_fn = RewardJudge(judge if w.judge == "gold" else data["reward_model"])
-    rows = win_rates(
-        policy.model,
-        policy.tokenizer,
-        references,
-        judge_fn,
-        w.temperatures,
-        max_new_tokens=max_new_tokens,
-        seed=cfg.eval.seed,
-        batch_size=cfg.train.eval_batch_size,
-    )
-    rows = [r | {"judge": judge_fn.name} for r in rows]
-    if accelerator.is_main_process:
-        atomic_write_json(path, rows)
-    return rows

@@ -17,6 +17,7 @@ from alignlab.models import ModelConfig
 from alignlab.rewards.model import RewardModelConfig
 from alignlab.schema import Config, knob
 from alignlab.sft import SFTConfig
+from alignlab.tasks import DEFAULT_TASK
 from alignlab.train.config import TrainConfig
 from alignlab.train.online_batches import RolloutConfig
 from alignlab.train.sources import DataConfig
@@ -69,7 +70,10 @@ class EvalConfig(Config):
 
 @dataclass(frozen=True)
 class RunConfig(Config):
-    task: Any = knob(default_factory=lambda: {"name": "imdb"}, help="The task: {name: imdb | hh | tldr | cnndm, ...}.")
+    task: Any = knob(
+        default_factory=lambda: {"name": DEFAULT_TASK},
+        help="The task: {name: imdb | hh | tldr | cnndm | one a plugin registers, ...}.",
+    )
     model: ModelConfig = knob(default_factory=ModelConfig, help="The policy's model.")
     sft: SFTConfig = knob(default_factory=SFTConfig, help="Supervised fine-tuning before preference training.")
     data: DataConfig = knob(default_factory=DataConfig, help="Where the preference data comes from.")
@@ -85,7 +89,8 @@ class RunConfig(Config):
     )
     eval: EvalConfig = knob(default_factory=EvalConfig, help="Sampling evaluation: mean reward and KL.")
     plugins: list[str] = knob(
-        default_factory=list, help="Modules or .py files (relative to the YAML) that register objectives."
+        default_factory=list,
+        help="Modules or .py files (relative to the YAML) that register objectives, trainers or tasks.",
     )
     out_dir: str = knob("runs/run", "The run directory: config, metrics, checkpoints, summary.")
 

@@ -5,7 +5,7 @@ Everything a run needs before any preference training, in numbered steps:
 1. the task's data, with bad rows counted per file;
 2. the policy: tokenizer, model, SFT (cached; held-out perplexity before and after);
 3. sample completions from the SFT policy, to read;
-4. the gold judge (IMDb: the hashed n-gram sentiment classifier, cached), if the task has labels;
+4. the gold judge, if the task declares one (IMDb: the hashed n-gram sentiment classifier), cached;
 5. preference pairs by the DPO protocol from the SFT policy and the gold judge (cached);
 6. a Bradley–Terry reward model on the task's pairs (human pairs, or the generated ones),
    initialised from the SFT policy, with held-out pair accuracy.
@@ -31,9 +31,10 @@ from alignlab.errors import AlignlabError, ConfigError
 from alignlab.io import atomic_write_text, atomic_write_yaml
 from alignlab.models import ModelConfig, model_context
 from alignlab.pairs import PairGenConfig
+from alignlab.plugins import load_plugins
 from alignlab.schema import Config, knob
 from alignlab.sft import SFTConfig, prepare_policy
-from alignlab.tasks import build_task
+from alignlab.tasks import build_task, task_names
 from alignlab.train.reward_model import RewardModelConfig
 
 
@@ -47,14 +48,17 @@ class SampleConfig(Config):
 
 @dataclass(frozen=True)
 class PrepareConfig(Config):
-    task: Any = knob(help="The task: {name: imdb | hh | tldr | cnndm, <task settings>}.")
+    task: Any = knob(help="The task: {name: imdb | hh | tldr | cnndm | one a plugin registers, <task settings>}.")
     model: ModelConfig = knob(default_factory=ModelConfig, help="The policy's model.")
     sft: SFTConfig = knob(default_factory=SFTConfig, help="Supervised fine-tuning of the policy.")
     samples: SampleConfig = knob(default_factory=SampleConfig, help="Samples from the SFT policy for the report.")
-    gold: bool = knob(True, "Train (or load) the task's gold judge, when the task has labelled text.")
+    gold: bool = knob(True, "Train (or load) the task's gold judge, when the task has one.")
     pairs: PairGenConfig | None = knob(None, "Generate preference pairs by the DPO protocol (needs the gold judge).")
     reward_model: RewardModelConfig | None = knob(None, "Train a Bradley–Terry reward model on the task's pairs.")
     reward_model_pairs: int | None = knob(None, "Train the reward model on at most this many pairs.", gt=0)
+    plugins: list[str] = knob(
+        default_factory=list, help="Modules or .py files (relative to the YAML) that register tasks (or objectives)."
+    )
     out_dir: str = knob("results/prepare", "Where stages.json and the resolved config are written.")
 
 
@@ -70,11 +74,15 @@ def run_prepare(path: str | Path, overrides: list[str] | None = None, progress: 
     data = apply_overrides(load_yaml(path), parsed)
     with blaming(parsed):  # a key an override set is the argument's mistake, not the file's
         cfg: PrepareConfig = PrepareConfig.from_dict(data, source)
+        load_plugins(cfg.plugins, Path(path).parent, source)  # a plugin's task, before it is named
         task = build_task(cfg.task, source)
-    if cfg.pairs is not None and not (cfg.gold and task.name == "imdb"):
+    if cfg.pairs is not None and not task.has_gold_judge():
+        have = ", ".join(task_names(lambda t: t.has_gold_judge()))
         raise ConfigError(
-            "pairs", "pair generation needs a gold judge: only the imdb task has one (gold: true)", source
+            "pairs", f"pair generation needs a task with a gold judge (tasks with one: {have}): leave pairs out", source
         )
+    if cfg.pairs is not None and not cfg.gold:
+        raise ConfigError("pairs", "pair generation needs the task's gold judge: set gold: true", source)
     root = check_cache_writable()  # before any work
     out = Path(cfg.out_dir)
     report: dict[str, Any] = {"task": task.name, "source": task.source, "stages": {}}
@@ -126,7 +134,7 @@ def run_prepare(path: str | Path, overrides: list[str] | None = None, progress: 
         )
     # 4. gold judge
     judge = None
-    if cfg.gold and task.name == "imdb":
+    if cfg.gold and task.has_gold_judge():
         t0 = time.time()
         judge = shared.gold_judge(task, cfg.sft.seed, root)
         timed("gold", t0, judge=judge.name)

@@ -153,23 +153,39 @@ def builtin_objectives() -> list[Any]:
     return [o for o in list_objectives() if o.loss_fn.__module__.startswith("alignlab.objectives.")]
 
 
+def builtin_tasks() -> dict[str, Any]:
+    """The tasks alignlab itself registers (not plugins or tests), by name, in the order registered."""
+    from alignlab.tasks import TASKS
+
+    return {name: cls for name, cls in TASKS.items() if cls.__module__.startswith("alignlab.tasks.")}
+
+
+def _capabilities(task: Any) -> str:
+    """What a task offers, as the orchestration reads it from the class."""
+    sources = ", ".join(f"`{s}`" for s in task.data_sources())
+    gold = "yes" if task.has_gold_judge() else "no"
+    references = "yes (win rates)" if task.has_references() else "no"
+    return f"Data sources (`data.source`): {sources}. Gold judge: {gold}. Reference completions: {references}."
+
+
 def _tasks() -> str:
-    from alignlab.tasks import TASKS, TaskConfig
+    from alignlab.tasks import TaskConfig
 
     out = [
         "## `task`: the tasks\n\n",
         "`task` is a mapping with the task's `name` and its settings: the keys every task has, then the "
         "keys of its own (`alignlab/tasks/`). The same mapping is the `task` of a run, an experiment and "
-        "a `prepare` YAML.\n\n",
+        "a `prepare` YAML. A task of your own, registered by a plugin (`plugins:`, `register_task`), has "
+        "the keys of its `config_cls`.\n\n",
         "### every task\n\n",
         HEADER,
         field_rows(TaskConfig, "task."),
         "\n",
     ]
     shared = {f.name for f in dataclasses.fields(TaskConfig)}
-    for name, task in TASKS.items():
+    for name, task in builtin_tasks().items():
         doc = (task.__doc__ or "").strip().splitlines()[0]
-        out.append(f"### `{name}`\n\n{doc} Hub dataset: `{task.hub_id}`.\n\n")
+        out.append(f"### `{name}`\n\n{doc} Hub dataset: `{task.hub_id}`. {_capabilities(task)}\n\n")
         own = [f.name for f in dataclasses.fields(task.config_cls) if f.name not in shared]
         if own:
             out += [HEADER, field_rows(task.config_cls, "task.", own), "\n"]

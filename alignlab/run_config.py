@@ -20,6 +20,7 @@ from alignlab.models import ModelConfig
 from alignlab.pairs import PairGenConfig
 from alignlab.schema import Config, knob
 from alignlab.sft import SFTConfig
+from alignlab.tasks import DEFAULT_TASK
 from alignlab.train.config import TrainConfig
 from alignlab.train.online_batches import RolloutConfig
 from alignlab.train.reward_model import RewardModelConfig
@@ -29,9 +30,9 @@ from alignlab.train.reward_model import RewardModelConfig
 class DataConfig(Config):
     source: Literal["generated", "task", "reviews", "file"] = knob(
         "generated",
-        "generated: pairs sampled from the SFT policy and ranked by the gold judge (DPO paper §6.1); "
-        "task: the task's human pairs (hh, tldr, cnndm); reviews: IMDb review continuations, positive "
-        "chosen over negative (labels known, no sampling); file: the rows of data.path.",
+        "generated: pairs sampled from the SFT policy and ranked by the task's gold judge (DPO paper §6.1; "
+        "imdb); task: the task's human pairs (hh, tldr, cnndm); reviews: continuations of the task's labelled "
+        "texts, positive chosen over negative (labels known, no sampling; imdb); file: the rows of data.path.",
     )
     path: str | None = knob(
         None,
@@ -113,7 +114,10 @@ class EvalConfig(Config):
 
 @dataclass(frozen=True)
 class RunConfig(Config):
-    task: Any = knob(default_factory=lambda: {"name": "imdb"}, help="The task: {name: imdb | hh | tldr | cnndm, ...}.")
+    task: Any = knob(
+        default_factory=lambda: {"name": DEFAULT_TASK},
+        help="The task: {name: imdb | hh | tldr | cnndm | one a plugin registers, ...}.",
+    )
     model: ModelConfig = knob(default_factory=ModelConfig, help="The policy's model.")
     sft: SFTConfig = knob(default_factory=SFTConfig, help="Supervised fine-tuning before preference training.")
     data: DataConfig = knob(default_factory=DataConfig, help="Where the preference data comes from.")
@@ -129,7 +133,8 @@ class RunConfig(Config):
     )
     eval: EvalConfig = knob(default_factory=EvalConfig, help="Sampling evaluation: mean reward and KL.")
     plugins: list[str] = knob(
-        default_factory=list, help="Modules or .py files (relative to the YAML) that register objectives."
+        default_factory=list,
+        help="Modules or .py files (relative to the YAML) that register objectives, trainers or tasks.",
     )
     out_dir: str = knob("runs/run", "The run directory: config, metrics, checkpoints, summary.")
 

@@ -5,13 +5,15 @@ version) and published atomically, so a second run — or a second process — w
 loads it instead of building it. What it loads is verified first (:func:`alignlab.io.load_intact`):
 a damaged entry is moved aside and built again under the stage's lock, with one warning line.
 
-- :func:`gold_judge`: the task's gold reward (IMDb: the hashed n-gram sentiment classifier);
+- :func:`gold_judge`: the task's gold reward, as the task declares it (IMDb: the hashed n-gram sentiment
+  classifier);
 - :func:`generated_pairs`: preference pairs by the DPO protocol from the SFT policy and a judge;
 - :func:`reward_model`: a Bradley–Terry reward model initialised from the SFT policy.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
 from collections.abc import Sequence
@@ -27,28 +29,28 @@ from alignlab.pairs import PairGenConfig, generate_pairs, load_pairs
 from alignlab.progress import cached, stage
 from alignlab.rewards.model import RewardModel
 from alignlab.sft import Policy
-from alignlab.tasks import Task
+from alignlab.tasks import Task, task_names
 from alignlab.tasks.base import PreferencePair, in_eval_split
 from alignlab.train.reward_model import RewardModelConfig, train_reward_model
 
 
 def gold_judge(task: Task, seed: int, root: Path) -> Any:
-    """The task's gold judge, trained once per (data, seed, code) and cached."""
-    from alignlab.rewards import gold
-
-    if task.name != "imdb":
-        raise AlignlabError(f"task {task.name!r} has no gold judge (only imdb has labelled text to train one)")
-    path = root / "gold" / fingerprint(task.name, task.source, seed, code_version(gold))
+    """The task's gold judge (:attr:`Task.gold_judge`), trained once per (data, seed, code) and cached."""
+    spec = task.gold_judge
+    if spec is None:
+        have = ", ".join(task_names(lambda t: t.has_gold_judge())) or "none"
+        raise AlignlabError(f"task {task.name!r} has no gold judge (tasks with one: {have})")
+    code = code_version(*(importlib.import_module(module) for module in spec.modules()))
+    path = root / "gold" / fingerprint(task.name, task.source, seed, code)
     with file_lock(path.parent / f".{path.name}.lock"):
-        judge = load_intact(path, gold.GoldSentiment.load, "the cached gold judge")
+        judge = load_intact(path, spec.load, "the cached gold judge")
         if judge is not None:
             cached("gold judge", path)
         else:  # not built yet, or damaged (moved aside)
             clear_temps(path.parent, path.name)  # a build killed half-way
-            doing = "training the sentiment classifier on the IMDb train labels"
-            with stage("gold judge", doing), atomic_dir(path) as tmp:
-                gold.train_gold_sentiment(task.cfg.data_dir, tmp, seed=seed)
-            judge = gold.GoldSentiment.load(path)
+            with stage("gold judge", spec.doing), atomic_dir(path) as tmp:
+                spec.train(task, tmp, seed)
+            judge = spec.load(path)
     return judge
 
 

@@ -29,14 +29,15 @@ def tiny_gpt2(vocab_size: int = 64, seed: int = 0, dtype: torch.dtype = torch.fl
 
 @pytest.fixture(autouse=True)
 def _registries_restored():
-    """Each test sees the built-in objectives, trainers and estimators only: what a test's plugin
+    """Each test sees the built-in objectives, trainers, estimators and tasks only: what a test's plugin
     registers is dropped after it (a plugin in one test must not change another's listing)."""
     import alignlab.jobs.methods  # noqa: F401  (the built-in trainers, registered before the snapshot)
     from alignlab.core import advantages
     from alignlab.jobs import trainers
     from alignlab.objectives import registry
+    from alignlab.tasks import registry as task_registry
 
-    tables = [registry._REGISTRY, registry._ALIASES, trainers.TRAINERS, advantages.ESTIMATORS]
+    tables = [registry._REGISTRY, registry._ALIASES, trainers.TRAINERS, advantages.ESTIMATORS, task_registry._REGISTRY]
     saved = [dict(t) for t in tables]
     yield
     for table, before in zip(tables, saved, strict=True):

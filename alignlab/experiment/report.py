@@ -140,13 +140,14 @@ def step_seconds(row: dict[str, Any]) -> float:
 
 
 def reward_scale(task: str | None) -> str:
-    """What a run's sample reward is: ``log_odds`` — the gold judge's log-odds of positive, which a run
-    evaluates with when its task has labelled text to train one (IMDb) — else ``reward_model``."""
-    from alignlab.tasks import TASKS
-    from alignlab.tasks.base import Task
+    """What a run's sample reward is: its task's gold judge's (``GoldJudge.reward_scale``: ``log_odds`` for
+    IMDb's, a classifier's log-odds of positive), which a run evaluates with when its task has a gold
+    judge, else ``reward_model``."""
+    from alignlab.tasks import DEFAULT_TASK, TASKS
 
-    cls = TASKS.get(task or "imdb")  # a run's default task is imdb
-    return "log_odds" if cls is not None and cls.labelled is not Task.labelled else "reward_model"
+    cls = TASKS.get(task or DEFAULT_TASK)
+    judge = cls.gold_judge if cls is not None else None
+    return judge.reward_scale if judge is not None else "reward_model"
 
 
 def _winrate_json(path: Path) -> list[dict[str, Any]]:

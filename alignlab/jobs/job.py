@@ -43,7 +43,7 @@ from alignlab.plugins import load_plugins
 from alignlab.progress import say
 from alignlab.run_config import MOVED_TO_ROLLOUT, RunConfig
 from alignlab.sft import prepare_policy
-from alignlab.tasks import TASKS, Task, build_task, task_config
+from alignlab.tasks import Task, build_task, get_task, task_config, task_names
 from alignlab.tasks.base import PreferencePair
 from alignlab.train.state import publish_final, read_summary
 
@@ -95,28 +95,30 @@ def resolve_dict(data: dict[str, Any], source: str, base_dir: Path, prefix: str 
         check_split(cfg, method, 1, source)
     except ConfigError as err:
         raise ConfigError(prefix + err.key, err.message, source) from None
-    task_config(cfg.task, source, prefix + "task.")  # an unknown or malformed task first: it explains the rest
-    task_name = cfg.task.get("name") if isinstance(cfg.task, dict) else None
-    check_data(cfg.data, method.objective.needs, method.name, task_name, source, prefix)
-    if cfg.data.source == "reviews" and task_name != "imdb":
+    # an unknown or malformed task first: it explains the rest; then what the task can do, as it declares it
+    task = get_task(task_config(cfg.task, source, prefix + "task.").name)
+    check_data(cfg.data, method.objective.needs, method.name, task, source, prefix)
+    have = ", ".join(task_names(lambda t: t.has_gold_judge()))
+    online = method.objective.needs.data in ("online", "sampling")  # rewarded or ranked by reward.kind
+    if online and cfg.reward.kind == "gold" and not task.has_gold_judge():
         raise ConfigError(
-            f"{prefix}data.source", "reviews pairs come from IMDb: use task imdb, or source generated/task", source
+            f"{prefix}reward.kind", f"task {task.name!r} has no gold judge (tasks with one: {have}): use model", source
         )
-    if cfg.data.source == "generated" and task_name != "imdb":
+    if cfg.eval.winrate.judge == "gold" and cfg.eval.winrate.temperatures and not task.has_gold_judge():
         raise ConfigError(
-            f"{prefix}data.source", "generated pairs need a gold judge, which only imdb has: use source task", source
+            f"{prefix}eval.winrate.judge",
+            f"task {task.name!r} has no gold judge (tasks with one: {have}): use reward_model or llm",
+            source,
         )
-    if cfg.eval.winrate.judge == "gold" and cfg.eval.winrate.temperatures and task_name != "imdb":
-        raise ConfigError(f"{prefix}eval.winrate.judge", "only imdb has a gold judge: use reward_model or llm", source)
     tiny = [t for t in cfg.eval.winrate.temperatures if 0 < t < 0.01]
     if tiny:
         raise ConfigError(
             f"{prefix}eval.winrate.temperatures", f"{tiny[0]!r}: use 0 (greedy) or a temperature >= 0.01", source
         )
-    if cfg.eval.winrate.temperatures and not TASKS[str(task_name)].has_references():
+    if cfg.eval.winrate.temperatures and not task.has_references():
         raise ConfigError(
             f"{prefix}eval.winrate.temperatures",
-            f"task {task_name!r} has no reference completions to win against: leave the list empty",
+            f"task {task.name!r} has no reference completions to win against: leave the list empty",
             source,
         )
     if cfg.eval.winrate.judge == "llm" and cfg.eval.winrate.judge_model is None:
@@ -283,7 +285,7 @@ def execute(
         with accelerator.main_process_first():
             policy = prepare_policy(task, cfg.model, cfg.sft, cache=root, progress=cfg.train.progress)
             check_lengths(cfg, method, model_context(policy.model), source)
-            judge = shared.judge(task, cfg.sft.seed, root) if task.name == "imdb" else None
+            judge = shared.judge(task, cfg.sft.seed, root) if task.has_gold_judge() else None
             data = _method_data(cfg, method, task, policy, judge, root)
         # 3-4. train
         from alignlab.jobs.evaluation import win_rate_rows

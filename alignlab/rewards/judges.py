@@ -23,6 +23,7 @@ from torch import Tensor
 
 from alignlab.encoding import encode_text, encode_with_template
 from alignlab.rewards.base import Reward
+from alignlab.tasks.capabilities import DIALOGUE_TEMPLATE, SUMMARY_TEMPLATE  # noqa: F401  (declared by the tasks)
 
 
 class Judge(Protocol):
@@ -43,21 +44,6 @@ class RewardJudge:
     def compare(self, prompts: Sequence[str], a: Sequence[str], b: Sequence[str]) -> Tensor:
         ra, rb = self.reward(prompts, a).float(), self.reward(prompts, b).float()
         return (ra > rb).float() + 0.5 * (ra == rb).float()
-
-
-# The DPO paper's GPT-4 prompt for single-turn dialogue (Appendix C.2), "A"/"B" in place of "1"/"2".
-DIALOGUE_TEMPLATE = (
-    "For the following query to a chatbot, which response is more helpful?\n\n"
-    "Query: {prompt}\n\nResponse A:\n{first}\n\nResponse B:\n{second}\n\n"
-    'Which response is more helpful? Answer with one letter, "A" or "B".\nMore helpful:'
-)
-# ... and its prompt for summarisation (Appendix C.2).
-SUMMARY_TEMPLATE = (
-    "Which of the following summaries does a better job of summarizing the most important points in the "
-    "given forum post, without including unimportant or irrelevant details?\n\n"
-    "Post:\n{prompt}\n\nSummary A:\n{first}\n\nSummary B:\n{second}\n\n"
-    'Which summary is better? Answer with one letter, "A" or "B".\nPreferred:'
-)
 
 
 class LLMJudge(ABC):
@@ -135,12 +121,14 @@ class CausalLMJudge(LLMJudge):
 
 def llm_judge(name: str, task_name: str, seed: int, batch_size: int = 8) -> CausalLMJudge:
     """The win-rate tables' LLM judge (``eval.winrate.judge: llm``): the pretrained model ``name``
-    (a Hub id, a directory, or ``smollm2-135m``) asked with the DPO paper's prompt for the task —
-    summaries for TL;DR and CNN/DM, dialogue otherwise — positions randomised with ``seed``."""
+    (a Hub id, a directory, or ``smollm2-135m``) asked with the prompt that the task ``task_name``
+    declares (``Task.judge_template``: the DPO paper's summary prompt for TL;DR and CNN/DM, its
+    dialogue prompt otherwise), positions randomised with ``seed``."""
     from alignlab.models import ModelConfig, load_pretrained
+    from alignlab.tasks import get_task
 
+    template = get_task(task_name).judge_template  # before loading: an unknown task is one clear error
     model, tokenizer = load_pretrained(ModelConfig(name_or_path=name))
-    template = SUMMARY_TEMPLATE if task_name in ("tldr", "cnndm") else DIALOGUE_TEMPLATE
     judge = CausalLMJudge(model, tokenizer, template, batch_size=batch_size, seed=seed)
     judge.name = f"llm:{name}"  # as the YAML names it, not a machine's path (the GGUF's package directory)
     return judge

@@ -1,21 +1,28 @@
-"""Tasks: IMDb controlled sentiment, Anthropic HH dialogue, TL;DR summarisation.
+"""Tasks: IMDb controlled sentiment, Anthropic HH dialogue, TL;DR summarisation — and any a plugin registers.
 
-``build_task({"name": "imdb", ...})`` validates the task's settings and returns the task.
+``build_task({"name": "imdb", ...})`` validates the task's settings and returns the task. The tasks are
+looked up in the registry (:func:`register_task`, :data:`TASKS`); what one can do is read from what its
+class declares (:meth:`Task.data_sources`, :meth:`Task.has_gold_judge`, :attr:`Task.judge_template`).
 """
 
 from __future__ import annotations
 
-import difflib
 from typing import Any
 
 from alignlab.data import DATA_DIR_ENV, DataDirError
 from alignlab.errors import ConfigError
 from alignlab.tasks.base import DataReport, PreferencePair, Task, TaskConfig
+from alignlab.tasks.capabilities import DATA_SOURCES, GoldJudge
 from alignlab.tasks.hh import HHTask
 from alignlab.tasks.imdb import IMDbTask
+from alignlab.tasks.registry import TASKS, UnknownTaskError, get_task, register_task, task_names
 from alignlab.tasks.tldr import CNNDMTask, TLDRTask
 
-TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (IMDbTask, HHTask, TLDRTask, CNNDMTask)}
+for _builtin in (IMDbTask, HHTask, TLDRTask, CNNDMTask):  # in this order: listings and the YAML reference
+    register_task(_builtin)
+
+DEFAULT_TASK = "imdb"
+"""The task of a run whose YAML names none."""
 
 
 def task_config(spec: Any, source: str | None = None, prefix: str = "task.") -> TaskConfig:
@@ -31,23 +38,37 @@ def task_config(spec: Any, source: str | None = None, prefix: str = "task.") -> 
         )
     if "name" not in spec:
         raise ConfigError(prefix + "name", "required key is missing", source)
-    name = spec["name"]
-    if name not in TASKS:
-        close = difflib.get_close_matches(str(name), list(TASKS), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(prefix + "name", f"unknown task {name!r}{hint} (tasks: {', '.join(TASKS)})", source)
-    return TASKS[name].config_cls.from_dict(spec, source, prefix)
+    try:
+        cls = get_task(str(spec["name"]))
+    except UnknownTaskError as err:
+        raise ConfigError(prefix + "name", str(err), source) from None
+    return cls.config_cls.from_dict(spec, source, prefix)
 
 
 def build_task(spec: Any, source: str | None = None, prefix: str = "task.") -> Task:
     """The task named by ``spec["name"]``, its settings validated (errors name ``source`` and the key)."""
     cfg = task_config(spec, source, prefix)
     try:
-        return TASKS[cfg.name](cfg)
+        return get_task(cfg.name)(cfg)
     except DataDirError as err:  # the data directory is a setting: name the file and key it came from
         if cfg.data_dir:
             raise ConfigError(f"{prefix}data_dir", err.message, source) from err
         raise DataDirError(f"${DATA_DIR_ENV}: {err.message}") from err
 
 
-__all__ = ["TASKS", "DataReport", "PreferencePair", "Task", "TaskConfig", "build_task", "task_config"]
+__all__ = [
+    "DATA_SOURCES",
+    "DEFAULT_TASK",
+    "TASKS",
+    "DataReport",
+    "GoldJudge",
+    "PreferencePair",
+    "Task",
+    "TaskConfig",
+    "UnknownTaskError",
+    "build_task",
+    "get_task",
+    "register_task",
+    "task_config",
+    "task_names",
+]

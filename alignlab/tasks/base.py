@@ -13,6 +13,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import random
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from typing import Any, ClassVar, Literal, TypeVar
 from alignlab.data import DATA_DIR_ENV, DataError, check_hub, quiet_datasets, resolve_data_dir
 from alignlab.errors import one_line
 from alignlab.schema import Config, knob
+from alignlab.tasks.capabilities import DATA_SOURCES, DIALOGUE_TEMPLATE, GoldJudge
 
 Split = Literal["train", "eval"]
 HeldOut = Literal["validation", "test"]
@@ -60,7 +62,7 @@ class PreferencePair:
 class TaskConfig(Config):
     """Settings every task shares; a task may subclass this to add its own."""
 
-    name: str = knob(help="The task: imdb, hh, tldr or cnndm.")
+    name: str = knob(help="The task: imdb, hh, tldr or cnndm, or one a plugin registers (register_task).")
     data_dir: str | None = knob(
         None, f"Directory with the task's files in the Hub schema; unset: ${DATA_DIR_ENV}, else the Hub."
     )
@@ -366,12 +368,21 @@ class Task(ABC):
     """A task: where its data lives and what a run can ask of it.
 
     Subclasses set ``name``, ``config_cls`` and ``hub_id`` and implement the methods their data
-    supports; the others raise a clear error.
+    supports; the others raise a clear error. What a task can do is read from what it declares —
+    :meth:`data_sources`, :meth:`has_gold_judge`, :meth:`has_references`, :attr:`judge_template` —
+    never from its name.
     """
 
     name: ClassVar[str]
     config_cls: ClassVar[type[TaskConfig]] = TaskConfig
-    hub_id: ClassVar[str]
+    hub_id: ClassVar[str] = ""
+    """The Hub dataset read when there is no data directory; empty: the task reads local files only."""
+    gold_judge: ClassVar[GoldJudge | None] = None
+    """The task's gold reward, for a task with labelled data to train one (IMDb); None for the others."""
+    judge_template: ClassVar[str] = DIALOGUE_TEMPLATE
+    """The pairwise LLM judge's prompt for win rates (``eval.winrate.judge: llm``), a format string with
+    ``{prompt}``, ``{first}`` and ``{second}``: the DPO paper's dialogue prompt unless the task sets another
+    (TL;DR and CNN/DM: its summary prompt)."""
 
     def __init__(self, cfg: TaskConfig) -> None:
         self.cfg = cfg
@@ -381,7 +392,8 @@ class Task(ABC):
     @property
     def source(self) -> str:
         """Where the data comes from, for logs and resolved configs."""
-        return str(self.data_dir) if self.data_dir is not None else f"hub:{self.cfg.hub_id or self.hub_id}"
+        hub = self.cfg.hub_id or self.hub_id
+        return str(self.data_dir) if self.data_dir is not None else f"hub:{hub}" if hub else "(no data directory)"
 
     @abstractmethod
     def sft_texts(self) -> list[str]:
@@ -422,14 +434,66 @@ class Task(ABC):
         raise DataError(f"task {self.name!r} has no human preference pairs; generate them from its prompts")
 
     def labelled(self, split: Split) -> list[tuple[str, int]]:
-        """(text, label) pairs for training a gold classifier, for tasks that have labels."""
+        """(text, label) of labelled texts, label 1 the preferred class (IMDb: positive) and 0 the other,
+        for tasks that have labels: review pairs (``data.source: reviews``) are made of them."""
         raise DataError(f"task {self.name!r} has no labelled texts")
+
+    def references(self, split: Split) -> list[tuple[str, str]]:
+        """(prompt, reference completion) pairs, e.g. human-written summaries, for win rates."""
+        raise DataError(f"task {self.name!r} has no reference completions")
+
+    def review_pairs(self, n: int, prompt_words: int, completion_words: int, seed: int) -> list[PreferencePair]:
+        """Pairs with known labels, no sampling needed (``data.source: reviews``, the quickstart's data).
+
+        The prompt is the opening ``prompt_words`` words of a train text labelled 1 (IMDb: a positive
+        review), the chosen completion its own next ``completion_words`` words, the rejected one the same
+        span of a text labelled 0: a preference that the labels guarantee.
+        """
+        need = prompt_words + completion_words
+        words = {
+            label: [w for t, y in self.labelled("train") if y == label and len(w := t.split()) >= need]
+            for label in (0, 1)
+        }
+        if min(len(words[0]), len(words[1])) < n:
+            raise DataError(
+                f"the train split of task {self.name!r} ({self.source}) has {len(words[1])} texts labelled 1 "
+                f"(positive) and {len(words[0])} labelled 0 of at least {need} words (a run's data.prompt_words + "
+                f"data.completion_words); {n} pairs (its data.pairs + data.eval_pairs) need {n} of each: lower "
+                "those settings or add texts"
+            )
+        rng = random.Random(seed)
+        pos, neg = rng.sample(words[1], n), rng.sample(words[0], n)
+        k, m = prompt_words, completion_words
+        return [
+            PreferencePair(" ".join(p[:k]), " " + " ".join(p[k : k + m]), " " + " ".join(q[k : k + m]))
+            for p, q in zip(pos, neg, strict=True)
+        ]
+
+    # -- capabilities: read from what the class declares, as the orchestration asks them -------------
 
     @classmethod
     def has_references(cls) -> bool:
         """Whether the task has reference completions (win rates need them): it defines :meth:`references`."""
         return cls.references is not Task.references
 
-    def references(self, split: Split) -> list[tuple[str, str]]:
-        """(prompt, reference completion) pairs, e.g. human-written summaries, for win rates."""
-        raise DataError(f"task {self.name!r} has no reference completions")
+    @classmethod
+    def has_pairs(cls) -> bool:
+        """Whether the task has human preference pairs (``data.source: task``): it defines :meth:`pairs`."""
+        return cls.pairs is not Task.pairs
+
+    @classmethod
+    def has_labels(cls) -> bool:
+        """Whether the task has labelled texts (``data.source: reviews``): it defines :meth:`labelled`."""
+        return cls.labelled is not Task.labelled
+
+    @classmethod
+    def has_gold_judge(cls) -> bool:
+        """Whether the task has a gold reward (generated pairs, ``reward.kind: gold``): its :attr:`gold_judge`."""
+        return cls.gold_judge is not None
+
+    @classmethod
+    def data_sources(cls) -> tuple[str, ...]:
+        """The ``data.source`` values the task can feed, from what it declares (:data:`DATA_SOURCES`):
+        ``generated`` with a gold judge, ``task`` with human pairs, ``reviews`` with labelled texts, and
+        ``file`` always."""
+        return tuple(source for source, need in DATA_SOURCES.items() if need.offered(cls))

@@ -10,7 +10,9 @@ the same schema locally as ``imdb/{train,test,unsup}.jsonl.gz`` under the data d
   drawn per review from the task's seed; the test prompts of the frontier are the eval prompts; the
   train-review prefixes are split by a hash of their text into train prompts (pairs, rollouts; in a
   seeded order) and the validation prompts of tuning (:meth:`IMDbTask.held_out_prompts`);
-- labelled texts (for the gold classifier): train and test reviews with their 0/1 labels.
+- labelled texts: train and test reviews with their 0/1 labels (review pairs, ``data.source: reviews``);
+- the gold judge (:attr:`IMDbTask.gold_judge`): the sentiment classifier of :mod:`alignlab.rewards.gold`
+  trained on the train labels, its reward the log-odds of positive.
 """
 
 from __future__ import annotations
@@ -19,13 +21,13 @@ import hashlib
 import random
 import re
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from alignlab.data import DataError
 from alignlab.schema import knob
 from alignlab.tasks.base import (
     HeldOut,
-    PreferencePair,
     Split,
     Task,
     TaskConfig,
@@ -35,6 +37,10 @@ from alignlab.tasks.base import (
     local_files,
     require_text,
 )
+from alignlab.tasks.capabilities import GoldJudge
+
+if TYPE_CHECKING:
+    from alignlab.rewards.base import Reward
 
 _BR = re.compile(r"<br\s*/?>", re.IGNORECASE)
 _SPACES = re.compile(r"\s+")
@@ -64,12 +70,31 @@ class IMDbConfig(TaskConfig):
 _SPLITS = {"train": ("imdb/train", "train"), "test": ("imdb/test", "test"), "unsup": ("imdb/unsup", "unsupervised")}
 
 
+def _train_gold(task: Task, out_dir: Path, seed: int) -> None:
+    from alignlab.rewards import gold  # here: declaring the judge imports no torch
+
+    gold.train_gold_sentiment(task.cfg.data_dir, out_dir, seed=seed)
+
+
+def _load_gold(path: Path) -> Reward:
+    from alignlab.rewards import gold
+
+    return gold.GoldSentiment.load(path)
+
+
 class IMDbTask(Task):
     """IMDb reviews: SFT text, review-prefix prompts, and sentiment labels."""
 
     name = "imdb"
     config_cls = IMDbConfig
     hub_id = "stanfordnlp/imdb"
+    gold_judge = GoldJudge(
+        train=_train_gold,
+        load=_load_gold,
+        doing="training the sentiment classifier on the IMDb train labels",
+        code=("alignlab.rewards.gold",),  # the classifier and the reading of its labels (the cache key)
+        reward_scale="log_odds",
+    )
     cfg: IMDbConfig
 
     def __init__(self, cfg: TaskConfig) -> None:
@@ -187,29 +212,3 @@ class IMDbTask(Task):
         test = set(self.prompts("eval", tokenizer))
         validation = (p for p in self._shuffled_train(tokenizer) if self._is_validation(p) and p not in test)
         return list(dict.fromkeys(validation))
-
-    def review_pairs(self, n: int, prompt_words: int, completion_words: int, seed: int) -> list[PreferencePair]:
-        """Sentiment pairs with known labels, no sampling needed (the quickstart's data).
-
-        The prompt is the opening ``prompt_words`` words of a positive train review, the chosen
-        completion its own next ``completion_words`` words, the rejected one the same span of a
-        negative review: a preference for positive continuations that the labels guarantee.
-        """
-        need = prompt_words + completion_words
-        words = {
-            label: [w for t, y in self.reviews("train") if y == label and len(w := t.split()) >= need]
-            for label in (0, 1)
-        }
-        if min(len(words[0]), len(words[1])) < n:
-            raise DataError(
-                f"the IMDb train split ({self.source}) has {len(words[1])} positive and {len(words[0])} negative "
-                f"reviews of at least {need} words (a run's data.prompt_words + data.completion_words); {n} pairs "
-                f"(its data.pairs + data.eval_pairs) need {n} of each: lower those settings or add reviews"
-            )
-        rng = random.Random(seed)
-        pos, neg = rng.sample(words[1], n), rng.sample(words[0], n)
-        k, m = prompt_words, completion_words
-        return [
-            PreferencePair(" ".join(p[:k]), " " + " ".join(p[k : k + m]), " " + " ".join(q[k : k + m]))
-            for p, q in zip(pos, neg, strict=True)
-        ]

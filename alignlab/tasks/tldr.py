@@ -40,6 +40,7 @@ from alignlab.tasks.base import (
     local_files,
     require_text,
 )
+from alignlab.tasks.capabilities import SUMMARY_TEMPLATE
 
 TLDR_FORMAT = "SUBREDDIT: r/{subreddit}\n\nTITLE: {title}\n\nPOST: {post}\n\nTL;DR:"
 CNNDM_FORMAT = "{article}\n\nTL;DR:"
@@ -66,6 +67,7 @@ class ComparisonsTask(Task):
     """What TL;DR and CNN/DM share: reading, checking and de-duplicating comparison records."""
 
     hub_id = "openai/summarize_from_feedback"
+    judge_template = SUMMARY_TEMPLATE
     hub_splits: ClassVar[dict[Split, str]]
     local_pattern: ClassVar[str]  # glob under the data directory, without suffix
     prompt_format: ClassVar[str]

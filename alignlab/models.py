@@ -179,14 +179,48 @@ def load_pretrained(cfg: ModelConfig) -> tuple[PreTrainedModel, PreTrainedTokeni
         kwargs["gguf_file"] = gguf
     try:
         tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
+        if gguf:  # every weight unpacked into a plain tensor: alignlab trains them
+            from transformers.utils.quantization_config import GgufConfig
+
+            kwargs["quantization_config"] = GgufConfig(dequantize=True)
         model = AutoModelForCausalLM.from_pretrained(where, dtype=getattr(torch, cfg.dtype), **kwargs)
     except (OSError, ValueError) as err:  # missing files, an unknown model type, a malformed config
         raise AlignlabError(f"model.name_or_path: cannot load {where!r}: {one_line(err)}") from err
+    if gguf:
+        forget_gguf(model)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     check_vocabulary(tokenizer, model, where)
     model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+def forget_gguf(model: PreTrainedModel) -> None:
+    """Make a model loaded from a GGUF file, its weights de-quantised, an ordinary float model.
+
+    transformers (5.25) keeps the GGUF "quantizer" on a model loaded with ``gguf_file`` even when every
+    weight was unpacked into a plain tensor (its legacy loader, used for SmolLM2's Llama), and then
+    refuses ``save_pretrained`` ("quantized with gguf and is not serializable"): the SFT stage, which
+    caches the policy with ``save_pretrained``, checkpoints and ``final/`` could not be written.
+    :func:`load_pretrained` asks for de-quantised weights (``GgufConfig(dequantize=True)``), which
+    drops the quantizer in this version; this drops one that is left anyway, with its
+    ``quantization_config`` (so the saved ``config.json`` loads without the GGUF file).
+
+    Raises:
+        AlignlabError: a weight is still packed in GGUF blocks (it could not be trained).
+    """
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is None:
+        return
+    if getattr(quantizer, "packed_modules", None):
+        raise AlignlabError(
+            f"model.name_or_path: {len(quantizer.packed_modules)} weights of the GGUF model stayed packed in "
+            "GGUF blocks, which cannot be trained: load it de-quantised (transformers' GgufConfig(dequantize=True))"
+        )
+    # plain instance attributes (a Module's __setattr__ would store them there too)
+    vars(model).update(hf_quantizer=None, is_quantized=False, quantization_method=None)
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
 
 
 def check_vocabulary(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel, where: str) -> None:

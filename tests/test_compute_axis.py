@@ -107,6 +107,8 @@ def test_a_dpo_run_counts_its_compute_at_every_eval_row_and_frontier_csv_has_it(
     write_csv(results / "frontier.csv", frontier, FRONTIER_COLUMNS)
     (compute,) = compute_rows([run])
     assert compute["tokens_per_step"] == 3 * reference and compute["compute_tokens"] == totals[-1]
+    held = json.loads((out / "summary.json").read_text())["models_held"]  # full weights: the policy trains all
+    assert compute["trainable_parameters"] == held[0]["parameters"] < compute["parameters_held"]
     write_csv(results / "compute.csv", [compute], COMPUTE_COLUMNS)
     read = read_csv(results / "frontier.csv")
     assert list(read["compute_tokens"]) == totals
@@ -114,6 +116,7 @@ def test_a_dpo_run_counts_its_compute_at_every_eval_row_and_frontier_csv_has_it(
     assert {"frontier_compute.png", "frontier_compute.svg", "compute.md", "frontier.png"} <= names
     table = (results / "compute.md").read_text()
     assert "FE tokens / step" in table and f"| {3 * reference:,.0f} |" in table and "policy + reference" in table
+    assert f"| {held[0]['parameters']:,} | 2 |" in table  # parameters trained, then the batch
 
 
 def test_an_older_frontier_csv_without_compute_still_reads_and_plots(tmp_path):

@@ -68,6 +68,38 @@ def test_model_config_validation():
     assert not ModelConfig(name_or_path="gpt2").from_scratch  # a model id replaces the preset
 
 
+def test_a_dequantised_gguf_model_saves_and_reloads_as_a_plain_model(tmp_path):
+    """The state transformers 5.25 left on SmolLM2 loaded from its GGUF (a GGUF quantizer with no weight
+    packed: every weight a float tensor) made save_pretrained refuse the model, so its SFT stage could not
+    be cached; forget_gguf makes it a plain model that saves and reloads with the same logits, and refuses
+    one whose weights are still packed. (The GGUF load itself needs the gguf package: -m integration.)"""
+    from transformers import AutoModelForCausalLM
+    from transformers.quantizers.quantizer_gguf import GgufHfQuantizer
+    from transformers.utils.quantization_config import GgufConfig
+
+    from alignlab.errors import AlignlabError
+    from alignlab.models import forget_gguf
+
+    tokenizer = train_tokenizer([" ".join(WORDS)] * 50, vocab_size=300)
+    model = build_preset("smoke", tokenizer).eval()
+    model.hf_quantizer, model.is_quantized, model.quantization_method = GgufHfQuantizer(GgufConfig()), True, "gguf"
+    model.config.quantization_config = GgufConfig()
+    with pytest.raises(ValueError, match="not serializable"):
+        model.save_pretrained(tmp_path / "before")
+    forget_gguf(model)
+    model.save_pretrained(tmp_path / "after")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "after").eval()
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids).logits, model(ids).logits, rtol=0, atol=0)
+
+    packed = build_preset("smoke", tokenizer)
+    packed.hf_quantizer = GgufHfQuantizer(GgufConfig())
+    packed.hf_quantizer.packed_modules = {"transformer.h.0.attn.c_attn.weight": object()}
+    with pytest.raises(AlignlabError, match="stayed packed"):
+        forget_gguf(packed)
+
+
 @pytest.fixture
 def cache(tmp_path):
     return tmp_path / "cache"

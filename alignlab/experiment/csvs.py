@@ -51,6 +51,7 @@ COMPUTE_COLUMNS = [
     "frozen",
     "roles",
     "parameters_held",
+    "trainable_parameters",  # the parameters that train (a LoRA policy: its adapters')
     "tokens_per_step",  # median policy forward-equivalent tokens of a step (PPO: an iteration)
     "compute_tokens",  # the whole run's, the reference cache included
     "compute_s",  # the whole run's measured seconds of training steps
@@ -126,7 +127,7 @@ READ_COLUMNS = {
             *("models_held", "trainable", "frozen", "parameters_held"),
         ),
         ("method",),
-        ("tokens_per_step", "compute_tokens", "compute_s"),
+        ("tokens_per_step", "compute_tokens", "compute_s", "trainable_parameters"),
     ),
 }
 

@@ -264,6 +264,10 @@ def compute_rows(runs: Sequence[Any]) -> list[dict[str, Any]]:
                 "frozen": sum(not m["trainable"] for m in held),
                 "roles": " + ".join(m["role"] for m in held),
                 "parameters_held": sum(m["parameters"] for m in held),
+                # an older summary has no trainable_parameters: a trained network trained all of them
+                "trainable_parameters": sum(
+                    m.get("trainable_parameters", m["parameters"]) for m in held if m["trainable"]
+                ),
                 "tokens_per_step": float(np.median(per_step)) if per_step else None,
                 "compute_tokens": totals[-1] if totals else None,
                 "compute_s": round(sum(step_seconds(r) for r in train), 4) if train else None,
@@ -287,9 +291,9 @@ def compute_table(frame: pd.DataFrame) -> str:
     out = io.StringIO()
     out.write(COMPUTE_NOTE)
     out.write(
-        "| method | networks held (trainable + frozen) | parameters held | batch | s / step | generation | scoring "
-        "| update | FE tokens / step | FE tokens / example | FE tokens in all | × least | training s | peak RSS (MiB) "
-        "|\n" + "|---" * 14 + "|\n"
+        "| method | networks held (trainable + frozen) | parameters held | parameters trained | batch | s / step "
+        "| generation | scoring | update | FE tokens / step | FE tokens / example | FE tokens in all | × least "
+        "| training s | peak RSS (MiB) |\n" + "|---" * 15 + "|\n"
     )
 
     def cell(v: Any, fmt: str = ".2f") -> str:
@@ -304,7 +308,8 @@ def compute_table(frame: pd.DataFrame) -> str:
         per_example = tokens / r["batch_size"] if tokens is not None and pd.notna(tokens) else None
         out.write(
             f"| {method} | {r['models_held']} ({r['trainable']} + {r['frozen']}): {r['roles']} | "
-            f"{r['parameters_held']:,} | {r['batch_size']} | {cell(med['s_per_step'])} | {cell(med['gen_s'])} | "
+            f"{r['parameters_held']:,} | {cell(r.get('trainable_parameters'), ',.0f')} | {r['batch_size']} | "
+            f"{cell(med['s_per_step'])} | {cell(med['gen_s'])} | "
             f"{cell(med['score_s'])} | {cell(med['update_s'])} | {cell(tokens, ',.0f')} | "
             f"{cell(per_example, ',.0f')} | {cell(total, ',.0f')} | {cell(total / least if total else None)} | "
             f"{cell(med.get('compute_s'), '.1f')} | {cell(med['peak_rss_mb'], '.0f')} |\n"

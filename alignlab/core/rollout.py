@@ -3,8 +3,10 @@
 Used by preference-data generation, PPO, best-of-N and evaluation alike, so every method's
 samples are drawn, masked and scored the same way:
 
-- sampling is the model's own KV-cached ``generate`` (temperature, top-p, max new tokens),
-  stopping when every row has emitted EOS;
+- sampling is Hugging Face ``generate``'s KV-cached multinomial sampling (temperature, top-p, max
+  new tokens), stopping when every row has emitted EOS. For the causal LMs it is tested against
+  (GPT-2, Llama) a plain loop (:func:`sample_with_cache`) draws the same tokens, bit for bit, from the
+  same random stream, without ``generate``'s per-token machinery; any other model calls ``generate``;
 - a completion ends at its first EOS, which counts as a completion token; what ``generate``
   pads after it never does;
 - log-probs come from the scoring core (:func:`alignlab.core.scoring.token_logps`) under the
@@ -84,7 +86,7 @@ def sample(
     """Sample one completion per row of left-padded ``prompts``.
 
     Args:
-        model: a causal LM with Hugging Face ``generate``.
+        model: a causal LM with Hugging Face ``generate`` (or one that :func:`samples_like_generate`).
         prompts: (B, P) left-padded prompt ids and attention mask.
         max_new_tokens: the completion length limit N.
         temperature: 0 means greedy decoding.
@@ -100,24 +102,139 @@ def sample(
     was_training = model.training
     model.eval()
     greedy = temperature == 0
-    out = model.generate(  # type: ignore[operator]
-        input_ids=prompts.input_ids,
-        attention_mask=prompts.attention_mask,
-        max_new_tokens=max_new_tokens,
-        do_sample=not greedy,
-        temperature=None if greedy else temperature,
-        top_p=None if greedy else top_p,
-        top_k=None,
-        eos_token_id=eos_token_id,
-        pad_token_id=pad_token_id,
-    )
-    model.train(was_training)
     P = prompts.input_ids.shape[1]
-    completion = out[:, P:]
+    if samples_like_generate(model):
+        completion = sample_with_cache(
+            model,
+            prompts,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            eos_token_id=eos_token_id,
+            pad_token_id=pad_token_id,
+        )
+    else:
+        completion = model.generate(  # type: ignore[operator]
+            input_ids=prompts.input_ids,
+            attention_mask=prompts.attention_mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=not greedy,
+            temperature=None if greedy else temperature,
+            top_p=None if greedy else top_p,
+            top_k=None,
+            eos_token_id=eos_token_id,
+            pad_token_id=pad_token_id,
+        )[:, P:]
+    model.train(was_training)
     completion_mask = completion_mask_until_eos(completion, eos_token_id)
     ids = torch.cat([prompts.input_ids, torch.where(completion_mask.bool(), completion, pad_token_id)], dim=1)
     attention = torch.cat([prompts.attention_mask, completion_mask], dim=1)
     return EncodedBatch(ids, attention, torch.cat([torch.zeros_like(prompts.attention_mask), completion_mask], dim=1))
+
+
+# The classes whose generate the plain loop reproduces (tests/test_sampler.py checks it token for token);
+# named, not imported: the cores import no model library. Subclasses (which may override generation) and
+# wrappers (peft, the adapters-off reference view) are not in it and call generate.
+EXACT_LOOP_CLASSES = frozenset(
+    {
+        "transformers.models.gpt2.modeling_gpt2.GPT2LMHeadModel",
+        "transformers.models.llama.modeling_llama.LlamaForCausalLM",
+    }
+)
+# What a model's own generation config may set and still sample as the loop does: special tokens (the
+# caller's EOS and pad are passed explicitly) and bookkeeping. Anything else (a repetition penalty, a
+# static cache, min_length, its own sampling defaults, ...) sends sampling through generate.
+_HARMLESS_GENERATION_SETTINGS = {
+    "bos_token_id": None,
+    "eos_token_id": None,
+    "pad_token_id": None,
+    "_from_model_config": None,
+    "transformers_version": None,
+    "use_cache": True,
+    "output_attentions": False,
+    "output_hidden_states": False,
+}
+
+
+def samples_like_generate(model: nn.Module) -> bool:
+    """Whether :func:`sample_with_cache` draws exactly what ``model.generate`` would: a GPT-2 or Llama causal
+    LM of transformers itself, no ``generate`` patched onto the instance, and a generation config that
+    adds no processor, stopping rule or cache of its own."""
+    cls = type(model)
+    if f"{cls.__module__}.{cls.__qualname__}" not in EXACT_LOOP_CLASSES or "generate" in vars(model):
+        return False
+    generation_config: Any = model.generation_config
+    settings = generation_config.to_diff_dict()
+    return all(
+        key in _HARMLESS_GENERATION_SETTINGS and _HARMLESS_GENERATION_SETTINGS[key] in (None, value)
+        for key, value in settings.items()
+    )
+
+
+@torch.no_grad()
+def sample_with_cache(
+    model: nn.Module,
+    prompts: EncodedBatch,
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    eos_token_id: int,
+    pad_token_id: int,
+) -> Tensor:
+    """The tokens ``model.generate`` samples from left-padded ``prompts``, as a plain KV-cached loop.
+
+    It is ``generate``'s ``_sample`` (transformers 5) stripped of its per-token machinery, doing the same
+    arithmetic on the same tensors in the same order, so the tokens are bit-identical and the random
+    stream is consumed identically (one ``torch.multinomial`` per step): the same forward inputs
+    (position ids counted over real tokens, an all-ones mask dropped, only the last position's logits),
+    float32 scores divided by the temperature, then ``TopPLogitsWarper``'s filter, then a softmax;
+    greedy is the argmax of the raw scores. A row that has emitted EOS emits pad; the loop stops when
+    every row has. Bookkeeping and sampling stay on the prompts' device, as ``generate``'s do.
+
+    Returns:
+        (B, N') the sampled tokens, N' ≤ ``max_new_tokens`` (what ``generate`` returns after the prompt).
+    """
+    ids, mask = prompts.input_ids, prompts.attention_mask
+    device = next(model.parameters()).device  # the model's, where its forward runs
+    B = ids.shape[0]
+    positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    attention: Tensor | None = None if bool((mask == 1).all()) else mask  # generate drops an all-ones mask
+    inputs, cache = ids, None  # the model's forward starts the DynamicCache generate would start
+    unfinished = torch.ones(B, dtype=torch.long, device=ids.device)
+    tokens: list[Tensor] = []
+    for _ in range(max_new_tokens):
+        out = model(
+            input_ids=inputs.to(device),
+            attention_mask=None if attention is None else attention.to(device),
+            position_ids=positions.to(device),
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,
+            return_dict=True,
+        )
+        cache = out.cache
+        scores = out.logits[:, -1].to(copy=True, dtype=torch.float32, device=ids.device)
+        if temperature == 0:
+            next_tokens = torch.argmax(scores, dim=-1)
+        else:
+            if temperature != 1.0:
+                scores = scores / temperature
+            if top_p < 1.0:  # drop the least likely tokens whose total probability is ≤ 1 − top_p; keep the top one
+                sorted_scores, order = torch.sort(scores, descending=False)
+                drop = sorted_scores.softmax(dim=-1).cumsum(dim=-1) <= (1 - top_p)
+                drop[..., -1:] = 0
+                scores = scores.masked_fill(drop.scatter(1, order, drop), -float("inf"))
+            next_tokens = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
+        next_tokens = next_tokens * unfinished + pad_token_id * (1 - unfinished)
+        tokens.append(next_tokens)
+        unfinished = unfinished & (next_tokens != eos_token_id).long()
+        if unfinished.max() == 0:
+            break
+        inputs, positions = next_tokens[:, None], positions[:, -1:] + 1
+        if attention is not None:
+            attention = torch.cat([attention, attention.new_ones((B, 1))], dim=-1)
+    return torch.stack(tokens, dim=1)
 
 
 def decode_completions(tokenizer: Any, sequences: EncodedBatch) -> list[str]:

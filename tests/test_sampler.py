@@ -23,7 +23,6 @@ from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausa
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
 from alignlab.core.rollout import (
-    _exponential_noise,
     next_token_probs,
     sample,
     sample_with_cache,
@@ -173,21 +172,6 @@ def test_the_sampling_distribution_is_generates_bit_for_bit(temperature, top_p):
     if top_p < 1.0:
         expected = TopPLogitsWarper(top_p)(None, expected)
     assert torch.equal(next_token_probs(scores, temperature, top_p), torch.softmax(expected, -1))
-
-
-def test_multinomial_is_argmax_of_probs_over_exponential_noise():
-    """What the loop relies on to draw multinomial's noise beside the forward: for float32 (B, V)
-    probabilities on CPU, ``torch.multinomial(probs, 1)`` is ``argmax(probs / q)`` with ``q`` its Exp(1)
-    draw over the whole (B, V), and it takes nothing else from the random stream (zeros included)."""
-    g = torch.Generator().manual_seed(0)
-    probs = torch.softmax(3 * torch.randn(64, 500, generator=g), -1)
-    probs[:, :100] = 0  # as after a top-p filter
-    for seed in range(3):
-        torch.manual_seed(seed)
-        expected, next_draw = torch.multinomial(probs, 1).squeeze(1), torch.rand(4)
-        torch.manual_seed(seed)
-        assert torch.equal(torch.argmax(probs / _exponential_noise(tuple(probs.shape)), -1), expected)
-        assert torch.equal(torch.rand(4), next_draw)
 
 
 def test_sample_takes_the_loop_or_generate_and_both_agree(monkeypatch):

@@ -17,7 +17,6 @@ samples are drawn, masked and scored the same way:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -193,61 +192,43 @@ def sample_with_cache(
     argmax of the raw scores. A row that has emitted EOS emits pad; the loop stops when every row has.
     Bookkeeping and sampling stay on the prompts' device, as ``generate``'s do.
 
-    The one departure is in time, not in value: on CPU, multinomial's own algorithm (an Exp(1) draw over
-    all of (B, V), then ``argmax(probs / q)``) is spelled out so that the draw, which does not depend on
-    the step's logits, runs on a helper thread while the forward runs.
-
     Returns:
         (B, N') the sampled tokens, N' ≤ ``max_new_tokens`` (what ``generate`` returns after the prompt).
     """
     ids, mask = prompts.input_ids, prompts.attention_mask
     device = next(model.parameters()).device  # the model's, where its forward runs
-    B, V = ids.shape[0], model.get_output_embeddings().weight.shape[0]  # type: ignore[operator]
-    sampling = temperature > 0
+    B = ids.shape[0]
     positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
     attention: Tensor | None = None if bool((mask == 1).all()) else mask  # generate drops an all-ones mask
     inputs, cache = ids, None  # the model's forward starts the DynamicCache generate would start
     unfinished = torch.ones(B, dtype=torch.long, device=ids.device)
     tokens: list[Tensor] = []
-    with ThreadPoolExecutor(max_workers=1) as helper:
-        for _ in range(max_new_tokens):
-            # torch.multinomial(probs, 1) is argmax(probs / q) with q ~ Exp(1) drawn over all of (B, V) first.
-            # On CPU that draw is a serial RNG, as long as the forward at tiny-S; it needs nothing from the
-            # forward (which draws no random numbers in eval mode), so it runs beside it, in the same order.
-            noise = helper.submit(_exponential_noise, (B, V)) if sampling and ids.device.type == "cpu" else None
-            out = model(
-                input_ids=inputs.to(device),
-                attention_mask=None if attention is None else attention.to(device),
-                position_ids=positions.to(device),
-                cache=cache,
-                use_cache=True,
-                logits_to_keep=1,
-                return_dict=True,
-            )
-            cache = out.cache
-            scores = out.logits[:, -1].to(copy=True, dtype=torch.float32, device=ids.device)
-            if not sampling:
-                next_tokens = torch.argmax(scores, dim=-1)
-            else:
-                probs = next_token_probs(scores, temperature, top_p)
-                if noise is None:
-                    next_tokens = torch.multinomial(probs, num_samples=1).squeeze(1)
-                else:
-                    next_tokens = torch.argmax(probs / noise.result(), dim=-1)
-            next_tokens = next_tokens * unfinished + pad_token_id * (1 - unfinished)
-            tokens.append(next_tokens)
-            unfinished = unfinished & (next_tokens != eos_token_id).long()
-            if unfinished.max() == 0:
-                break
-            inputs, positions = next_tokens[:, None], positions[:, -1:] + 1
-            if attention is not None:
-                attention = torch.cat([attention, attention.new_ones((B, 1))], dim=-1)
+    for _ in range(max_new_tokens):
+        out = model(
+            input_ids=inputs.to(device),
+            attention_mask=None if attention is None else attention.to(device),
+            position_ids=positions.to(device),
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,
+            return_dict=True,
+        )
+        cache = out.cache
+        scores = out.logits[:, -1].to(copy=True, dtype=torch.float32, device=ids.device)
+        if temperature == 0:
+            next_tokens = torch.argmax(scores, dim=-1)
+        else:
+            probs = next_token_probs(scores, temperature, top_p)
+            next_tokens = torch.multinomial(probs, num_samples=1).squeeze(1)
+        next_tokens = next_tokens * unfinished + pad_token_id * (1 - unfinished)
+        tokens.append(next_tokens)
+        unfinished = unfinished & (next_tokens != eos_token_id).long()
+        if unfinished.max() == 0:
+            break
+        inputs, positions = next_tokens[:, None], positions[:, -1:] + 1
+        if attention is not None:
+            attention = torch.cat([attention, attention.new_ones((B, 1))], dim=-1)
     return torch.stack(tokens, dim=1)
-
-
-def _exponential_noise(shape: tuple[int, int]) -> Tensor:
-    """The Exp(1) draw of ``torch.multinomial(probs, 1)`` for float32 ``probs`` of ``shape`` (on CPU)."""
-    return torch.empty(shape, dtype=torch.float32).exponential_()
 
 
 def next_token_probs(scores: Tensor, temperature: float, top_p: float) -> Tensor:

@@ -14,11 +14,20 @@ which token the multinomial draw picks, and the comparison would prove little.
 
 from __future__ import annotations
 
+import functools
+import math
+
 import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
-from alignlab.core.rollout import sample, sample_with_cache, samples_like_generate
+from alignlab.core.rollout import (
+    next_token_probs,
+    sample,
+    sample_with_cache,
+    samples_like_generate,
+)
 from alignlab.core.scoring import EncodedBatch
 
 VOCAB, PAD = 12, 1
@@ -111,6 +120,58 @@ def test_the_loop_draws_generates_tokens_bit_for_bit(arch, temperature, top_p):
         seen["stopped early"] += int(ours.shape[1] < max_new_tokens)
     if temperature > 0:  # the seeds above are chosen so that every case is exercised
         assert all(seen.values()), seen
+
+
+@pytest.mark.parametrize("arch", list(MODELS))
+@pytest.mark.parametrize("lengths", [RAGGED, FULL], ids=["ragged", "unpadded"])
+def test_the_loop_runs_the_forward_on_generates_inputs(arch, lengths):
+    """Equal tokens could hide a last-bit difference in the logits that a rare near-tie would expose,
+    so the forward calls themselves are compared: step by step, the same input ids, position ids,
+    attention mask (or none), cache length, ``logits_to_keep`` and ``use_cache``."""
+    model = MODELS[arch][0]()
+    calls: list[dict] = []
+    forward = model.forward
+
+    @functools.wraps(forward)  # generate inspects the forward's signature
+    def recorded(**kwargs):
+        # what the forward sees: a None argument is its default; an absent or empty cache, a cache of length 0
+        seen = {k: v for k, v in kwargs.items() if v is not None}
+        calls.append({**seen, "cache": seen["cache"].get_seq_length() if "cache" in seen else 0})
+        return forward(**kwargs)
+
+    model.forward = recorded
+    batch = prompts(lengths, max(lengths), 1)
+    torch.manual_seed(0)
+    generate(model, batch, 6, 1.0, 1.0, VOCAB)  # an EOS never drawn: six steps
+    theirs, calls = calls, []
+    torch.manual_seed(0)
+    sample_with_cache(model, batch, max_new_tokens=6, temperature=1.0, top_p=1.0, eos_token_id=VOCAB, pad_token_id=PAD)
+    assert len(calls) == len(theirs) == 6
+    for step, (ours, expected) in enumerate(zip(calls, theirs, strict=True)):
+        assert ours.keys() == expected.keys(), step
+        for key, value in expected.items():
+            same = torch.equal(ours[key], value) if torch.is_tensor(value) else ours[key] == value
+            assert same, f"step {step}, {key}: {ours[key]} != {value}"
+
+
+@pytest.mark.parametrize(
+    "temperature, top_p", [(1.0, 1.0), (0.7, 1.0), (1.3, 0.9), (0.7, 0.5), (1.0, 0.5), (1.0, 1e-9)]
+)
+def test_the_sampling_distribution_is_generates_bit_for_bit(temperature, top_p):
+    """``next_token_probs`` against transformers' own warpers, in ``generate``'s order, then softmax.
+
+    The last row's probabilities are exactly 1/4, 1/4, 1/2 (scores 0, 0, ln 2): at top-p 0.5 the
+    cumulative 1/4, 1/2, 1 meets 1 − top_p exactly, and the second token is dropped (≤, not <). At
+    top-p 1e-9 every cumulative probability is ≤ 1 − top_p in float32; only the top token is kept.
+    """
+    g = torch.Generator().manual_seed(0)
+    scores = torch.cat([4 * torch.randn(16, 3, generator=g), torch.tensor([[0.0, 0.0, math.log(2)]])])
+    expected = scores
+    if temperature != 1.0:
+        expected = TemperatureLogitsWarper(temperature)(None, expected)
+    if top_p < 1.0:
+        expected = TopPLogitsWarper(top_p)(None, expected)
+    assert torch.equal(next_token_probs(scores, temperature, top_p), torch.softmax(expected, -1))
 
 
 def test_sample_takes_the_loop_or_generate_and_both_agree(monkeypatch):

@@ -186,11 +186,11 @@ def sample_with_cache(
 
     It is ``generate``'s ``_sample`` (transformers 5) stripped of its per-token machinery, doing the same
     arithmetic on the same tensors in the same order, so the tokens are bit-identical and the random
-    stream is consumed identically (one ``torch.multinomial`` per step): the same forward inputs
-    (position ids counted over real tokens, an all-ones mask dropped, only the last position's logits),
-    float32 scores divided by the temperature, then ``TopPLogitsWarper``'s filter, then a softmax;
-    greedy is the argmax of the raw scores. A row that has emitted EOS emits pad; the loop stops when
-    every row has. Bookkeeping and sampling stay on the prompts' device, as ``generate``'s do.
+    stream is consumed identically: the same forward inputs (position ids counted over real tokens, an
+    all-ones mask dropped, only the last position's logits), float32 scores divided by the temperature,
+    then ``TopPLogitsWarper``'s filter, then a softmax, then ``torch.multinomial``'s draw; greedy is the
+    argmax of the raw scores. A row that has emitted EOS emits pad; the loop stops when every row has.
+    Bookkeeping and sampling stay on the prompts' device, as ``generate``'s do.
 
     Returns:
         (B, N') the sampled tokens, N' ≤ ``max_new_tokens`` (what ``generate`` returns after the prompt).
@@ -218,14 +218,8 @@ def sample_with_cache(
         if temperature == 0:
             next_tokens = torch.argmax(scores, dim=-1)
         else:
-            if temperature != 1.0:
-                scores = scores / temperature
-            if top_p < 1.0:  # drop the least likely tokens whose total probability is ≤ 1 − top_p; keep the top one
-                sorted_scores, order = torch.sort(scores, descending=False)
-                drop = sorted_scores.softmax(dim=-1).cumsum(dim=-1) <= (1 - top_p)
-                drop[..., -1:] = 0
-                scores = scores.masked_fill(drop.scatter(1, order, drop), -float("inf"))
-            next_tokens = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
+            probs = next_token_probs(scores, temperature, top_p)
+            next_tokens = torch.multinomial(probs, num_samples=1).squeeze(1)
         next_tokens = next_tokens * unfinished + pad_token_id * (1 - unfinished)
         tokens.append(next_tokens)
         unfinished = unfinished & (next_tokens != eos_token_id).long()
@@ -235,6 +229,20 @@ def sample_with_cache(
         if attention is not None:
             attention = torch.cat([attention, attention.new_ones((B, 1))], dim=-1)
     return torch.stack(tokens, dim=1)
+
+
+def next_token_probs(scores: Tensor, temperature: float, top_p: float) -> Tensor:
+    """(B, V) ``generate``'s sampling distribution from float32 next-token scores (B, V): divided by the
+    temperature (``TemperatureLogitsWarper``, skipped at 1), the least likely tokens whose total
+    probability is ≤ 1 − top_p dropped but never the top one (``TopPLogitsWarper``, skipped at 1), softmax."""
+    if temperature != 1.0:
+        scores = scores / temperature
+    if top_p < 1.0:
+        sorted_scores, order = torch.sort(scores, descending=False)
+        drop = sorted_scores.softmax(dim=-1).cumsum(dim=-1) <= (1 - top_p)
+        drop[..., -1:] = 0
+        scores = scores.masked_fill(drop.scatter(1, order, drop), -float("inf"))
+    return torch.softmax(scores, dim=-1)
 
 
 def decode_completions(tokenizer: Any, sequences: EncodedBatch) -> list[str]:

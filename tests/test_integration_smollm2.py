@@ -13,6 +13,8 @@ import importlib.util
 import json
 import math
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -130,17 +132,20 @@ OFFLINE = ["DPO", "IPO", "KTO", "ORPO", "SimPO"]
 
 
 @pytest.fixture(scope="module")
-def every_method(smollm2, tmp_path_factory):
+def every_method(smollm2):
     """The experiment run once into a temporary directory (the stages from $ALIGNLAB_CACHE_DIR):
-    ({label: run directory}, what run_experiment returned)."""
+    ({label: run directory}, what run_experiment returned). The directory grows to about DISK (a
+    full-weights run's checkpoint holds the policy and AdamW's two moments, 1.6 GB; PPO's its critic's
+    too) and is deleted after the module's tests, not kept among pytest's last three base directories."""
     from alignlab.experiment.config import load_experiment
     from alignlab.experiment.runner import run_experiment
 
-    tmp = tmp_path_factory.mktemp("smollm2_every_method")
-    overrides = [f"runs_dir={tmp / 'runs'}", f"out_dir={tmp / 'results'}"]
-    result = run_experiment(EXPERIMENT, overrides)
-    runs = {run.label: Path(run.cfg.out_dir) for run in load_experiment(EXPERIMENT, overrides).runs}
-    return runs, result
+    with tempfile.TemporaryDirectory(prefix="smollm2_every_method-") as name:
+        tmp = Path(name)
+        overrides = [f"runs_dir={tmp / 'runs'}", f"out_dir={tmp / 'results'}"]
+        result = run_experiment(EXPERIMENT, overrides)
+        runs = {run.label: Path(run.cfg.out_dir) for run in load_experiment(EXPERIMENT, overrides).runs}
+        yield runs, result
 
 
 def _summary(run: Path) -> dict[str, Any]:
@@ -207,6 +212,7 @@ def test_a_lora_run_final_is_an_adapter_and_its_export_equals_it(every_method):
         merged = AutoModelForCausalLM.from_pretrained(run / "merged").eval()
         assert_close(_logits(merged, tokenizer), expected, rtol=1e-5, atol=1e-4)
         del base, adapted, merged
+        shutil.rmtree(run / "merged")  # 540 MB each
 
 
 def test_lora_holds_one_network_less(every_method):

@@ -3,11 +3,15 @@ holds — "DPO needs two models, PPO four", measured.
 
     ALIGNLAB_DATA_DIR=../shared/data python benchmarks/compute.py experiments/imdb_frontier.yaml \
         [--steps 8] [--ppo-steps 3] [--out results/compute]
+    ALIGNLAB_DATA_DIR=../shared/data python benchmarks/compute.py experiments/integration/smollm2.yaml \
+        --steps 4 --ppo-steps 3 --out results/compute/smollm2
 
 For each method (label) of the experiment, its first run is trained for a few steps in a fresh
-process — the experiment's own settings (model, data, batch, evaluation), only fewer steps — so the
-peak resident memory is that method's alone. The shared stages come from the cache (built on first
-use). Prints the table and writes ``compute.csv`` and ``compute.md`` under ``--out``.
+process — the experiment's own settings (model, LoRA or not, data, batch, evaluation), only fewer
+steps, evaluated at step 0 and the last — so the peak resident memory is that method's alone. A
+method with ``model.lora`` under its own label (``DPO+LoRA``) is a row of its own. The shared stages
+come from the cache (built on first use). Prints the table and writes ``compute.csv`` and
+``compute.md`` under ``--out``.
 """
 
 from __future__ import annotations
@@ -48,7 +52,8 @@ def main() -> None:
             online = run.method.objective is not None and run.method.objective.needs.data == "online"
             steps = args.ppo_steps if online else args.steps
             doc = {**run.data, "out_dir": str(Path(tmp) / run.run_id)}
-            doc["train"] = {**doc.get("train", {}), "steps": steps, "eval_every": steps, "save_every": steps}
+            train = {k: v for k, v in doc.get("train", {}).items() if k not in ("eval_points", "eval_steps")}
+            doc["train"] = train | {"steps": steps, "eval_schedule": "every", "eval_every": steps, "save_every": steps}
             doc["train"]["log_with"] = []
             path = Path(tmp) / f"{run.run_id}.yaml"
             path.write_text(yaml.safe_dump(doc))
@@ -63,6 +68,8 @@ def main() -> None:
     write_csv(out / "compute.csv", rows, COMPUTE_COLUMNS)
     table = compute_table(pd.DataFrame(rows, columns=COMPUTE_COLUMNS))
     machine = f"{platform.machine()}, {platform.system()}, {os.cpu_count()} CPU cores"
+    if os.environ.get("OMP_NUM_THREADS"):
+        machine += f", OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}"
     text = (
         f"Measured by `python benchmarks/compute.py {args.experiment} --steps {args.steps} "
         f"--ppo-steps {args.ppo_steps}` ({machine}); each method in a fresh process, the experiment's "

@@ -85,6 +85,42 @@ def test_grpo_aggregations():
     assert grpo(batch, grpo.config(aggregation="constant")).losses.tolist() == [0.25, 0.75]
 
 
+def test_grpo_and_ppo_log_the_terms_of_their_loss_aggregated_as_the_loss_is():
+    """Ratio 1, no KL: per-token policy losses 2 on a row of 1 token, 1, 1, 1 on a row of 3, max_new_tokens 4.
+    GRPO's policy_loss is the loss's own mean: sequence-mean (2 + 1)/2 = 1.5, token-mean 5/4 = 1.25,
+    constant (2/4 + 3/4)/2 = 0.625 (it was the token mean, 1.25, whatever the loss's aggregation, so a
+    GRPO run logged a policy_loss of −0.128 beside a loss of 2e-7 on SmolLM2); PPO's policy and value
+    losses likewise (sequence-mean: 1.5; value ½(0 − 1)² = 0.5 per token, mean 0.5)."""
+    zeros = t([[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    mask = t([[1.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
+    batch = RolloutBatch(
+        logprobs=zeros,
+        old_logprobs=zeros,
+        advantages=t([[-2.0, 0.0, 0.0], [-1.0, -1.0, -1.0]]),
+        mask=mask,
+        max_new_tokens=4,
+    )
+    grpo = get_objective("grpo")
+    for aggregation, expected in (("sequence-mean", 1.5), ("token-mean", 1.25), ("constant", 0.625)):
+        out = grpo(batch, grpo.config(aggregation=aggregation))
+        assert out.metrics["policy_loss"].item() == expected == out.losses.mean().item()
+        assert out.metrics["kl_loss"].item() == 0.0
+    ppo = get_objective("ppo")
+    with_critic = RolloutBatch(
+        logprobs=zeros,
+        old_logprobs=zeros,
+        advantages=batch.advantages,
+        mask=mask,
+        values=zeros,
+        old_values=zeros,
+        returns=t([[1.0, 0.0, 0.0], [1.0, 1.0, 1.0]]),
+    )
+    for aggregation, policy in (("sequence-mean", 1.5), ("token-mean", 1.25)):
+        out = ppo(with_critic, ppo.config(aggregation=aggregation, vf_coef=0.1))
+        assert out.metrics["policy_loss"].item() == policy and out.metrics["value_loss"].item() == 0.5
+        assert_close(out.losses.mean(), t(policy + 0.1 * 0.5))
+
+
 def test_the_kl_term_is_zero_when_the_kl_is_in_the_reward():
     batch = RolloutBatch(logprobs=t([[-1.0]]), old_logprobs=t([[-1.0]]), advantages=t([[1.0]]), mask=t([[1.0]]))
     assert batch.kl_term().tolist() == [[0.0]]

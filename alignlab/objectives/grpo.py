@@ -51,9 +51,9 @@ def grpo_loss(batch: RolloutBatch, cfg: GRPOConfig) -> LossOutput:
     kl = batch.kl_term()  # Eq. 4: β (π_ref/π_θ − log π_ref/π_θ − 1); zero when the run puts the KL in the reward
     losses = aggregate(pg_losses + kl, mask, cfg.aggregation, batch.max_new_tokens)
     with torch.no_grad():
-        metrics = {
-            "policy_loss": masked_mean(pg_losses, mask),
-            "kl_loss": masked_mean(kl, mask),
+        metrics = {  # the loss's two terms, aggregated as it is: their batch means add up to its mean
+            "policy_loss": aggregate(pg_losses, mask, cfg.aggregation, batch.max_new_tokens).mean(),
+            "kl_loss": aggregate(kl, mask, cfg.aggregation, batch.max_new_tokens).mean(),
             "clipfrac": masked_mean((clipped > unclipped).to(ratio.dtype), mask),
             "approx_kl": 0.5 * masked_mean(log_ratio**2, mask),
             "ratio": masked_mean(ratio, mask),

@@ -67,8 +67,9 @@ def ppo_loss(batch: RolloutBatch, cfg: PPOConfig) -> LossOutput:
 
     with torch.no_grad():
         metrics = {
-            "policy_loss": masked_mean(pg_losses, mask),
-            "value_loss": masked_mean(vf_losses, mask),
+            # aggregated as the loss is (token-mean: the masked mean), so they add up to it
+            "policy_loss": aggregate(pg_losses, mask, cfg.aggregation).mean(),
+            "value_loss": aggregate(vf_losses, mask, cfg.aggregation).mean(),
             "clipfrac": masked_mean((pg_clipped > pg_unclipped).to(ratio.dtype), mask),
             "value_clipfrac": masked_mean((vf_clipped > vf_unclipped).to(ratio.dtype), mask),
             # the k2 estimate of KL(π_old || π_θ), as in cleanrl and TRL

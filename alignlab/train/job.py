@@ -43,6 +43,7 @@ from alignlab.run_config import MOVED_TO_ROLLOUT, RunConfig
 from alignlab.sft import prepare_policy
 from alignlab.tasks import TASKS, Task, build_task, task_config
 from alignlab.tasks.base import PreferencePair
+from alignlab.train.config import frozen_dtype
 from alignlab.train.sources import check_data, flip_labels, offline_rows, read_rows
 from alignlab.train.state import publish_final, read_summary
 from alignlab.train.trainers import Method, trainer_for
@@ -394,5 +395,11 @@ def run_reward_model(
         if cfg.data.label_noise > 0:  # the noisy training pairs, as an offline method sees them
             rm_train = flip_labels(rm_train, cfg.data.label_noise, cfg.data.label_noise_seed)
     return stages.reward_model(
-        policy, rm_train[: cfg.reward.max_pairs], rm_eval, cfg.reward.model, root, cfg.train.progress
+        policy,
+        rm_train[: cfg.reward.max_pairs],
+        rm_eval,
+        cfg.reward.model,
+        root,
+        cfg.train.progress,
+        dtype=frozen_dtype(cfg.train),  # held frozen beside the policy
     )

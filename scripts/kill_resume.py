@@ -504,7 +504,7 @@ def inspect(roots: Iterable[Path], base: Path) -> Inspection:
                     if d.startswith("step-"):
                         _check_checkpoint(here / d, base, out)
             if here.parent == root and root.name == "cache" and here.name in COMPLETE:
-                for d in dirnames:
+                for d in [d for d in dirnames if not d.startswith(".")]:  # not a stage's .<key>.run directory
                     missing = [f for f in COMPLETE[here.name] if not (here / d / f).exists()]
                     if missing:
                         out.problems.append(f"{(here / d).relative_to(base)}: incomplete stage entry, lacks {missing}")

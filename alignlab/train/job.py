@@ -281,8 +281,9 @@ def execute(
             clear_temps(out)
         # 2. shared stages (built once by the main process; the others load them from the cache)
         root = cache_root()
+        # every process: under accelerate launch SFT, when it must be built, trains on all of them
+        policy = prepare_policy(task, cfg.model, cfg.sft, cache=root, progress=cfg.train.progress)
         with accelerator.main_process_first():
-            policy = prepare_policy(task, cfg.model, cfg.sft, cache=root, progress=cfg.train.progress)
             check_lengths(cfg, method, model_context(policy.model), source)
             judge = shared.judge(task, cfg.sft.seed, root) if task.name == "imdb" else None
             data = _method_data(cfg, method, task, policy, judge, root)

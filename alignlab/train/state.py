@@ -160,6 +160,11 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
     return found
 
 
+def checkpoint_model_files(path: Path) -> list[Path]:
+    """The files at a checkpoint's top that are the policy: model (or adapter), tokenizer, generation config."""
+    return sorted(p for p in path.iterdir() if p.is_file() and p.name not in RUN_STATE)
+
+
 def publish_final(out_dir: Path) -> Path | None:
     """``out_dir/final/``: the newest checkpoint's model, tokenizer and generation config alone (no
     run state, no critic), published atomically with its manifest; None when the run has no checkpoint.
@@ -172,7 +177,7 @@ def publish_final(out_dir: Path) -> Path | None:
     last = latest_checkpoint(out_dir)
     if last is None:
         return None
-    files = sorted(p for p in last.iterdir() if p.is_file() and p.name not in RUN_STATE)
+    files = checkpoint_model_files(last)
     final = out_dir / FINAL
     if final.exists() or final.is_symlink():
         problem = _final_problem(final, last, [p.name for p in files])

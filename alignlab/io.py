@@ -162,17 +162,27 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-"))
     try:
         yield tmp
-        write_manifest(tmp)  # last: the checksums of everything above
-        _fsync_tree(tmp)  # every file is on disk before the directory takes its final name
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not final.is_dir():
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
+        publish_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def publish_dir(tmp: Path, final: Path) -> None:
+    """The end of :func:`atomic_dir`: write ``tmp``'s manifest, flush it to disk and rename it to ``final``.
+
+    For a directory that several processes build together (a checkpoint that every process of a
+    distributed run writes into, :func:`alignlab.train.checkpoint.save_checkpoint`), called by one of them
+    once all have written. If ``final`` exists already, ``tmp`` is discarded.
+    """
+    write_manifest(tmp)  # last: the checksums of everything above
+    _fsync_tree(tmp)  # every file is on disk before the directory takes its final name
+    try:
+        os.rename(tmp, final)
+    except OSError:
+        if not final.is_dir():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
     _fsync(final.parent)
 
 

@@ -110,10 +110,12 @@ def reward_model(
     cfg: RewardModelConfig,
     root: Path,
     progress: bool = True,
+    dtype: Any = None,
 ) -> tuple[RewardModel, dict[str, Any]]:
     """A Bradley–Terry reward model from the SFT policy on ``train``, cached; (model, metrics).
 
-    Training checkpoints go to a sibling ``.run`` directory, so an interrupted training resumes.
+    Training checkpoints go to a sibling ``.run`` directory, so an interrupted training resumes. The
+    model returned is loaded in ``dtype`` (a ``torch.dtype``; None: float32, as trained and saved).
     """
     texts = [t for p in train for t in (p.prompt, p.chosen, p.rejected)]
     from alignlab.rewards import model as rm_module
@@ -126,7 +128,7 @@ def reward_model(
     )
     path = root / "reward_model" / key
     with file_lock(path.parent / f".{key}.lock"):  # one builder; the others wait, then load
-        found = load_intact(path, _reward_model_and_metrics, "the cached reward model")
+        found = load_intact(path, lambda at: _reward_model_and_metrics(at, dtype), "the cached reward model")
         if found is not None:
             cached("reward model", path)
             return found[0], {**found[1], "cached": True}
@@ -143,8 +145,8 @@ def reward_model(
             atomic_write_json(tmp / "metrics.json", metrics)
         shutil.rmtree(run_dir, ignore_errors=True)
         # the model as saved, as a later run loads it (not the trained object, in training mode)
-        return RewardModel.load(path), {**metrics, "cached": False}
+        return RewardModel.load(path, dtype), {**metrics, "cached": False}
 
 
-def _reward_model_and_metrics(path: Path) -> tuple[RewardModel, dict[str, Any]]:
-    return RewardModel.load(path), dict(json.loads((path / "metrics.json").read_text()))
+def _reward_model_and_metrics(path: Path, dtype: Any = None) -> tuple[RewardModel, dict[str, Any]]:
+    return RewardModel.load(path, dtype), dict(json.loads((path / "metrics.json").read_text()))

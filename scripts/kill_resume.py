@@ -28,7 +28,7 @@
 4. At the end of every round, whatever its number of kills, the killed-and-resumed experiment must
    equal the reference: frontier.csv and compute.csv (every column except wall-clock ones), every
    run's metrics.jsonl and summary.json (except timings), every final checkpoint's tensors,
-   optimiser, scheduler and RNG state (``torch.equal``), and the cached stages.
+   optimiser, scheduler and RNG state (``accelerate/``; ``torch.equal``), and the cached stages.
 
 The code under test is copied once (``work/src``) so that edits to the working tree during the
 run cannot change it between attempts. Prints one line per kill and per round, ``N kills survived``,
@@ -425,6 +425,13 @@ def _check_pt(path: Path) -> None:
     torch.load(path, weights_only=True)
 
 
+def _check_accelerate_file(path: Path) -> None:
+    """What ``accelerator.save_state`` writes (``optimizer.bin``, ``random_states_0.pkl``), as accelerate loads it."""
+    from accelerate.utils import load
+
+    load(path)
+
+
 CHECKERS: dict[str, Callable[[Path], Any]] = {
     ".json": lambda p: json.loads(p.read_text(encoding="utf-8")),
     ".jsonl": _check_jsonl,
@@ -433,12 +440,17 @@ CHECKERS: dict[str, Callable[[Path], Any]] = {
     ".csv": _check_csv,
     ".safetensors": _check_safetensors,
     ".pt": _check_pt,
+    ".bin": _check_accelerate_file,
+    ".pkl": _check_accelerate_file,
     ".gz": _check_gz,
     ".png": _check_png,
     ".svg": lambda p: ET.parse(p),
     ".md": lambda p: p.read_text(encoding="utf-8"),
     ".txt": lambda p: p.read_text(encoding="utf-8"),
 }
+
+# The training state of a checkpoint of one process (accelerator.save_state, alignlab.train.checkpoint).
+ACCELERATE = ("accelerate/optimizer.bin", "accelerate/scheduler.bin", "accelerate/random_states_0.pkl")
 
 # A stage entry or checkpoint is complete when the file its writer publishes last is in it.
 COMPLETE = {
@@ -492,7 +504,7 @@ def inspect(roots: Iterable[Path], base: Path) -> Inspection:
                     if d.startswith("step-"):
                         _check_checkpoint(here / d, base, out)
             if here.parent == root and root.name == "cache" and here.name in COMPLETE:
-                for d in dirnames:
+                for d in [d for d in dirnames if not d.startswith(".")]:  # not a stage's .<key>.run directory
                     missing = [f for f in COMPLETE[here.name] if not (here / d / f).exists()]
                     if missing:
                         out.problems.append(f"{(here / d).relative_to(base)}: incomplete stage entry, lacks {missing}")
@@ -503,7 +515,7 @@ def _check_checkpoint(path: Path, base: Path, out: Inspection) -> None:
     rel = path.relative_to(base)
     # a checkpoint is a model: weights, config and tokenizer at its top, run state beside them
     missing = [
-        f for f in ("state.json", "trainer_state.pt", "config.json", "tokenizer_config.json") if not (path / f).exists()
+        f for f in ("state.json", "config.json", "tokenizer_config.json", *ACCELERATE) if not (path / f).exists()
     ]
     if missing or not any(path.glob("*.safetensors")):
         out.problems.append(f"{rel}: incomplete checkpoint (lacks {missing or 'model weights'})")
@@ -597,6 +609,7 @@ def _compare_csv(a_path: Path, b_path: Path, diffs: list[str]) -> str:
 
 def _compare_run(run: str, a_dir: Path, b_dir: Path, diffs: list[str]) -> str:
     import torch
+    from accelerate.utils import load
     from safetensors.torch import load_file
 
     for name in ("metrics.jsonl", "summary.json"):
@@ -616,10 +629,9 @@ def _compare_run(run: str, a_dir: Path, b_dir: Path, diffs: list[str]) -> str:
         x, y = load_file(str(steps[0] / rel)), load_file(str(steps[1] / rel))
         if x.keys() != y.keys() or not all(torch.equal(x[k], y[k]) for k in x):
             diffs.append(f"{run}/{steps[0].name}/{rel}: tensors differ")
-    states = [torch.load(s / "trainer_state.pt", weights_only=True) for s in steps]
-    for part in ("optimizer", "scheduler", "rng"):
-        if not _same(states[0][part], states[1][part]):
-            diffs.append(f"{run}/{steps[0].name}: {part} state differs")
+    for part in ACCELERATE:  # the optimiser, the scheduler and the RNGs, as accelerate saved them
+        if not _same(*(load(s / part) for s in steps)):
+            diffs.append(f"{run}/{steps[0].name}: {part} differs")
     a, b = (json.loads((s / "state.json").read_text()) for s in steps)
     if a != b:
         diffs.append(f"{run}/{steps[0].name}/state.json differs")

@@ -1,9 +1,11 @@
 """DPO for 4 steps on toy pairs through the offline trainer; run by tests/test_distributed.py both
 as one process and under ``accelerate launch --num_processes 2`` (gloo on CPU).
 
-Usage: python tests/distributed_dpo.py OUT_DIR [STEPS STOP_AFTER]   (writes OUT_DIR/losses.json from the main
-process). With STEPS and STOP_AFTER (tests/test_fsdp.py): STEPS steps, a checkpoint every STOP_AFTER steps, and
-the run is interrupted after STOP_AFTER steps of this process when STOP_AFTER < STEPS (run it again to resume).
+Usage: python tests/distributed_dpo.py OUT_DIR [STEPS STOP_AFTER [FORCE_FSDP]]   (writes OUT_DIR/losses.json from
+the main process). With STEPS and STOP_AFTER (tests/test_fsdp.py): STEPS steps, a checkpoint every STOP_AFTER steps,
+and the run is interrupted after STOP_AFTER steps of this process when STOP_AFTER < STEPS (run it again to resume).
+FORCE_FSDP (``SHARDED_STATE_DICT`` or ``FULL_STATE_DICT``; under a 2-process launch on CPU): accelerate's FSDP2
+path forced onto the gloo processes (:func:`force_fsdp2`).
 """
 
 from __future__ import annotations
@@ -25,7 +27,32 @@ GOOD = ["great", "superb", "lovely", "moving", "brilliant", "charming"]
 BAD = ["dull", "awful", "boring", "dreadful", "clumsy", "tedious"]
 
 
-def main(out: Path, steps: int = 4, stop_after: int | None = None) -> None:
+def force_fsdp2(accelerator: Any, state_dict_type: str) -> None:
+    """Make ``accelerator`` (2 gloo processes, ``MULTI_CPU``) take accelerate's FSDP2 code paths: ``prepare``
+    shards the model with ``fully_shard`` (one unit per GPT-2 block), ``save_state``/``load_state`` write and read
+    shards (or, ``FULL_STATE_DICT``, full state dicts on process 0), ``get_state_dict`` gathers.
+
+    accelerate 1.16 selects FSDP only on an accelerator (tests/test_fsdp.py pins it), but torch's FSDP2 runs on
+    CPU with gloo (scripts/fsdp_cpu_probe.py); setting the distributed type and plugin by hand after the
+    accelerator is built runs everything else unchanged (a test seam, not a way to train).
+    """
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    plugin = FullyShardedDataParallelPlugin(
+        fsdp_version=2,
+        state_dict_type=state_dict_type,
+        auto_wrap_policy="transformer_based_wrap",
+        transformer_cls_names_to_wrap=["GPT2Block"],
+        reshard_after_forward=True,
+        cpu_ram_efficient_loading=False,
+    )
+    accelerator.state.fsdp_plugin = plugin
+    accelerator.state.distributed_type = DistributedType.FSDP
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP  # what accelerate's helpers read
+
+
+def main(out: Path, steps: int = 4, stop_after: int | None = None, fsdp: str | None = None) -> None:
     pairs = [
         PreferencePair(f"the film was {GOOD[i % 6]}", f" and {GOOD[(i * 5) % 6]} too", f" but {BAD[(i * 7) % 6]} too")
         for i in range(48)
@@ -44,6 +71,8 @@ def main(out: Path, steps: int = 4, stop_after: int | None = None) -> None:
         progress=False,
     )
     accelerator = make_accelerator(cfg, out)
+    if fsdp is not None:
+        force_fsdp2(accelerator, fsdp)
     data = PairData.build(tokenizer, pairs, 64)
     reference = build_preset("smoke", tokenizer, seed=0)
     with accelerator.main_process_first():
@@ -69,6 +98,7 @@ def main(out: Path, steps: int = 4, stop_after: int | None = None) -> None:
                     "loss": [r["loss"] for r in train],
                     "margins": [r["margins"] for r in train],
                     "grad_norm": [r["grad_norm"] for r in train],
+                    "distributed_type": str(accelerator.distributed_type).split(".")[-1],
                 }
             )
         )
@@ -88,4 +118,4 @@ def _interrupted_after(step_fn: Any, steps: int) -> Any:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), *(int(a) for a in sys.argv[2:4]))
+    main(Path(sys.argv[1]), *(int(a) for a in sys.argv[2:4]), *sys.argv[4:5])

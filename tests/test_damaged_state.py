@@ -124,7 +124,8 @@ def _resume_damaged(whole: Any, tmp_path: Path, damage: Callable[[Path], None]) 
     [
         ("model.safetensors", _truncate, False),
         ("model.safetensors", _flip_a_byte, False),
-        ("trainer_state.pt", _truncate, False),
+        ("accelerate/optimizer.bin", _truncate, False),
+        ("accelerate/random_states_0.pkl", _flip_a_byte, False),
         ("state.json", _garble, False),
         ("model.safetensors", _truncate, True),  # an older alignlab's checkpoint: no manifest
     ],
@@ -173,9 +174,73 @@ def test_a_checkpoint_of_the_older_layout_resumes_exactly(whole, tmp_path, capsy
     assert _untimed(rows) == _untimed(whole[2])
 
 
+def _to_trainer_state_pt(checkpoint: Path) -> None:
+    """Rewrite ``checkpoint`` as the alignlab before ``accelerate/`` wrote it: ``trainer_state.pt`` with the
+    optimiser's and scheduler's state dicts and the main process's RNGs (torch, CUDA, Python's, numpy's)."""
+    from accelerate.utils import load
+
+    from alignlab.io import write_manifest
+
+    root = checkpoint / "accelerate"
+    rng = load(root / "random_states_0.pkl")
+    name, keys, *rest = rng["numpy_random_seed"]
+    torch.save(
+        {
+            "optimizer": load(root / "optimizer.bin"),
+            "scheduler": load(root / "scheduler.bin"),
+            "rng": {
+                "torch": rng["torch_manual_seed"],
+                "cuda": [],
+                "python": rng["random_state"],
+                "numpy": [name, torch.from_numpy(keys.astype("int64")), *rest],
+            },
+        },
+        checkpoint / "trainer_state.pt",
+    )
+    shutil.rmtree(root)
+    (checkpoint / MANIFEST).unlink()
+    write_manifest(checkpoint)
+
+
+def test_a_checkpoint_with_trainer_state_pt_still_resumes_exactly(whole, tmp_path, capsys):
+    """A checkpoint of the alignlab before accelerate's save_state (``trainer_state.pt``, no ``accelerate/``)
+    resumes on one process: from step 6, steps 7 and 8 train to the uninterrupted run's weights and metrics
+    (the optimiser's moments and the schedule restored: without them the weights would differ)."""
+
+    def to_trainer_state_pt(out: Path) -> None:
+        shutil.rmtree(out / "checkpoints" / "step-0000008")
+        _to_trainer_state_pt(out / "checkpoints" / "step-0000006")
+
+    out, rows = _resume_damaged(whole, tmp_path, to_trainer_state_pt)
+    err = capsys.readouterr().err
+    assert "alignlab: warning" not in err and f"alignlab: resuming {out} from step 6 of 8" in err
+    assert _untimed(rows) == _untimed(whole[2])
+    assert (out / "checkpoints" / "step-0000008" / "accelerate" / "optimizer.bin").is_file()  # saved the new way
+
+
+def test_a_checkpoint_with_trainer_state_pt_is_refused_under_fsdp(whole, tmp_path):
+    """Under FSDP (or DeepSpeed) ``trainer_state.pt`` held one process's part of the optimiser: one line
+    naming the checkpoint, before anything is loaded."""
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from alignlab.errors import AlignlabError
+    from alignlab.train.checkpoint import load_checkpoint
+
+    checkpoint = tmp_path / "step-0000006"
+    shutil.copytree(whole[0] / "checkpoints" / "step-0000006", checkpoint)
+    _to_trainer_state_pt(checkpoint)
+    fsdp = SimpleNamespace(distributed_type=DistributedType.FSDP)
+    with pytest.raises(AlignlabError) as caught:
+        load_checkpoint(checkpoint, fsdp, tiny_gpt2(), None, None)
+    assert "\n" not in str(caught.value) and str(caught.value).startswith(f"{checkpoint}: ")
+    assert "trainer_state.pt" in str(caught.value) and "FSDP" in str(caught.value)
+
+
 def test_with_no_intact_checkpoint_the_run_starts_over(whole, tmp_path, capsys):
     def break_both(out: Path) -> None:
-        _truncate(out / "checkpoints" / "step-0000006" / "trainer_state.pt")
+        _truncate(out / "checkpoints" / "step-0000006" / "accelerate" / "optimizer.bin")
         _garble(out / "checkpoints" / "step-0000008" / "state.json")
 
     out, rows = _resume_damaged(whole, tmp_path, break_both)

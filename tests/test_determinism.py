@@ -14,10 +14,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from conftest import SMALL_RUNS, train_small
 from safetensors.torch import load_file
+
+from alignlab.train.checkpoint import read_training_state
 
 TIMING = {"peak_rss_mb", "wall_time_s"}
 
@@ -57,7 +60,7 @@ def test_the_same_config_and_seed_train_to_the_same_numbers(method, small_imdb, 
     for rel in files:
         a, b = load_file(str(last[0] / rel)), load_file(str(last[1] / rel))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), rel
-    states = [torch.load(p / "trainer_state.pt", weights_only=True) for p in last]
+    states = [read_training_state(p) for p in last]  # accelerate's save_state files
     assert states[0]["optimizer"]["state"]  # AdamW's moments
     for part in ("optimizer", "scheduler", "rng"):  # the RNGs: torch, Python's and numpy's
         assert _same(states[0][part], states[1][part]), part
@@ -67,6 +70,8 @@ def _same(a: Any, b: Any) -> bool:
     """Exact equality of nested dicts, lists and tuples of tensors and plain values."""
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
         return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):  # numpy's RNG state
+        return isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and np.array_equal(a, b)
     if isinstance(a, dict) and isinstance(b, dict):
         return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
     if isinstance(a, list | tuple) and isinstance(b, list | tuple):

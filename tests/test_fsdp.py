@@ -1,4 +1,4 @@
-"""FSDP under ``accelerate launch``: what it does on CPU (pinned), and exact resume (on GPUs).
+"""FSDP under ``accelerate launch``: what it does on CPU (pinned), and exact resume (forced on CPU; on GPUs).
 
 The finding (torch 2.13.0+cpu, accelerate 1.16, gloo, 2 processes; README.md, "Many GPUs"):
 
@@ -15,6 +15,16 @@ The finding (torch 2.13.0+cpu, accelerate 1.16, gloo, 2 processes; README.md, "M
 
 ``test_an_fsdp_config_runs_as_ddp_on_cpu`` pins the accelerate half: when it fails, accelerate
 (or torch) changed, and the FSDP resume test below may run on CPU: try it there.
+
+Since the accelerate half is a choice of accelerate's, not a limit of torch's, the FSDP2 resume runs
+on CPU anyway with accelerate's FSDP path forced (:func:`distributed_dpo.force_fsdp2`: the
+distributed type and plugin set by hand on the 2 gloo processes): ``prepare`` shards the model with
+``fully_shard``, and alignlab's checkpoints go through ``save_state``/``load_state`` on shards
+(``SHARDED_STATE_DICT``, torch.distributed.checkpoint) or full state dicts on process 0
+(``FULL_STATE_DICT``), with the policy at the checkpoint's top gathered by ``get_state_dict``. Both
+resume exactly (``-m slow``). It found that the scoring core's completion-only LM head called the
+backbone of an FSDP2 model alone, which FSDP2 refuses (the root unit owns the embeddings and the
+head): such a model now takes the full forward.
 """
 
 from __future__ import annotations
@@ -90,19 +100,20 @@ def _final_weights(out: Path, step: int) -> dict[str, torch.Tensor]:
     return load_file(str(out / "checkpoints" / f"step-{step:07d}" / "model.safetensors"))
 
 
-def _resume_is_exact(tmp_path: Path, how: tuple[str, ...], mixed_precision: str) -> None:
+def _resume_is_exact(tmp_path: Path, how: tuple[str, ...], mixed_precision: str, *forced: str) -> dict:
     """8 DPO steps straight, and 4 steps then an interruption then a resume to 8 (the same command
-    again), end with the same losses, margins and gradient norms and the same final weights."""
+    again), end with the same losses, margins and gradient norms and the same final weights.
+    ``forced``: the FSDP state-dict type of :func:`distributed_dpo.force_fsdp2`, if any. Returns the losses."""
     straight, cut, cache = tmp_path / "straight", tmp_path / "cut", tmp_path / "cache"
     run = {"cache": cache, "how": how, "mixed_precision": mixed_precision}
-    whole = _launch("distributed_dpo.py", str(straight), "8", "8", **run)
+    whole = _launch("distributed_dpo.py", str(straight), "8", "8", *forced, **run)
     assert whole.returncode == 0, whole.stderr[-3000:]
     # a checkpoint every 4 steps; the first process stops (KeyboardInterrupt) when asked for step 5
-    first = _launch("distributed_dpo.py", str(cut), "8", "4", **run)
+    first = _launch("distributed_dpo.py", str(cut), "8", "4", *forced, **run)
     assert first.returncode != 0 and "KeyboardInterrupt" in first.stderr, first.stderr[-3000:]
     assert sorted(p.name for p in (cut / "checkpoints").glob("step-*")) == ["step-0000000", "step-0000004"]
     # the same command resumes from step 4 and runs steps 5 to 8 (4 calls: no interruption)
-    resumed = _launch("distributed_dpo.py", str(cut), "8", "4", **run)
+    resumed = _launch("distributed_dpo.py", str(cut), "8", "4", *forced, **run)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     a, b = (json.loads((d / "losses.json").read_text()) for d in (straight, cut))
     assert len(a["loss"]) == len(b["loss"]) == 8
@@ -111,12 +122,47 @@ def _resume_is_exact(tmp_path: Path, how: tuple[str, ...], mixed_precision: str)
     assert want.keys() == got.keys()
     for name in want:
         assert torch.equal(want[name], got[name]), name
+    return a
 
 
 @pytest.mark.slow
 def test_ddp_dpo_resumes_exactly_on_cpu(tmp_path):
-    """The check below, run with 2 gloo processes of DDP (about 30 s): it passes, so the harness works."""
-    _resume_is_exact(tmp_path, DDP, "no")
+    """The check below, run with 2 gloo processes of DDP (about 30 s): it passes, so the harness works.
+    Each process's RNG states are in the checkpoint (accelerate's ``random_states_<i>.pkl``)."""
+    losses = _resume_is_exact(tmp_path, DDP, "no")
+    assert losses["distributed_type"] == "MULTI_CPU"
+    saved = tmp_path / "cut" / "checkpoints" / "step-0000008" / "accelerate"
+    assert sorted(p.name for p in saved.iterdir()) == [
+        "optimizer.bin",
+        "random_states_0.pkl",
+        "random_states_1.pkl",
+        "scheduler.bin",
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("state_dict_type", "files"),
+    [
+        ("SHARDED_STATE_DICT", {"optimizer_0", "pytorch_model_fsdp_0"}),  # torch.distributed.checkpoint directories
+        ("FULL_STATE_DICT", {"optimizer.bin", "pytorch_model_fsdp.bin"}),  # gathered on process 0
+    ],
+)
+def test_fsdp2_dpo_resumes_exactly_on_cpu_with_accelerates_fsdp_path_forced(tmp_path, state_dict_type, files):
+    """The same check with accelerate's FSDP2 path forced on the 2 gloo processes (the module docstring):
+    the model sharded, the checkpoint's model and optimiser saved by ``save_state`` as FSDP writes them, the
+    policy at its top gathered whole, and a resume through ``load_state`` exact (about 1 min each)."""
+    from transformers import AutoModelForCausalLM
+
+    losses = _resume_is_exact(tmp_path, DDP, "no", state_dict_type)
+    assert losses["distributed_type"] == "FSDP"
+    checkpoint = tmp_path / "cut" / "checkpoints" / "step-0000008"
+    saved = {p.name for p in (checkpoint / "accelerate").iterdir()}
+    assert saved == files | {"random_states_0.pkl", "random_states_1.pkl", "scheduler.bin"}
+    # the policy at the top: the whole model, which from_pretrained loads alone, the weights trained
+    model = AutoModelForCausalLM.from_pretrained(checkpoint)
+    for name, tensor in _final_weights(tmp_path / "straight", 8).items():
+        assert torch.equal(model.state_dict()[name], tensor), name
 
 
 @pytest.mark.gpu
@@ -125,10 +171,7 @@ def test_fsdp_dpo_resumes_exactly(tmp_path):
     """DPO (tests/distributed_dpo.py, the offline trainer of ``alignlab train``) under
     configs/accelerate/fsdp.yaml on 2 GPUs in bf16: 8 steps straight == 4 + interruption + resume.
 
-    Not run yet: written on a CPU-only machine. Expect work here first: :meth:`RunLoop.save` calls
-    ``save_checkpoint`` on the main process without ``state_dicts`` (the full state dict that
-    ``accelerator.get_state_dict`` gathers from every rank), saves ``optimizer.state_dict()``, which
-    under FSDP holds this rank's shards only, and :class:`RunLoop` loads a checkpoint into the model
-    and optimiser before ``accelerator.prepare`` shards them.
+    Not run yet: written on a CPU-only machine. What it checks runs on CPU with accelerate's FSDP2
+    path forced (above, in float32); here accelerate selects FSDP itself, with NCCL and bf16.
     """
     _resume_is_exact(tmp_path, FSDP, "bf16")

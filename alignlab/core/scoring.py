@@ -150,9 +150,11 @@ def backbone_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
     With the two apart, the head runs only on the hidden states of completion tokens: prompt and
     padding positions (a fifth to a half of a preference batch) never reach the (N, V) projection
     and its log-softmax. A model wrapped for distributed training (DDP) is not split, since its
-    gradient synchronisation hooks into the wrapper's own forward: it takes the full forward.
+    gradient synchronisation hooks into the wrapper's own forward: it takes the full forward. Nor is
+    one sharded by FSDP2 (``fully_shard``, which keeps the model's class): its root unit gathers the
+    embeddings and the head in the root's own forward, and a call of the backbone alone is refused.
     """
-    if not COMPLETION_HEAD:
+    if not COMPLETION_HEAD or _fully_sharded(model):
         return None
     unwrap = getattr(model, "get_base_model", None)
     if callable(unwrap):  # a peft model: its adapters live inside the base model's layers, active there
@@ -167,6 +169,15 @@ def backbone_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
     if not isinstance(head, nn.Linear) or transformed:
         return None
     return backbone, head
+
+
+def _fully_sharded(model: nn.Module) -> bool:
+    """Whether ``model`` is an FSDP2 unit (``torch.distributed.fsdp.fully_shard``)."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # a torch without distributed support
+        return False
+    return isinstance(model, FSDPModule)
 
 
 def _picked_logps(logits: Tensor, targets: Tensor, temperature: float) -> Tensor:

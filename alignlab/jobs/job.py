@@ -45,6 +45,7 @@ from alignlab.run_config import MOVED_TO_ROLLOUT, RunConfig
 from alignlab.sft import prepare_policy
 from alignlab.tasks import Task, build_task, get_task, task_config, task_names
 from alignlab.tasks.base import PreferencePair
+from alignlab.train.config import frozen_dtype
 from alignlab.train.state import publish_final, read_summary
 
 
@@ -282,8 +283,9 @@ def execute(
             clear_temps(out)
         # 2. shared stages (built once by the main process; the others load them from the cache)
         root = cache_root()
+        # every process: under accelerate launch SFT, when it must be built, trains on all of them
+        policy = prepare_policy(task, cfg.model, cfg.sft, cache=root, progress=cfg.train.progress)
         with accelerator.main_process_first():
-            policy = prepare_policy(task, cfg.model, cfg.sft, cache=root, progress=cfg.train.progress)
             check_lengths(cfg, method, model_context(policy.model), source)
             judge = shared.judge(task, cfg.sft.seed, root) if task.has_gold_judge() else None
             data = _method_data(cfg, method, task, policy, judge, root)
@@ -397,5 +399,11 @@ def run_reward_model(
         if cfg.data.label_noise > 0:  # the noisy training pairs, as an offline method sees them
             rm_train = flip_labels(rm_train, cfg.data.label_noise, cfg.data.label_noise_seed)
     return stages.reward_model(
-        policy, rm_train[: cfg.reward.max_pairs], rm_eval, cfg.reward.model, root, cfg.train.progress
+        policy,
+        rm_train[: cfg.reward.max_pairs],
+        rm_eval,
+        cfg.reward.model,
+        root,
+        cfg.train.progress,
+        dtype=frozen_dtype(cfg.train),  # held frozen beside the policy
     )

@@ -31,6 +31,7 @@ from alignlab.objectives.base import SampledRewards
 from alignlab.run_config import RunConfig
 from alignlab.tasks import Task
 from alignlab.train import data as data_module
+from alignlab.train.config import frozen_dtype
 from alignlab.train.data import PairData, UnpairedData, UnpairedExample, unpaired_from_pairs
 from alignlab.train.evaluation import best_of_n, bootstrap_ci
 from alignlab.train.offline import evaluate_step, objective_step, train_offline
@@ -39,12 +40,13 @@ from alignlab.train.online_batches import Settings, check_online_batch
 from alignlab.train.state import MetricsLog
 
 
-def load_reference(policy: Any) -> torch.nn.Module:
-    """π_ref: the SFT policy as saved, frozen; with LoRA adapters on the policy, the policy's own network
-    with its adapters off (:class:`~alignlab.adapters.AdaptersOff`: no second copy of the weights)."""
+def load_reference(policy: Any, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """π_ref: the SFT policy as saved, frozen, in ``dtype`` (``train.frozen_dtype``); with LoRA adapters on
+    the policy, the policy's own network with its adapters off (:class:`~alignlab.adapters.AdaptersOff`: no
+    second copy of the weights, in the policy's dtype)."""
     if is_adapted(policy.model):
         return AdaptersOff(policy.model)
-    return AutoModelForCausalLM.from_pretrained(policy.path).eval().requires_grad_(False)
+    return AutoModelForCausalLM.from_pretrained(policy.path, dtype=dtype).eval().requires_grad_(False)
 
 
 def train_method(
@@ -71,7 +73,7 @@ def train_method(
     needs_sampling_eval = reward is not None and cfg.eval.prompts > 0 and trains
     # one frozen π_ref per run, shared by the sampling evaluation, the online trainer and the reference cache
     wanted = needs_sampling_eval or trainer.needs_reference
-    reference = load_reference(policy).to(accelerator.device) if wanted else None
+    reference = load_reference(policy, frozen_dtype(cfg.train)).to(accelerator.device) if wanted else None
     sampler = (
         sampling_evaluation(cfg, task, policy, reward, reference)
         if reference is not None and needs_sampling_eval
@@ -136,10 +138,16 @@ def offline_trainer(ctx: RunContext) -> dict[str, Any]:
             split[name] = PairData.build(policy.tokenizer, ctx.data[name], context)
         if needs.reference:
             key = [str(policy.path), context, code_version(scoring, data_module)]
+            if frozen_dtype(cfg.train) != torch.float32:  # π_ref's log-probs in another precision: other numbers
+                key.append(str(frozen_dtype(cfg.train)))
             with accelerator.main_process_first():
                 split[name].attach_reference(
                     key,
-                    lambda: reference if reference is not None else load_reference(policy).to(accelerator.device),
+                    lambda: (
+                        reference
+                        if reference is not None
+                        else load_reference(policy, frozen_dtype(cfg.train)).to(accelerator.device)
+                    ),
                     cfg.train.eval_batch_size,
                 )
     held_out, train_step = split["eval"], objective_step(objective, ctx.method.cfg, split["train"], accelerator)
@@ -237,6 +245,13 @@ def _critic(cfg: RunConfig, s: Settings, rm: Any, policy: Any) -> tuple[torch.nn
         return AutoModelForSequenceClassification.from_pretrained(policy.path, num_labels=1), False
     import copy
 
+    if (
+        rm.model.dtype != torch.float32
+    ):  # a reward model held in bf16 (train.frozen_dtype): the critic trains in float32
+        from transformers import AutoModelForSequenceClassification
+
+        critic = AutoModelForSequenceClassification.from_pretrained(rm.model.name_or_path, dtype=torch.float32)
+        return critic.train().requires_grad_(True), False
     return copy.deepcopy(rm.model).train().requires_grad_(True), False
 
 

@@ -36,12 +36,12 @@ class RewardModel:
         return cls(model, tokenizer, **kwargs)
 
     @classmethod
-    def load(cls, path: str | Path, **kwargs: Any) -> RewardModel:
+    def load(cls, path: str | Path, dtype: torch.dtype | None = None, **kwargs: Any) -> RewardModel:
+        """A saved reward model, its weights in ``dtype`` (None: as saved; ``train.frozen_dtype`` for a run's)."""
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        return cls(
-            AutoModelForSequenceClassification.from_pretrained(path), AutoTokenizer.from_pretrained(path), **kwargs
-        )
+        model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype or "auto")  # auto: as saved
+        return cls(model, AutoTokenizer.from_pretrained(path), **kwargs)
 
     def save(self, path: str | Path) -> None:
         """``save_pretrained`` of model and tokenizer, published atomically."""

@@ -36,6 +36,12 @@ class TrainConfig(Config):
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = knob(
         "auto", "auto: bf16 autocast where the device supports it (CUDA with bf16), else full precision."
     )
+    frozen_dtype: Literal["auto", "float32", "bfloat16", "float16"] = knob(
+        "auto",
+        "Weights dtype of the frozen networks beside the policy: π_ref and the run's reward model (PPO's reward, "
+        "best-of-N's ranker, the win-rate judge). auto: the mixed-precision dtype on CUDA (bfloat16 under "
+        "mixed_precision bf16, also when auto picks it), float32 on CPU. A LoRA policy's π_ref is its own network.",
+    )
     disable_dropout: bool = knob(True, "Switch dropout off in every trained model (the DPO code and TRL do).")
     gradient_checkpointing: bool = knob(
         False,
@@ -124,6 +130,20 @@ def resolve_mixed_precision(setting: str) -> str:
     if setting != "auto":
         return setting
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+
+
+def frozen_dtype(cfg: TrainConfig) -> torch.dtype:
+    """``train.frozen_dtype`` resolved: the dtype π_ref and the run's reward model are loaded in.
+
+    ``auto`` follows the mixed precision on CUDA (bf16 autocast: bfloat16 weights, half the memory of
+    float32, and the matmuls ran in bf16 anyway); on CPU it is float32, whatever the mixed precision.
+    """
+    if cfg.frozen_dtype != "auto":
+        return getattr(torch, cfg.frozen_dtype)
+    if not torch.cuda.is_available():
+        return torch.float32
+    mixed = resolve_mixed_precision(cfg.mixed_precision)
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed, torch.float32)
 
 
 def check_batch(cfg: TrainConfig, num_processes: int, source: str | None = None, key: str = "train") -> int:

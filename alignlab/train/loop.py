@@ -30,14 +30,9 @@ from alignlab.interrupts import Interrupted
 from alignlab.io import warn
 from alignlab.objectives import ObjectiveError
 from alignlab.progress import say
+from alignlab.train.checkpoint import load_checkpoint, save_checkpoint
 from alignlab.train.config import TrainConfig, eval_steps, resolve_mixed_precision
-from alignlab.train.state import (
-    MetricsLog,
-    clear_checkpoint_temps,
-    latest_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
-)
+from alignlab.train.state import MetricsLog, clear_checkpoint_temps, latest_checkpoint, read_state
 
 
 class TrainingDiverged(AlignlabError):
@@ -78,11 +73,18 @@ def mean_over_processes(accelerator: Any, value: torch.Tensor) -> torch.Tensor:
 class RunLoop:
     """Checkpointing, resume and logging around a trainer's step function.
 
+    In order: ``RunLoop(...)`` finds the newest intact checkpoint and reads its ``state.json`` (the
+    step and the trainer's own state, :attr:`state`, which the trainer reads before it prepares
+    anything); :meth:`prepare` hands the trained modules, the optimiser and the scheduler to
+    accelerate and then restores them from the checkpoint (``accelerator.load_state`` after
+    ``accelerator.prepare``, as accelerate requires); :meth:`periodic` and :meth:`guard` save, on
+    every process (:func:`~alignlab.train.checkpoint.save_checkpoint`).
+
     Args:
         out_dir: the run directory (``checkpoints/``, ``metrics.jsonl``, trackers).
         model: the unwrapped trained policy: a checkpoint is this model, with ``tokenizer``
-            (:func:`~alignlab.train.state.save_checkpoint`).
-        optimizer, scheduler: restored on resume.
+            (:func:`~alignlab.train.checkpoint.save_checkpoint`).
+        optimizer, scheduler: restored on resume; the trainer steps them.
         accelerator: the run's accelerator.
         cfg: the training settings.
         tokenizer: saved with the model, so a checkpoint loads with ``from_pretrained`` alone.
@@ -104,25 +106,45 @@ class RunLoop:
     ) -> None:
         self.out_dir, self.model, self.optimizer, self.scheduler = out_dir, model, optimizer, scheduler
         self.accelerator, self.cfg, self.tokenizer, self.aside = accelerator, cfg, tokenizer, aside or {}
+        self.prepared: torch.nn.Module | None = None  # what accelerator.prepare returned (prepare())
         self.state: dict[str, Any] = {}
         self.start_step = 0
         self.eval_at = frozenset(eval_steps(cfg))  # the steps after which evaluate() runs
         if accelerator.is_main_process:  # the one writer of this run's checkpoints
             clear_checkpoint_temps(out_dir)
-        checkpoint = latest_checkpoint(out_dir)
-        if checkpoint is not None:
+        self.checkpoint = latest_checkpoint(out_dir)
+        if self.checkpoint is not None:
             # the trainer's state (e.g. PPO's KL coefficient); the step is each checkpoint's own
-            self.state = load_checkpoint(checkpoint, model, optimizer, scheduler, self.aside)
+            self.state = read_state(self.checkpoint)
             self.start_step = int(self.state.pop("step"))
             if accelerator.is_main_process:
                 say(f"resuming {out_dir} from step {self.start_step} of {cfg.steps}")
         if cfg.log_with and not accelerator.trackers:  # TensorBoard events under out_dir/alignlab/, etc.
             accelerator.init_trackers("alignlab")
-        self.log = MetricsLog(out_dir, accelerator, self.start_step if checkpoint is not None else None)
-        self.resumed = checkpoint is not None
+        self.resumed = self.checkpoint is not None
+        self.log = MetricsLog(out_dir, accelerator, self.start_step if self.resumed else None)
         self.t0 = time.time()
         # the cumulative forward-equivalent tokens; unknown (None) when resuming a checkpoint without it
         self.compute_tokens: float | None = self.state.get("compute_tokens", None if self.resumed else 0.0)
+
+    def prepare(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[Any, Any]:
+        """``accelerator.prepare(module, optimizer)``, then the checkpoint restored into them (every process).
+
+        Args:
+            module: the trained modules in one: the policy, or PPO's policy and critic
+                (:class:`~alignlab.train.online_batches.PolicyAndValue`).
+            optimizer: the optimiser given to the constructor.
+
+        Returns:
+            The prepared module and optimiser, for the training steps. The scheduler is registered
+            for ``save_state``/``load_state`` only; the trainer steps the one it built.
+        """
+        wrapped, prepared_optimizer = self.accelerator.prepare(module, optimizer)
+        self.accelerator.prepare_scheduler(self.scheduler)
+        self.prepared, self.optimizer = wrapped, prepared_optimizer
+        if self.checkpoint is not None:
+            load_checkpoint(self.checkpoint, self.accelerator, self.model, self.optimizer, self.scheduler, self.aside)
+        return wrapped, prepared_optimizer
 
     def add_compute(self, tokens: float) -> None:
         """Add ``tokens`` policy forward-equivalent tokens (the module docstring) to the run's total."""
@@ -134,7 +156,8 @@ class RunLoop:
         return {} if self.compute_tokens is None else {"compute_tokens": self.compute_tokens}
 
     def save(self, step: int, state: dict[str, Any] | None = None) -> None:
-        """Checkpoint after ``step`` completed steps (main process writes; everyone waits).
+        """Checkpoint after ``step`` completed steps, on every process
+        (:func:`~alignlab.train.checkpoint.save_checkpoint`).
 
         Raises:
             TrainingDiverged: the weights are no longer finite: nothing is saved over the last good state.
@@ -147,18 +170,19 @@ class RunLoop:
             )
         self.log.flush()
         self.state = {**self.state, **(state or {}), **self.compute()}
-        if self.accelerator.is_main_process:
-            save_checkpoint(
-                self.out_dir,
-                step,
-                self.model,
-                self.optimizer,
-                self.scheduler,
-                self.state,
-                self.cfg.keep_checkpoints,
-                tokenizer=self.tokenizer,
-                aside=self.aside,
-            )
+        if self.prepared is None:
+            raise RuntimeError("RunLoop.save before RunLoop.prepare: there is no training state to save yet")
+        save_checkpoint(
+            self.out_dir,
+            step,
+            self.accelerator,
+            self.prepared,
+            self.model,
+            self.state,
+            self.cfg.keep_checkpoints,
+            tokenizer=self.tokenizer,
+            aside=self.aside,
+        )
         self.accelerator.wait_for_everyone()
 
     def guard(self, step: int, what: str, value: torch.Tensor, state: dict[str, Any] | None = None) -> None:

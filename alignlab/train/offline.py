@@ -213,7 +213,7 @@ def train_offline(
     optimizer = build_optimizer(model.parameters(), cfg)
     scheduler = build_scheduler(optimizer, cfg)
     loop = RunLoop(out_dir, model, optimizer, scheduler, accelerator, cfg, tokenizer=tokenizer)
-    wrapped, optimizer = accelerator.prepare(model, optimizer)
+    wrapped, optimizer = loop.prepare(model, optimizer)  # and restored from the checkpoint, if any
     run_eval = None if evaluate is None else (lambda: evaluate(accelerator.unwrap_model(wrapped)))
     cost = step_fn if isinstance(step_fn, ObjectiveStep) else None
     running = cost.running if cost is not None else None

@@ -272,7 +272,7 @@ def train_online(
     )
     controller = KLController(loop.state.get("kl_coef", s.rollout.kl_coef), s.rollout.target_kl, s.rollout.kl_horizon)
     estimator_state: dict[str, Any] = dict(loop.state.get("estimator", {}))
-    model, optimizer = accelerator.prepare(core, optimizer)
+    model, optimizer = loop.prepare(core, optimizer)  # and restored from the checkpoint, if any
     core = accelerator.unwrap_model(model)
     # the reference the iterations score against: π_ref, or a copy that becomes the policy after each
     # iteration (so, resumed after iteration t, the policy itself)

@@ -1,18 +1,11 @@
-"""Run state on disk: checkpoints that resume exactly, and the metrics log.
+"""Run state on disk: which checkpoints a run has and whether they are whole, ``final/``, and the
+metrics log and results.
 
-A checkpoint is a directory ``out_dir/checkpoints/step-NNNNNNN/`` published atomically (it
-exists whole or not at all) that is itself a model: the trained policy's ``save_pretrained`` files
-(``config.json``, ``model.safetensors``, ``generation_config.json``) and its tokenizer's at the top,
-so ``AutoModelForCausalLM.from_pretrained(dir)`` and ``AutoTokenizer.from_pretrained(dir)`` load it
-alone (with LoRA adapters, ``model.lora``, the top holds the adapter instead: ``adapter_config.json``
-and ``adapter_model.safetensors``, which ``PeftModel.from_pretrained(base, dir)`` loads and
-``alignlab export`` merges into a plain model). Beside them: each other trained module in a
-subdirectory of its own (PPO's ``critic/`` or ``value_head/``), the optimiser and scheduler state
-and the RNG states (``trainer_state.pt``),
-``state.json`` (the step, the data position, any trainer state such as PPO's KL coefficient), a
-copy of ``metrics.jsonl`` as it stood, and ``MANIFEST.json`` (:func:`alignlab.io.atomic_dir`).
-Loading uses ``weights_only=True`` and safetensors only. A finished run publishes its policy alone
-as ``out_dir/final/`` (:func:`publish_final`).
+A checkpoint is a directory ``out_dir/checkpoints/step-NNNNNNN/`` published atomically (it exists
+whole or not at all) that is itself a model with the run state beside it; what it holds, and how it
+is written and read through accelerate's ``save_state``/``load_state``, is
+:mod:`alignlab.train.checkpoint`. Every file is listed in its ``MANIFEST.json`` (size and sha256).
+A finished run publishes its policy alone as ``out_dir/final/`` (:func:`publish_final`).
 
 Damage is detected, not trusted: a checkpoint that fails its manifest is moved aside to
 ``checkpoints/damaged-step-NNNNNNN`` and the run resumes from the newest intact one (or from step
@@ -24,23 +17,18 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import re
 import shutil
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from alignlab.adapters import is_adapted, load_adapter_weights
 from alignlab.errors import one_line
 from alignlab.io import (
     MANIFEST,
     Damaged,
     atomic_dir,
-    atomic_write_json,
     atomic_write_jsonl,
     clear_temps,
     quarantine,
@@ -52,7 +40,11 @@ from alignlab.io import (
 CHECKPOINTS = "checkpoints"
 FINAL = "final"
 """The finished run's policy, model + tokenizer + generation config only (:func:`publish_final`)."""
-RUN_STATE = ("trainer_state.pt", "state.json", "metrics.jsonl", MANIFEST)
+ACCELERATE = "accelerate"
+"""The subdirectory of a checkpoint that ``accelerator.save_state`` writes (the module docstring)."""
+LEGACY_STATE = "trainer_state.pt"
+"""The training state of an alignlab from before ``accelerate/``: optimiser, scheduler and RNG state dicts."""
+RUN_STATE = (ACCELERATE, LEGACY_STATE, "state.json", "metrics.jsonl", MANIFEST)
 """The files of a checkpoint that are run state, not the model."""
 LEGACY_MODEL_DIRS = ("model", "policy")
 """Where an alignlab before checkpoints were models saved the trained model, in a subdirectory."""
@@ -60,50 +52,6 @@ METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 WINRATE = "winrate.json"
 _STEP = re.compile(r"^step-(\d+)$")
-
-
-def rng_state() -> dict[str, Any]:
-    """Every RNG a run may draw from: torch (CPU and CUDA), Python's ``random`` and numpy's."""
-    np_state: Any = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "python": random.getstate(),
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
-    }
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    random.setstate(state["python"])
-    name, keys, *rest = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
-
-
-def _save_module(module: torch.nn.Module, path: Path, state_dict: dict[str, torch.Tensor] | None) -> None:
-    if hasattr(module, "save_pretrained"):
-        module.save_pretrained(path, state_dict=state_dict, safe_serialization=True)  # type: ignore[operator]
-    else:
-        path.mkdir(parents=True, exist_ok=True)
-        tensors = state_dict if state_dict is not None else module.state_dict()
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(path / "module.safetensors"))
-
-
-def _load_module(module: torch.nn.Module, path: Path) -> None:
-    if is_adapted(module):  # a LoRA policy: its checkpoint is the adapter, the base is the SFT policy
-        load_adapter_weights(module, path)
-        return
-    if not (path / "config.json").is_file() and not (path / "module.safetensors").is_file():
-        # a checkpoint of an alignlab from before checkpoints were models: the model in a subdirectory
-        path = next((path / d for d in LEGACY_MODEL_DIRS if (path / d / "config.json").is_file()), path)
-    if (path / "module.safetensors").exists():
-        module.load_state_dict(load_file(str(path / "module.safetensors")))
-        return
-    # from_pretrained knows the model's tied and renamed weights; copy its tensors into ours
-    loaded = type(module).from_pretrained(path)  # type: ignore[attr-defined]
-    module.load_state_dict(loaded.state_dict())
 
 
 def checkpoint_dir(out_dir: Path, step: int) -> Path:
@@ -115,7 +63,7 @@ def clear_checkpoint_temps(out_dir: Path) -> list[Path]:
     return clear_temps(out_dir / CHECKPOINTS)
 
 
-def _remove(path: Path) -> None:
+def remove_checkpoint(path: Path) -> None:
     """Delete a checkpoint all at once: renamed out of the ``step-*`` names first, so that a kill
     during the deletion leaves a temporary for :func:`clear_checkpoint_temps`, not a checkpoint
     missing some of its files."""
@@ -128,7 +76,7 @@ def _remove(path: Path) -> None:
     shutil.rmtree(doomed, ignore_errors=True)
 
 
-def _checkpoints(out_dir: Path) -> list[Path]:
+def list_checkpoints(out_dir: Path) -> list[Path]:
     """Every ``step-N`` directory under ``out_dir/checkpoints``, oldest first (not checked)."""
     root = out_dir / CHECKPOINTS
     found = [p for p in root.iterdir() if _STEP.match(p.name)] if root.is_dir() else []
@@ -136,21 +84,26 @@ def _checkpoints(out_dir: Path) -> list[Path]:
 
 
 def _read_whole(path: Path) -> None:
-    """Read every JSON, safetensors and torch file of a checkpoint without a manifest (an older alignlab's)."""
+    """Read every file of a checkpoint without a manifest (an older alignlab's, or one whose manifest
+    was lost): JSON, safetensors, and torch files through accelerate's ``weights_only`` loader."""
+    from accelerate.utils import load
+
     for file in sorted(path.rglob("*")):
         if file.suffix == ".json":
             json.loads(file.read_text(encoding="utf-8"))
         elif file.suffix == ".safetensors":
             load_file(str(file))
-        elif file.suffix == ".pt":
-            torch.load(file, weights_only=True)
+        elif file.suffix in (".pt", ".bin", ".pkl") and file.is_file():
+            load(file)
 
 
 def checkpoint_problem(path: Path) -> str | None:
     """What is wrong with the checkpoint directory ``path``; None when it is intact.
 
-    Checked against its manifest (size and sha256 of every file); one written before manifests is
-    read whole instead. Either way ``state.json`` must name the checkpoint's own step.
+    Checked against its manifest (size and sha256 of every file); one written without a manifest is
+    read whole instead. Either way ``state.json`` must name the checkpoint's own step, and the
+    training state must be there: ``accelerate/`` with process 0's RNG file, or an older alignlab's
+    ``trainer_state.pt``.
     """
     try:
         if not verify_dir(path):
@@ -163,9 +116,17 @@ def checkpoint_problem(path: Path) -> str | None:
     step = state.get("step") if isinstance(state, dict) else None
     if step != int(path.name[5:]):
         return f"its state.json names step {step!r}"
-    if not (path / "trainer_state.pt").is_file():
-        return "trainer_state.pt is missing"
+    if (path / ACCELERATE).is_dir():
+        if not (path / ACCELERATE / "random_states_0.pkl").is_file():
+            return f"{ACCELERATE}/random_states_0.pkl is missing"
+    elif not (path / LEGACY_STATE).is_file():
+        return f"its training state ({ACCELERATE}/) is missing"
     return None
+
+
+def read_state(path: Path) -> dict[str, Any]:
+    """``state.json`` of a checkpoint: its step and the trainer's own state (the module docstring)."""
+    return dict(json.loads((path / "state.json").read_text(encoding="utf-8")))
 
 
 def _set_aside(path: Path, problem: str) -> str:
@@ -187,7 +148,7 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
     that the run starts over from step 0.
     """
     damaged, found = [], None
-    for path in reversed(_checkpoints(out_dir)):
+    for path in reversed(list_checkpoints(out_dir)):
         problem = checkpoint_problem(path)
         if problem is None:
             found = path
@@ -199,67 +160,9 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
     return found
 
 
-def save_checkpoint(
-    out_dir: Path,
-    step: int,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    state: dict[str, Any],
-    keep: int,
-    *,
-    tokenizer: Any = None,
-    aside: dict[str, torch.nn.Module] | None = None,
-    state_dicts: dict[str, dict[str, torch.Tensor]] | None = None,
-) -> Path:
-    """Write the checkpoint of ``step`` atomically, then drop all but the newest ``keep``.
-
-    Args:
-        model: the trained policy (unwrapped): ``save_pretrained`` at the checkpoint's top, beside
-            ``tokenizer``'s files, so the directory loads with ``from_pretrained`` alone.
-        aside: name -> another trained module (PPO's critic or value head), in the subdirectory ``name``.
-        state_dicts: name (``model`` for the policy) -> a full state dict gathered by accelerate
-            (FSDP, DeepSpeed), if any.
-    """
-    path = checkpoint_dir(out_dir, step)
-    if path.exists():
-        return path
-    gathered = state_dicts or {}
-    with atomic_dir(path) as tmp:
-        _save_module(model, tmp, gathered.get("model"))
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        for name, module in (aside or {}).items():
-            _save_module(module, tmp / name, gathered.get(name))
-        torch.save(
-            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
-            tmp / "trainer_state.pt",
-        )
-        atomic_write_json(tmp / "state.json", {**state, "step": step})  # the step of this checkpoint, always
-        if (out_dir / METRICS).is_file():  # the log as flushed before this checkpoint: restores a damaged one
-            shutil.copyfile(out_dir / METRICS, tmp / METRICS)
-    older = [p for p in _checkpoints(out_dir) if int(p.name[5:]) < step]
-    for stale in older[: max(0, len(older) - (keep - 1))]:
-        _remove(stale)
-    return path
-
-
-def load_checkpoint(
-    path: Path,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    aside: dict[str, torch.nn.Module] | None = None,
-) -> dict[str, Any]:
-    """Restore the model, the modules ``aside``, optimiser, scheduler and RNGs from ``path``; returns ``state.json``."""
-    _load_module(model, path)
-    for name, module in (aside or {}).items():
-        _load_module(module, path / name)
-    saved = torch.load(path / "trainer_state.pt", weights_only=True)
-    optimizer.load_state_dict(saved["optimizer"])
-    scheduler.load_state_dict(saved["scheduler"])
-    set_rng_state(saved["rng"])
-    return json.loads((path / "state.json").read_text())
+def checkpoint_model_files(path: Path) -> list[Path]:
+    """The files at a checkpoint's top that are the policy: model (or adapter), tokenizer, generation config."""
+    return sorted(p for p in path.iterdir() if p.is_file() and p.name not in RUN_STATE)
 
 
 def publish_final(out_dir: Path) -> Path | None:
@@ -274,7 +177,7 @@ def publish_final(out_dir: Path) -> Path | None:
     last = latest_checkpoint(out_dir)
     if last is None:
         return None
-    files = sorted(p for p in last.iterdir() if p.is_file() and p.name not in RUN_STATE)
+    files = checkpoint_model_files(last)
     final = out_dir / FINAL
     if final.exists() or final.is_symlink():
         problem = _final_problem(final, last, [p.name for p in files])
@@ -365,7 +268,7 @@ def _json_problem(path: Path, kind: type) -> str | None:
 def _metrics_problem(out_dir: Path) -> str | None:
     """What is wrong with a finished run's log: a damaged line, no rows, fewer rows than its last checkpoint saved."""
     rows, problem = scan_jsonl(out_dir / METRICS)
-    checkpoints = _checkpoints(out_dir)
+    checkpoints = list_checkpoints(out_dir)
     saved = len(scan_jsonl(checkpoints[-1] / METRICS)[0]) if checkpoints else 0
     if problem or not rows:
         return problem or "missing or empty"

@@ -180,10 +180,18 @@ def test_every_shipped_experiment_validates():
     labels = {r.label for r in planned}
     assert {"DPO", "PPO", "PPO-GT", "Unlikelihood", "Preferred-FT", "best-of-N"} <= labels
     assert {r.run_id.rsplit("-seed", 1)[1] for r in planned if r.label == "DPO"} == {"0", "1", "2"}
-    variants = load_experiment(find("imdb_variants"))
-    offline = {"IPO", "cDPO", "rDPO", "KTO", "ORPO", "SimPO", "SLiC", "MADPO", "ODPO", "DPOP", "beta-DPO"}
-    online = {"RLOO", "GRPO", "online-DPO", "iterative-DPO"}
-    assert offline | online <= {t.label for t in variants.tuned}
+    # the variants, the margin-aware four and the online four: three experiments on the frontier's stages,
+    # each with DPO β 0.1 beside them and every method tuned
+    expected = {
+        "imdb_variants": {"IPO", "cDPO", "rDPO", "KTO", "ORPO", "SimPO", "SLiC"},
+        "imdb_margin": {"MADPO", "ODPO", "DPOP", "beta-DPO"},
+        "imdb_online": {"RLOO", "GRPO", "online-DPO", "iterative-DPO"},
+    }
+    for name, labels in expected.items():
+        exp = load_experiment(find(name))
+        assert {t.label for t in exp.tuned} == labels | {"DPO"}, name
+        assert {r.cfg.data.generate for r in exp.planned} == {frontier.planned[0].cfg.data.generate}, name  # the same stages
+    assert {r.cfg.data.scores for r in load_experiment(find("imdb_margin")).planned} == {"reward_model"}
     dpo = sorted({r.method.cfg.beta for r in planned if r.label == "DPO"})
     ppo = sorted({r.cfg.rollout.target_kl for r in planned if r.label == "PPO"})
     ul = sorted({r.method.cfg.alpha for r in planned if r.label == "Unlikelihood"})

@@ -291,6 +291,14 @@ def _sft_precision() -> str:
     return resolve_mixed_precision("auto")
 
 
+def _sft_code() -> str:
+    """The version of the code that computes SFT weights: the presets, this module and the training loop."""
+    from alignlab import models, sft
+    from alignlab.train import loop
+
+    return code_version(models, sft, loop)
+
+
 def prepare_policy(
     task: Task, model_cfg: ModelConfig, sft_cfg: SFTConfig, cache: Path | None = None, progress: bool = True
 ) -> Policy:
@@ -302,14 +310,12 @@ def prepare_policy(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from alignlab import models, sft
-
     root = cache or cache_root()
     texts = task.sft_texts()
     data_key = f"{task.name}:{texts_fingerprint(texts)}"
     precision = _sft_precision()
     mixed = [] if precision == "no" else [precision]  # SFT under autocast: other weights, another entry
-    key = fingerprint(data_key, sft_model_settings(model_cfg), sft_cfg.to_dict(), code_version(models, sft), *mixed)
+    key = fingerprint(data_key, sft_model_settings(model_cfg), sft_cfg.to_dict(), _sft_code(), *mixed)
     path = root / "sft" / key
     run_dir = path.with_name(f".{key}.run")  # SFT's checkpoints: an interrupted build resumes from them
     main, world = _processes()
@@ -371,7 +377,6 @@ def _build_policy(
 ) -> None:
     """Steps 1–5 of :func:`prepare_policy`: tokenizer, model, SFT, held-out perplexity, save to ``path``
     (the main process; every process trains). SFT's checkpoints go to ``run_dir``."""
-    from alignlab import models, sft
 
     t0 = time.time()
     # 1-2. tokenizer and model
@@ -434,7 +439,7 @@ def _build_policy(
                 "data": data_key,
                 "model": sft_model_settings(model_cfg),
                 "sft": sft_cfg.to_dict(),
-                "code": code_version(models, sft),
+                "code": _sft_code(),
                 "metrics": metrics,
             },
         )

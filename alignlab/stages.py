@@ -22,6 +22,7 @@ from typing import Any
 
 from alignlab import pairs as pairs_module
 from alignlab.cache_keys import code_version, fingerprint, texts_fingerprint
+from alignlab.core import rollout
 from alignlab.errors import AlignlabError
 from alignlab.io import atomic_dir, atomic_write_json, clear_temps, file_lock, load_intact
 from alignlab.models import model_context
@@ -60,7 +61,7 @@ def generated_pairs(
     """Pairs by the DPO protocol (k samples per train prompt, ranked by ``judge``); (directory, info)."""
     prompts = task.prompts("train", policy.tokenizer)
     used = prompts[: cfg.max_prompts or len(prompts)]
-    key = fingerprint(str(policy.path), used, judge.name, cfg.to_dict(), code_version(pairs_module))
+    key = fingerprint(str(policy.path), used, judge.name, cfg.to_dict(), code_version(pairs_module, rollout))
     path = root / "pairs" / key
     with file_lock(path.parent / f".{key}.lock"):
         found = load_intact(path, _pairs_info, "the cached preference pairs")

@@ -190,7 +190,8 @@ def test_every_shipped_experiment_validates():
     for name, labels in expected.items():
         exp = load_experiment(find(name))
         assert {t.label for t in exp.tuned} == labels | {"DPO"}, name
-        assert {r.cfg.data.generate for r in exp.planned} == {frontier.planned[0].cfg.data.generate}, name  # the same stages
+        same_stages = {frontier.planned[0].cfg.data.generate}
+        assert {r.cfg.data.generate for r in exp.planned} == same_stages, name
     assert {r.cfg.data.scores for r in load_experiment(find("imdb_margin")).planned} == {"reward_model"}
     dpo = sorted({r.method.cfg.beta for r in planned if r.label == "DPO"})
     ppo = sorted({r.cfg.rollout.target_kl for r in planned if r.label == "PPO"})

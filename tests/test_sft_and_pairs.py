@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -178,3 +179,39 @@ def test_generated_pairs_are_reproducible_and_ranked(tmp_path, cache):
     )
     assert (tmp_path / "c" / "pairs.jsonl.gz").read_bytes() != (tmp_path / "a" / "pairs.jsonl.gz").read_bytes()
     assert different["samples"] == 32
+
+
+def _edited_source(monkeypatch, module, tmp_path):
+    """``module``'s source as code_version reads it, with one line added (a code change, on disk elsewhere)."""
+    edited = tmp_path / f"edited_{module.__name__.replace('.', '_')}.py"
+    edited.write_text(Path(module.__file__).read_text() + "\n# edited\n")
+    monkeypatch.setattr(module, "__file__", str(edited))
+
+
+def test_cached_stages_are_keyed_on_the_code_that_computes_them(tmp_path, cache, monkeypatch):
+    """SFT weights come from the training loop and pairs from the rollout core's sampling: a change to
+    either is a new cache entry, not a stale one reused."""
+    from alignlab import stages
+    from alignlab.core import rollout
+    from alignlab.train import loop
+
+    task = ToyTask()
+    model_cfg = ModelConfig(preset="smoke", vocab_size=300)
+    sft_cfg = SFTConfig(steps=4, batch_size=8, seq_len=32, eval_blocks=4)
+    policy = prepare_policy(task, model_cfg, sft_cfg, cache=cache, progress=False)
+
+    class Judge:
+        name = "length"
+
+        def __call__(self, prompts, completions):
+            return torch.tensor([float(len(c)) for c in completions])
+
+    cfg = PairGenConfig(samples_per_prompt=2, max_new_tokens=4, batch_size=16, max_prompts=2)
+    pairs, _ = stages.generated_pairs(task, policy, Judge(), cfg, cache, progress=False)
+    assert stages.generated_pairs(task, policy, Judge(), cfg, cache, progress=False)[0] == pairs
+
+    _edited_source(monkeypatch, rollout, tmp_path)
+    assert stages.generated_pairs(task, policy, Judge(), cfg, cache, progress=False)[0] != pairs
+    _edited_source(monkeypatch, loop, tmp_path)
+    again = prepare_policy(task, model_cfg, sft_cfg, cache=cache, progress=False)
+    assert again.metrics["cached"] is False and again.path != policy.path

@@ -8,6 +8,7 @@ bf16 reward model still trains in float32.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -67,3 +68,37 @@ def test_the_knob_reaches_the_loaded_reference_and_reward_model(saved):
     for (name, got), want in zip(critic.state_dict().items(), saved_rm.state_dict().values(), strict=True):
         assert got.dtype == torch.float32 and torch.equal(got, want), name
     assert critic.training and all(p.requires_grad for p in critic.parameters())
+
+
+def test_a_reference_that_follows_the_policy_keeps_its_dtype_across_a_resume(corpus_cache, tmp_path, stop_after):
+    """Iterative DPO with ``rollout.reference: last_iteration`` and π_ref in bf16: the copy that follows the
+    policy is π_ref's copy (bf16) in a fresh run and in a resumed one alike, so 4 iterations straight and
+    2 + SIGTERM + 2 give the same rows (a resumed run once copied the float32 policy instead)."""
+    from alignlab.interrupts import Interrupted
+    from alignlab.jobs.job import run_training
+
+    def run(out: Path) -> list[dict]:
+        overrides = [
+            f"out_dir={out}",
+            "objective={name: iterative_dpo}",
+            "reward.kind=gold",
+            "rollout.reference=last_iteration",
+            "rollout.max_new_tokens=4",
+            "train.frozen_dtype=bfloat16",
+            "train.batch_size=4",
+            "train.steps=4",
+            "train.save_every=2",
+            "train.eval_every=1",
+            "eval.prompts=2",
+            "eval.max_new_tokens=4",
+        ]
+        run_training("train/ok.yaml", overrides)
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in r.items() if not k.endswith("_s")} for r in rows]
+
+    whole = run(tmp_path / "whole")
+    stop_after[2] = "SIGTERM"
+    with pytest.raises(Interrupted):
+        run(tmp_path / "cut")
+    stop_after.clear()
+    assert run(tmp_path / "cut") == whole

@@ -281,7 +281,10 @@ def train_online(
         # a LoRA policy: a snapshot of its adapters, not a copy of the network (B starts at zero: π_ref)
         train_ref = FollowingAdapters(core.policy)
     elif s.rollout.reference == "last_iteration":
-        train_ref = copy.deepcopy(core.policy if loop.resumed else reference).requires_grad_(False).eval()
+        # a copy of π_ref as loaded (its dtype: train.frozen_dtype), given the policy's weights when resumed
+        train_ref = copy.deepcopy(reference).requires_grad_(False).eval()
+        if loop.resumed:
+            train_ref.load_state_dict(core.policy.state_dict())
     run_eval = None if evaluate is None else (lambda: evaluate(core.policy))
     costs = Costs.of(core, reference, reward)
 

@@ -83,3 +83,57 @@ def test_every_checkpoint_and_the_final_policy_load_with_the_auto_classes_alone(
         critic = AutoModelForSequenceClassification.from_pretrained(checkpoints[-1] / "critic")
         with torch.no_grad():
             assert torch.equal(critic.eval()(input_ids=ids).logits, trained["critic"].eval()(input_ids=ids).logits)
+
+
+def _accelerator(kind: str, state_dict_type: str | None = None) -> Any:
+    from types import SimpleNamespace
+
+    plugin = SimpleNamespace(state_dict_type=f"StateDictType.{state_dict_type}")
+    return SimpleNamespace(distributed_type=f"DistributedType.{kind}", state=SimpleNamespace(fsdp_plugin=plugin))
+
+
+@pytest.mark.parametrize(
+    ("files", "layout"),
+    [
+        (["optimizer.bin", "random_states_0.pkl"], "whole (one process or DDP)"),
+        (["pytorch_model_fsdp_0/", "optimizer_0/"], "FSDP, SHARDED_STATE_DICT"),
+        (["pytorch_model_fsdp.bin", "optimizer.bin"], "FSDP, FULL_STATE_DICT"),
+        (["pytorch_model_fsdp_rank0.bin", "pytorch_model_fsdp_rank1.bin"], "FSDP, LOCAL_STATE_DICT"),
+        (["pytorch_model/"], "DeepSpeed"),
+    ],
+)
+def test_a_checkpoint_resumes_only_under_the_layout_that_saved_it(files, layout, tmp_path):
+    """accelerate's ``load_state`` expects the files of the run's own layout (an FSDP checkpoint resumed on
+    one process stopped on a missing ``optimizer.bin``): the layout is read from the files and a mismatch
+    is one line naming the checkpoint and both layouts."""
+    from alignlab.errors import AlignlabError
+    from alignlab.train.checkpoint import check_layout, saved_layout
+
+    state = tmp_path / "step-0000004" / "accelerate"
+    state.mkdir(parents=True)
+    for name in files:
+        (state / name.rstrip("/")).mkdir() if name.endswith("/") else (state / name).write_bytes(b"")
+    assert saved_layout(state.parent) == layout
+    runs = {
+        "whole (one process or DDP)": _accelerator("MULTI_CPU"),
+        "FSDP, SHARDED_STATE_DICT": _accelerator("FSDP", "SHARDED_STATE_DICT"),
+        "FSDP, FULL_STATE_DICT": _accelerator("FSDP", "FULL_STATE_DICT"),
+        "FSDP, LOCAL_STATE_DICT": _accelerator("FSDP", "LOCAL_STATE_DICT"),
+        "DeepSpeed": _accelerator("DEEPSPEED"),
+    }
+    for name, accelerator in runs.items():
+        if name == layout:
+            check_layout(state.parent, accelerator)
+            continue
+        with pytest.raises(AlignlabError) as refused:
+            check_layout(state.parent, accelerator)
+        message = str(refused.value)
+        assert "\n" not in message and str(state.parent) in message and layout in message and name in message
+
+
+def test_a_real_checkpoint_of_one_process_is_laid_out_whole(small_imdb, tmp_path):
+    from alignlab.train.checkpoint import saved_layout
+
+    train_small(small_imdb, tmp_path / "run", "dpo")
+    newest = sorted((tmp_path / "run" / "checkpoints").glob("step-*"))[-1]
+    assert saved_layout(newest) == "whole (one process or DDP)"

@@ -39,8 +39,12 @@ estimator state, KTO's and β-DPO's running statistics: :attr:`alignlab.train.lo
 is ``state.json``, not an accelerate custom object: it is read before ``accelerator.prepare`` (the
 trainers build their KL controller and running state from it), it is a few numbers a person can
 read, JSON floats round-trip exactly, and custom objects are pickles that accelerate loads with
-``weights_only=False``. Everything here loads with ``weights_only=True`` (accelerate's ``load``) or
-from safetensors.
+``weights_only=False``. What alignlab loads itself, and accelerate's ``load`` of the optimiser, scheduler
+and RNG files, loads with ``weights_only=True`` or from safetensors; a checkpoint of a sharded run is
+read by ``torch.distributed.checkpoint`` (FSDP's ``SHARDED_STATE_DICT``: its ``.metadata`` is a pickle)
+or by DeepSpeed's engine, which unpickle: the manifest proves such a checkpoint whole, not who wrote
+it, so resume sharded runs only from checkpoints of your own. A checkpoint resumes only under the
+layout it was saved in (:func:`check_layout`).
 
 Finding the newest intact checkpoint, moving damaged ones aside, pruning and ``final/``:
 :mod:`alignlab.train.state`.
@@ -251,11 +255,13 @@ def load_checkpoint(
 
     Raises:
         AlignlabError: ``path`` is an older alignlab's checkpoint (``trainer_state.pt``) and the run is
-            sharded (FSDP, DeepSpeed): that file holds one process's part of the optimiser.
+            sharded (FSDP, DeepSpeed): that file holds one process's part of the optimiser; or ``path``
+            was saved by a run laid out otherwise (:func:`check_layout`).
     """
     if not (path / ACCELERATE).is_dir():
         _load_legacy(path, accelerator, model, optimizer, scheduler, aside)
         return
+    check_layout(path, accelerator)
     if not accelerate_holds_weights(accelerator):
         _load_module(model, path)
         for name, module in (aside or {}).items():
@@ -267,6 +273,47 @@ def load_checkpoint(
         warn(
             f"{path}: saved by {saved} processes, resumed on {accelerator.num_processes}: the data order is "
             "the same, but the random draws (sampling, dropout) are not those of an uninterrupted run"
+        )
+
+
+def state_layout(accelerator: Any) -> str:
+    """How ``save_state`` lays out the training state under ``accelerator``: whole (one process, DDP),
+    FSDP's by its state-dict type, or DeepSpeed's; a checkpoint resumes only under the layout it was
+    written in."""
+    kind = str(accelerator.distributed_type).split(".")[-1]
+    if kind == "FSDP":
+        return f"FSDP, {str(accelerator.state.fsdp_plugin.state_dict_type).split('.')[-1]}"
+    return "DeepSpeed" if kind == "DEEPSPEED" else "whole (one process or DDP)"
+
+
+def saved_layout(path: Path) -> str:
+    """:func:`state_layout` of the run that wrote checkpoint ``path``, read from the files in its
+    ``accelerate/`` (accelerate's names: ``pytorch_model_fsdp_0/`` shards, ``pytorch_model_fsdp.bin``
+    gathered, ``pytorch_model_fsdp_rank<i>.bin`` per process, ``pytorch_model/`` DeepSpeed's engine)."""
+    names = [p.name for p in (path / ACCELERATE).iterdir()]
+    fsdp = [n for n in names if n.startswith("pytorch_model_fsdp")]
+    if any((path / ACCELERATE / n).is_dir() for n in fsdp):
+        return "FSDP, SHARDED_STATE_DICT"
+    if any("_rank" in n for n in fsdp):
+        return "FSDP, LOCAL_STATE_DICT"
+    if fsdp:
+        return "FSDP, FULL_STATE_DICT"
+    return "DeepSpeed" if (path / ACCELERATE / "pytorch_model").is_dir() else "whole (one process or DDP)"
+
+
+def check_layout(path: Path, accelerator: Any) -> None:
+    """Refuse, in one line, a checkpoint whose training state was laid out for another kind of run (an
+    FSDP run resumed on one process, DDP under FSDP, sharded under full state dicts): accelerate's
+    ``load_state`` would stop on a missing file.
+
+    Raises:
+        AlignlabError: the layouts differ.
+    """
+    saved, now = saved_layout(path), state_layout(accelerator)
+    if saved != now:
+        raise AlignlabError(
+            f"{path}: its training state was saved by a run laid out as {saved}, and this run is {now}: "
+            "resume it under the launch configuration that wrote it, or start over in another out_dir"
         )
 
 

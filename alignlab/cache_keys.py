@@ -9,6 +9,7 @@ changes, so a stale entry is never read back.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,63 @@ from typing import Any
 import torch
 
 import alignlab
+
+STAGE_CODE: dict[str, tuple[str, ...]] = {
+    # the presets, SFT itself, the loop it trains on (optimiser, schedule, packing, resume), its loss
+    "sft": (
+        "alignlab.models",
+        "alignlab.sft",
+        "alignlab.train.loop",
+        "alignlab.train.config",
+        "alignlab.train.data",
+        "alignlab.train.checkpoint",
+        "alignlab.core.scoring",
+        "alignlab.encoding",
+    ),
+    # the DPO protocol's pairs: the rollout core samples, pairs.py ranks and pairs them
+    "pairs": ("alignlab.pairs", "alignlab.core.rollout", "alignlab.core.scoring", "alignlab.encoding"),
+    # the scorer, its Bradley-Terry training on the offline trainer's loop and batches
+    "reward_model": (
+        "alignlab.models",
+        "alignlab.rewards.model",
+        "alignlab.train.reward_model",
+        "alignlab.train.offline",
+        "alignlab.train.loop",
+        "alignlab.train.config",
+        "alignlab.train.data",
+        "alignlab.train.checkpoint",
+        "alignlab.core.scoring",
+        "alignlab.encoding",
+    ),
+    # π_ref's log-probs of the pairs: the scoring core over the trainer's encoded batches
+    "reference": ("alignlab.core.scoring", "alignlab.train.data", "alignlab.encoding"),
+}
+"""The modules whose source is part of each cached stage's key (:func:`stage_code`): the code that
+computes the stage's numbers. ``tests/test_sft_and_pairs.py`` follows their imports and fails on one
+that is neither listed here nor in :data:`NOT_IN_THE_NUMBERS`. (The gold judge's modules are its
+task's: ``Task.gold_judge.modules()``.)"""
+
+NOT_IN_THE_NUMBERS: dict[str, str] = {
+    "alignlab": "the package: its version is in every key already",
+    "alignlab.cache_keys": "the keys themselves",
+    "alignlab.errors": "error types",
+    "alignlab.io": "atomic files, locks, manifests",
+    "alignlab.progress": "progress lines",
+    "alignlab.interrupts": "stopping at a step boundary on a signal",
+    "alignlab.schema": "the config base class: the settings themselves are in the key",
+    "alignlab.data": "where the data directory and the cache are",
+    "alignlab.train.state": "checkpoint and log file names, finding the newest checkpoint",
+    "alignlab.tasks.base": "the task's texts and prompts, which the key hashes themselves",
+    "alignlab.adapters": "LoRA adapters, which no stage trains",
+    "alignlab.objectives": "the methods' losses: the stages train with their own (SFT's, Bradley-Terry)",
+    "alignlab.objectives.base": "the objectives' types (Needs, the log-prob containers)",
+}
+"""Modules that the stages' code imports without their numbers depending on them, each with why."""
+
+
+def stage_code(stage: str) -> str:
+    """:func:`code_version` of the modules that compute ``stage`` (:data:`STAGE_CODE`)."""
+    return code_version(*(importlib.import_module(name) for name in STAGE_CODE[stage]))
 
 
 def code_version(*modules: Any) -> str:

@@ -43,7 +43,7 @@ import torch
 from tqdm.auto import tqdm
 
 from alignlab import interrupts
-from alignlab.cache_keys import code_version, fingerprint, texts_fingerprint
+from alignlab.cache_keys import code_version, fingerprint, stage_code, texts_fingerprint
 from alignlab.core.scoring import sequence_logps, token_logps
 from alignlab.data import DataError, cache_root
 from alignlab.encoding import encode_text
@@ -291,14 +291,6 @@ def _sft_precision() -> str:
     return resolve_mixed_precision("auto")
 
 
-def _sft_code() -> str:
-    """The version of the code that computes SFT weights: the presets, this module and the training loop."""
-    from alignlab import models, sft
-    from alignlab.train import loop
-
-    return code_version(models, sft, loop)
-
-
 def prepare_policy(
     task: Task, model_cfg: ModelConfig, sft_cfg: SFTConfig, cache: Path | None = None, progress: bool = True
 ) -> Policy:
@@ -315,7 +307,7 @@ def prepare_policy(
     data_key = f"{task.name}:{texts_fingerprint(texts)}"
     precision = _sft_precision()
     mixed = [] if precision == "no" else [precision]  # SFT under autocast: other weights, another entry
-    key = fingerprint(data_key, sft_model_settings(model_cfg), sft_cfg.to_dict(), _sft_code(), *mixed)
+    key = fingerprint(data_key, sft_model_settings(model_cfg), sft_cfg.to_dict(), stage_code("sft"), *mixed)
     path = root / "sft" / key
     run_dir = path.with_name(f".{key}.run")  # SFT's checkpoints: an interrupted build resumes from them
     main, world = _processes()
@@ -439,7 +431,7 @@ def _build_policy(
                 "data": data_key,
                 "model": sft_model_settings(model_cfg),
                 "sft": sft_cfg.to_dict(),
-                "code": _sft_code(),
+                "code": stage_code("sft"),
                 "metrics": metrics,
             },
         )

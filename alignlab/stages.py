@@ -13,6 +13,7 @@ a damaged entry is moved aside and built again under the stage's lock, with one 
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import shutil
@@ -20,9 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from alignlab import pairs as pairs_module
-from alignlab.cache_keys import code_version, fingerprint, texts_fingerprint
-from alignlab.core import rollout
+from alignlab.cache_keys import code_version, fingerprint, stage_code, texts_fingerprint
 from alignlab.errors import AlignlabError
 from alignlab.io import atomic_dir, atomic_write_json, clear_temps, file_lock, load_intact
 from alignlab.models import model_context
@@ -52,6 +51,8 @@ def gold_judge(task: Task, seed: int, root: Path) -> Any:
             with stage("gold judge", spec.doing), atomic_dir(path) as tmp:
                 spec.train(task, tmp, seed)
             judge = spec.load(path)
+    with contextlib.suppress(AttributeError):  # a judge class with __slots__ keeps its name as its identity
+        judge.cache_key = f"{judge.name}:{path.name}"  # type: ignore[attr-defined]  # keys the pairs it ranks
     return judge
 
 
@@ -61,7 +62,8 @@ def generated_pairs(
     """Pairs by the DPO protocol (k samples per train prompt, ranked by ``judge``); (directory, info)."""
     prompts = task.prompts("train", policy.tokenizer)
     used = prompts[: cfg.max_prompts or len(prompts)]
-    key = fingerprint(str(policy.path), used, judge.name, cfg.to_dict(), code_version(pairs_module, rollout))
+    judge_key = getattr(judge, "cache_key", judge.name)  # the gold judge's own cache key, code included
+    key = fingerprint(str(policy.path), used, judge_key, cfg.to_dict(), stage_code("pairs"))
     path = root / "pairs" / key
     with file_lock(path.parent / f".{key}.lock"):
         found = load_intact(path, _pairs_info, "the cached preference pairs")
@@ -119,14 +121,7 @@ def reward_model(
     model returned is loaded in ``dtype`` (a ``torch.dtype``; None: float32, as trained and saved).
     """
     texts = [t for p in train for t in (p.prompt, p.chosen, p.rejected)]
-    from alignlab.rewards import model as rm_module
-    from alignlab.train import offline
-    from alignlab.train import reward_model as rm_training
-
-    # the code that computes it: the scorer's architecture, its Bradley-Terry training, the offline trainer
-    key = fingerprint(
-        str(policy.path), texts_fingerprint(texts), cfg.to_dict(), code_version(rm_module, rm_training, offline)
-    )
+    key = fingerprint(str(policy.path), texts_fingerprint(texts), cfg.to_dict(), stage_code("reward_model"))
     path = root / "reward_model" / key
     with file_lock(path.parent / f".{key}.lock"):  # one builder; the others wait, then load
         found = load_intact(path, lambda at: _reward_model_and_metrics(at, dtype), "the cached reward model")

@@ -22,15 +22,13 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from alignlab.adapters import AdaptersOff, is_adapted, trainable_parameters
-from alignlab.cache_keys import code_version
-from alignlab.core import scoring
+from alignlab.cache_keys import stage_code
 from alignlab.jobs.evaluation import eval_prompts, sample_row, sampling_evaluation
 from alignlab.jobs.trainers import Method, RunContext, register_trainer, trainer_for
 from alignlab.models import model_context
 from alignlab.objectives.base import SampledRewards
 from alignlab.run_config import RunConfig
 from alignlab.tasks import Task
-from alignlab.train import data as data_module
 from alignlab.train.config import frozen_dtype
 from alignlab.train.data import PairData, UnpairedData, UnpairedExample, unpaired_from_pairs
 from alignlab.train.evaluation import best_of_n, bootstrap_ci
@@ -137,7 +135,7 @@ def offline_trainer(ctx: RunContext) -> dict[str, Any]:
         else:
             split[name] = PairData.build(policy.tokenizer, ctx.data[name], context)
         if needs.reference:
-            key = [str(policy.path), context, code_version(scoring, data_module)]
+            key = [str(policy.path), context, stage_code("reference")]
             if frozen_dtype(cfg.train) != torch.float32:  # π_ref's log-probs in another precision: other numbers
                 key.append(str(frozen_dtype(cfg.train)))
             with accelerator.main_process_first():

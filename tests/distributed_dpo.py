@@ -4,6 +4,7 @@ as one process and under ``accelerate launch --num_processes 2`` (gloo on CPU).
 Usage: python tests/distributed_dpo.py OUT_DIR [STEPS STOP_AFTER [FORCE_FSDP]]   (writes OUT_DIR/losses.json from
 the main process). With STEPS and STOP_AFTER (tests/test_fsdp.py): STEPS steps, a checkpoint every STOP_AFTER steps,
 and the run is interrupted after STOP_AFTER steps of this process when STOP_AFTER < STEPS (run it again to resume).
+FAIL_SAVE_ON_PROCESS=i in the environment: process i cannot write its part of a checkpoint (tests/test_fsdp.py).
 FORCE_FSDP (``SHARDED_STATE_DICT`` or ``FULL_STATE_DICT``; under a 2-process launch on CPU): accelerate's FSDP2
 path forced onto the gloo processes (:func:`force_fsdp2`).
 """
@@ -11,6 +12,7 @@ path forced onto the gloo processes (:func:`force_fsdp2`).
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -73,6 +75,9 @@ def main(out: Path, steps: int = 4, stop_after: int | None = None, fsdp: str | N
     accelerator = make_accelerator(cfg, out)
     if fsdp is not None:
         force_fsdp2(accelerator, fsdp)
+    failing = os.environ.get("FAIL_SAVE_ON_PROCESS")  # a test seam: this process cannot write its checkpoint part
+    if failing is not None and int(failing) == accelerator.process_index:
+        _fail_saving(accelerator)
     data = PairData.build(tokenizer, pairs, 64)
     reference = build_preset("smoke", tokenizer, seed=0)
     with accelerator.main_process_first():
@@ -102,6 +107,15 @@ def main(out: Path, steps: int = 4, stop_after: int | None = None, fsdp: str | N
                 }
             )
         )
+
+
+def _fail_saving(accelerator: Any) -> None:
+    """``accelerator.save_state`` raises on this process, as on a full disk."""
+
+    def save_state(*args: Any, **kwargs: Any) -> None:
+        raise OSError(28, f"No space left on device (process {accelerator.process_index}, a test)")
+
+    accelerator.save_state = save_state
 
 
 def _interrupted_after(step_fn: Any, steps: int) -> Any:

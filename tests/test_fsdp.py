@@ -55,7 +55,12 @@ DDP = ("--multi_gpu", "--num_machines", "1", "--dynamo_backend", "no")
 
 
 def _launch(
-    script: str, *args: str, cache: Path, how: tuple[str, ...] = FSDP, mixed_precision: str = "no"
+    script: str,
+    *args: str,
+    cache: Path,
+    how: tuple[str, ...] = FSDP,
+    mixed_precision: str = "no",
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess:
     """``accelerate launch`` of ``tests/<script>`` on 2 processes, with the shipped FSDP config by default."""
     command = [
@@ -72,7 +77,7 @@ def _launch(
         str(HERE / script),
         *args,
     ]
-    env = {**os.environ, "ALIGNLAB_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "ALIGNLAB_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -123,6 +128,22 @@ def _resume_is_exact(tmp_path: Path, how: tuple[str, ...], mixed_precision: str,
     for name in want:
         assert torch.equal(want[name], got[name]), name
     return a
+
+
+@pytest.mark.slow
+def test_a_process_that_cannot_write_its_checkpoint_stops_every_process(tmp_path):
+    """Process 1's part of the first checkpoint (step 0) fails (a full disk): both processes stop, each
+    saying why (process 0: that another process failed, not a broken connection at its next collective,
+    or, where the launcher does not stop it, a wait there until the collective's timeout), nothing is
+    published and no temporary directory is left."""
+    out = tmp_path / "out"
+    proc = _launch(
+        "distributed_dpo.py", str(out), "4", "2", cache=tmp_path / "cache", how=DDP, env={"FAIL_SAVE_ON_PROCESS": "1"}
+    )
+    assert proc.returncode != 0
+    assert "No space left on device (process 1" in proc.stderr, proc.stderr[-3000:]
+    assert "another process failed to write its part of this checkpoint" in proc.stderr, proc.stderr[-3000:]
+    assert not list((out / "checkpoints").iterdir())
 
 
 @pytest.mark.slow

@@ -215,6 +215,7 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
+    failure: BaseException | None = None
     try:
         with _weights_kept_out(accelerator):
             accelerator.save_state(str(tmp / ACCELERATE))
@@ -227,18 +228,40 @@ def save_checkpoint(
             atomic_write_json(tmp / "state.json", {**state, "step": step})  # the step of this checkpoint, always
             if (out_dir / METRICS).is_file():  # the log as flushed before this checkpoint: restores a damaged one
                 shutil.copyfile(out_dir / METRICS, tmp / METRICS)
-        accelerator.wait_for_everyone()  # every process's files are in
-        if main:
-            publish_dir(tmp, path)
-    except BaseException:
+    except Exception as error:
+        failure = error
+    # every process's files are in, or some process failed: all of them learn which, none waits on the others
+    if _failed_anywhere(accelerator, failure is not None):
         if main:
             shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        if failure is not None:
+            raise failure
+        raise AlignlabError(f"{path}: another process failed to write its part of this checkpoint; none was published")
+    try:
+        if main:
+            publish_dir(tmp, path)
+    except Exception as error:
+        failure = error
+        shutil.rmtree(tmp, ignore_errors=True)
+    if _failed_anywhere(accelerator, failure is not None):
+        if failure is not None:
+            raise failure
+        raise AlignlabError(f"{path}: the main process failed to publish this checkpoint")
     if main:
         older = [p for p in list_checkpoints(out_dir) if int(p.name[5:]) < step]
         for stale in older[: max(0, len(older) - (keep - 1))]:
             remove_checkpoint(stale)
     return path
+
+
+def _failed_anywhere(accelerator: Any, failed: bool) -> bool:
+    """Whether ``failed`` holds on any process (a collective: every process calls it). A process that
+    failed to write its part of a checkpoint tells the others, so that they stop too rather than wait
+    for it at the next collective until its timeout."""
+    if accelerator.num_processes == 1:
+        return failed
+    flag = torch.tensor([1.0 if failed else 0.0], device=accelerator.device)
+    return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
 
 
 def load_checkpoint(

@@ -228,7 +228,7 @@ def save_checkpoint(
             atomic_write_json(tmp / "state.json", {**state, "step": step})  # the step of this checkpoint, always
             if (out_dir / METRICS).is_file():  # the log as flushed before this checkpoint: restores a damaged one
                 shutil.copyfile(out_dir / METRICS, tmp / METRICS)
-    except Exception as error:
+    except BaseException as error:  # an interrupt too: the temporary directory goes, the others hear of it
         failure = error
     # every process's files are in, or some process failed: all of them learn which, none waits on the others
     if _failed_anywhere(accelerator, failure is not None):
@@ -240,7 +240,7 @@ def save_checkpoint(
     try:
         if main:
             publish_dir(tmp, path)
-    except Exception as error:
+    except BaseException as error:  # an interrupt too: the temporary directory goes, the others hear of it
         failure = error
         shutil.rmtree(tmp, ignore_errors=True)
     if _failed_anywhere(accelerator, failure is not None):

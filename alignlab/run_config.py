@@ -91,6 +91,11 @@ class WinRateConfig(Config):
         "llm: a causal LM (judge_model) asked which is better, positions randomised.",
     )
     judge_model: str | None = knob(None, "The LLM judge's model (a Hub id, a directory, or 'smollm2-135m').")
+    judge_orders: Literal["random", "both"] = knob(
+        "random",
+        "The llm judge's slots: random (each pair in one order, by a seeded coin: the DPO paper's) or both "
+        "(each pair both ways, P averaged: a constant slot preference cancels in every pair; twice the cost).",
+    )
     max_new_tokens: int | None = knob(None, "Length limit of the samples (null: eval.max_new_tokens).", gt=0)
 
 

@@ -127,28 +127,35 @@ def judge_task(path: str, args: argparse.Namespace) -> list[dict[str, Any]]:
 
     rows = []
 
-    def add(judge: Any, setup: str, t0: float, pairs: list[Any]) -> None:
+    def add(judge: Any, setup: str, t0: float, pairs: list[Any], both_orders: bool = False) -> None:
+        """A row for ``judge``; with ``both_orders`` (an LLM judge) a second row, from the same showings,
+        for the judge that shows each pair both ways and averages (eval.winrate.judge_orders: both)."""
         # similar lengths together: the LLM judge pads each batch to its longest row (the order changes
         # nothing else)
         r = judge_agreement(judge, sorted(pairs, key=lambda p: len(p.prompt) + len(p.chosen) + len(p.rejected)))
-        rows.append(
-            {
-                "task": task.name,
-                "experiment": exp.name,
-                "judge": judge.name,
-                "setup": setup,
-                "n": r["n"],
-                "prompts": r["prompts"],
-                "agreement": round(r["agreement"], 4),
-                "ci_low": round(r["ci"][0], 4),
-                "ci_high": round(r["ci"][1], 4),
-                "soft_agreement": round(r["soft_agreement"], 4),
-                "first_slot_rate": round(r["first_slot_rate"], 4),
-                "above_chance": r["ci"][0] > 0.5,
-                "wall_s": round(time.time() - t0, 1),
-            }
-        )
-        print(f"  {judge.name}: agreement {r['agreement']:.3f} {r['ci']}, first slot {r['first_slot_rate']:.3f}")
+        wall = round(time.time() - t0, 1)
+        variants = [("", r["agreement"], r["ci"])]
+        if both_orders:
+            variants.append((" (both orders)", r["both_orders_agreement"], r["both_orders_ci"]))
+        for suffix, agreement, ci in variants:
+            rows.append(
+                {
+                    "task": task.name,
+                    "experiment": exp.name,
+                    "judge": judge.name + suffix,
+                    "setup": setup if not suffix else setup + "; P averaged over the two orders",
+                    "n": r["n"],
+                    "prompts": r["prompts"],
+                    "agreement": round(agreement, 4),
+                    "ci_low": round(ci[0], 4),
+                    "ci_high": round(ci[1], 4),
+                    "soft_agreement": round(r["soft_agreement"], 4),
+                    "first_slot_rate": round(r["first_slot_rate"], 4) if not suffix else 0.5,
+                    "above_chance": ci[0] > 0.5,
+                    "wall_s": wall,
+                }
+            )
+            print(f"  {judge.name}{suffix}: agreement {agreement:.3f} {ci}, first slot {r['first_slot_rate']:.3f}")
 
     # 2. the reward model as the win-rate table trains it, then the variants
     for overrides in [[], *[shlex.split(v) for v in args.reward_variant]]:
@@ -165,7 +172,7 @@ def judge_task(path: str, args: argparse.Namespace) -> list[dict[str, Any]]:
         setup = f"{name}, the DPO paper's prompt, each pair in both orders"
         if len(for_llm) < len(held_out):
             setup += f"; the first {len(for_llm)} held-out pairs"
-        add(_Chunked(judge, judge.name, 2 * len(for_llm)), setup, t0, for_llm)
+        add(_Chunked(judge, judge.name, 2 * len(for_llm)), setup, t0, for_llm, both_orders=True)
     return rows
 
 
@@ -254,7 +261,10 @@ the human labellers chose, on held-out human pairs that no judge was trained on.
 - **Agreement:** each pair is shown in both orders; a showing's verdict is 1 when the judge's
   P(first is better) > ½ (½ on a tie), and a pair scores the mean of its two verdicts for the
   human-chosen completion — the expected agreement of the position-randomised judge
-  (`alignlab.rewards.agreement.judge_agreement`). 95% t-interval with the pairs clustered by
+  (`alignlab.rewards.agreement.judge_agreement`). A `(both orders)` row scores, from the same
+  showings, the judge of `eval.winrate.judge_orders: both`, which averages P over the two orders
+  before its verdict, so a constant slot preference cancels within each pair (its first-slot rate is
+  ½ by construction). 95% t-interval with the pairs clustered by
   prompt (TL;DR compares several summaries of one post). **Soft agreement:** the
   mean probability given to the chosen completion (what a win rate averages). **First-slot rate:**
   the share of the 2n showings won by the first slot; ½ for a judge blind to order (a reward model).

@@ -3,6 +3,7 @@ orders; the judges themselves; scripts/judge_agreement.py."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -214,3 +215,63 @@ def test_script_refuses_generated_pairs_in_one_line(tmp_path, capsys):
     assert script.main([str(path), "--judge-model", "none", "--out", str(tmp_path / "j")]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "data.source" in err and "human pairs" in err
+
+
+def test_hand_computed_both_orders_agreement():
+    """The judge that shows each pair both ways and averages: P(chosen) 0.85, 0.55, 0.25, 0.5 (as in
+    the soft agreement above), verdicts 1, 1, 0, ½: 2.5/4 = 0.625 — pair 2, which the one-order judge
+    gets right in one order only (0.7 first, 0.6 second), is right once the slot preference cancels."""
+    r = judge_agreement(TableJudge(), PAIRS)
+    assert r["both_orders_scores"] == [1.0, 1.0, 0.0, 0.5]
+    assert r["both_orders_agreement"] == 0.625
+    assert judge_agreement(TableJudge(), _copies(lambda i, j: f"q{i}-{j}"))["both_orders_agreement"] == 0.625
+
+
+def test_both_orders_cancel_a_constant_slot_preference():
+    """P(first better) = σ(3 + (q_first − q_second)/2) with the chosen completions of quality 1 and the
+    rejected of 0: shown one way, the first slot always wins (σ(3.5) and σ(2.5) both > ½), so every
+    pair scores ½; both ways, P(chosen) = ½ [σ(3.5) + 1 − σ(2.5)] = 0.5233 > ½ for every pair: 1.
+    The judge that always answers "first" ties every pair both ways (½), not 1 and 0."""
+    quality = {p.chosen: 1.0 for p in PAIRS} | {p.rejected: 0.0 for p in PAIRS}
+
+    class Biased(LLMJudge):
+        def prefer_first(self, prompts, first, second):
+            gap = [quality[f] - quality[s] for f, s in zip(first, second, strict=True)]
+            return torch.tensor([1 / (1 + math.exp(-(3 + g / 2))) for g in gap])
+
+    pairs = _copies(lambda i, j: f"q{i}-{j}")
+    r = judge_agreement(Biased(), pairs)
+    assert r["agreement"] == 0.5 and r["first_slot_rate"] == 1.0
+    assert r["both_orders_agreement"] == 1.0 and r["both_orders_ci"] == (1.0, 1.0)
+    p = 0.5 * (1 / (1 + math.exp(-3.5)) + 1 - 1 / (1 + math.exp(-2.5)))
+    got = Biased(orders="both").compare(["q"], ["c1"], ["r1"])
+    assert got.item() == pytest.approx(p, abs=1e-6) and p == pytest.approx(0.5233, abs=1e-4)
+
+    class First(LLMJudge):
+        def prefer_first(self, prompts, first, second):
+            return torch.ones(len(prompts))
+
+    assert judge_agreement(First(), pairs)["both_orders_scores"] == [0.5] * len(pairs)
+    assert First(orders="both").compare(["q"], ["a"], ["b"]).tolist() == [0.5]
+    with pytest.raises(ValueError, match="orders"):
+        First(orders="twice")
+
+
+def test_the_llm_judge_of_the_win_rate_tables_shows_both_orders_when_asked(tmp_path):
+    """``eval.winrate.judge_orders: both`` reaches the judge: its P(a better) is the mean over the two
+    orders of a real causal LM's next-token odds, so swapping a and b gives exactly 1 − P."""
+    from alignlab.models import build_preset, train_tokenizer
+    from alignlab.rewards.judges import llm_judge
+
+    tokenizer = train_tokenizer(["Response A or Response B: which is more helpful? " * 5] * 20, vocab_size=300)
+    torch.manual_seed(0)
+    build_preset("tiny-s", tokenizer).save_pretrained(tmp_path / "judge")
+    tokenizer.save_pretrained(tmp_path / "judge")
+    prompts, a, b = ["hi", "how are you?"], ["hello", "fine"], ["bye", "bad"]
+    both = llm_judge(str(tmp_path / "judge"), "hh", seed=0, orders="both")
+    one = llm_judge(str(tmp_path / "judge"), "hh", seed=0)
+    assert (both.orders, one.orders) == ("both", "random")
+    p_ab, p_ba = both.compare(prompts, a, b), both.compare(prompts, b, a)
+    torch.testing.assert_close(p_ab + p_ba, torch.ones(2), rtol=0, atol=1e-6)
+    want = 0.5 * (both.prefer_first(prompts, a, b) + 1 - both.prefer_first(prompts, b, a))
+    torch.testing.assert_close(p_ab, want.float())

@@ -149,7 +149,7 @@ def win_rate_rows(
         raise AlignlabError(f"task {task.name!r} has no held-out prompt with a reference that fits the context")
     if w.judge == "llm":
         assert w.judge_model is not None  # resolve_dict refuses the llm judge without a judge_model
-        judge_fn: Any = llm_judge(w.judge_model, task.name, cfg.eval.seed)
+        judge_fn: Any = llm_judge(w.judge_model, task.name, cfg.eval.seed, orders=w.judge_orders)
     else:
         judge_fn = RewardJudge(judge if w.judge == "gold" else data["reward_model"])
     rows = win_rates(

@@ -12,7 +12,11 @@ which is exactly the expected agreement of the position-randomised judge of the 
 without the coin's noise. ``first_slot_rate`` is the share of the 2n showings whose verdict goes to
 the first slot (½ for a judge blind to order, such as a reward model). ``soft_agreement`` is the
 mean probability given to the chosen completion, ½ [p_i,cr + 1 − p_i,rc] averaged: what a win
-rate averages, so a judge right by a hair scores near ½ here.
+rate averages, so a judge right by a hair scores near ½ here. ``both_orders_agreement`` scores, from
+the same showings, the judge that shows every pair both ways and averages (``judge_orders: both``):
+its verdict for pair i is v(½ [p_i,cr + 1 − p_i,rc]), so a constant slot preference cancels within
+each pair instead of across pairs (a judge that always answers "first" ties every pair, ½, rather
+than being right in one order and wrong in the other).
 
 The interval is a t-interval for the mean of the n pair scores with a cluster-robust standard
 error, the clusters being the prompts: pairs that share a prompt (TL;DR has several comparisons per
@@ -67,7 +71,8 @@ def judge_agreement(judge: Any, pairs: Sequence[PreferencePair], confidence: flo
 
     Returns:
         ``agreement`` (mean pair score s_i), ``ci`` (low, high), ``n`` (pairs), ``prompts`` (G),
-        ``first_slot_rate``, ``soft_agreement`` and ``scores`` (the n pair scores, in order).
+        ``first_slot_rate``, ``soft_agreement``, ``scores`` (the n pair scores, in order), and the
+        both-orders judge's ``both_orders_agreement``, ``both_orders_ci`` and ``both_orders_scores``.
 
     Raises:
         ValueError: fewer than 2 prompts, a confidence outside (0, 1), or a judge that does not give
@@ -86,18 +91,31 @@ def judge_agreement(judge: Any, pairs: Sequence[PreferencePair], confidence: flo
     p_cr = _showings(judge, prompts, chosen, rejected)  # chosen shown first
     p_rc = _showings(judge, prompts, rejected, chosen)  # rejected shown first
     scores = 0.5 * (_verdict(p_cr) + _verdict(1 - p_rc))
+    both = _verdict(0.5 * (p_cr + 1 - p_rc))  # the judge that averages both orders (judge_orders: both)
+    mean, ci, g = _clustered_mean(scores, prompts, confidence)
+    both_mean, both_ci, _ = _clustered_mean(both, prompts, confidence)
+    return {
+        "agreement": mean,
+        "ci": ci,
+        "n": len(scores),
+        "prompts": g,
+        "first_slot_rate": float(np.concatenate([_verdict(p_cr), _verdict(p_rc)]).mean()),
+        "soft_agreement": float((0.5 * (p_cr + 1 - p_rc)).mean()),
+        "scores": scores.tolist(),
+        "both_orders_agreement": both_mean,
+        "both_orders_ci": both_ci,
+        "both_orders_scores": both.tolist(),
+    }
+
+
+def _clustered_mean(
+    scores: np.ndarray, prompts: list[str], confidence: float
+) -> tuple[float, tuple[float, float], int]:
+    """(mean, its interval clipped to [0, 1], number of prompts G): the cluster-robust t-interval above."""
     n, mean = len(scores), float(scores.mean())
     cluster = np.unique(prompts, return_inverse=True)[1]
     residual_sums = np.bincount(cluster, weights=scores - mean)
     g = len(residual_sums)
     se = math.sqrt(g / (g - 1) * float((residual_sums**2).sum())) / n
     half = float(stats.t.ppf(0.5 + confidence / 2, g - 1)) * se
-    return {
-        "agreement": mean,
-        "ci": (max(0.0, mean - half), min(1.0, mean + half)),
-        "n": n,
-        "prompts": g,
-        "first_slot_rate": float(np.concatenate([_verdict(p_cr), _verdict(p_rc)]).mean()),
-        "soft_agreement": float((0.5 * (p_cr + 1 - p_rc)).mean()),
-        "scores": scores.tolist(),
-    }
+    return mean, (max(0.0, mean - half), min(1.0, mean + half)), g

@@ -47,22 +47,30 @@ class RewardJudge:
 
 
 class LLMJudge(ABC):
-    """A pairwise LLM judge with position randomisation.
+    """A pairwise LLM judge whose slot preference cancels.
 
-    Each row is shown as (a, b) or (b, a) by a seeded coin; :meth:`prefer_first` gives
-    P(first shown is better), which is mapped back to P(a is better).
+    ``orders="random"``: each row is shown as (a, b) or (b, a) by a seeded coin; :meth:`prefer_first`
+    gives P(first shown is better), which is mapped back to P(a is better) — a slot preference
+    cancels on average over rows. ``orders="both"``: each row is shown both ways and
+    P(a is better) = ½ [P(a first) + 1 − P(b first)] — a constant slot preference cancels in every
+    row (a small model that always answers "A" gives ½, a tie, not a coin's verdict); twice the
+    forwards.
     """
 
     name = "llm"
 
-    def __init__(self, seed: int = 0) -> None:
-        self.seed = seed
+    def __init__(self, seed: int = 0, orders: str = "random") -> None:
+        if orders not in ("random", "both"):
+            raise ValueError(f"orders must be 'random' or 'both', got {orders!r}")
+        self.seed, self.orders = seed, orders
 
     @abstractmethod
     def prefer_first(self, prompts: Sequence[str], first: Sequence[str], second: Sequence[str]) -> Tensor:
         """(B,) P(first[i] is the better response), each pair shown in the given order."""
 
     def compare(self, prompts: Sequence[str], a: Sequence[str], b: Sequence[str]) -> Tensor:
+        if self.orders == "both":
+            return 0.5 * (self.prefer_first(prompts, a, b).float() + 1 - self.prefer_first(prompts, b, a).float())
         rng = random.Random(self.seed)
         swap = [rng.random() < 0.5 for _ in prompts]
         first = [y if s else x for x, y, s in zip(a, b, swap, strict=True)]
@@ -84,9 +92,15 @@ class CausalLMJudge(LLMJudge):
     """
 
     def __init__(
-        self, model: Any, tokenizer: Any, template: str = DIALOGUE_TEMPLATE, batch_size: int = 8, seed: int = 0
+        self,
+        model: Any,
+        tokenizer: Any,
+        template: str = DIALOGUE_TEMPLATE,
+        batch_size: int = 8,
+        seed: int = 0,
+        orders: str = "random",
     ) -> None:
-        super().__init__(seed)
+        super().__init__(seed, orders)
         self.model, self.tokenizer, self.template, self.batch_size = model.eval(), tokenizer, template, batch_size
         self.choices = [self._token(" A"), self._token(" B")]
         self.name = f"llm:{getattr(model.config, '_name_or_path', '') or type(model).__name__}"
@@ -119,16 +133,17 @@ class CausalLMJudge(LLMJudge):
         return torch.cat(out)
 
 
-def llm_judge(name: str, task_name: str, seed: int, batch_size: int = 8) -> CausalLMJudge:
+def llm_judge(name: str, task_name: str, seed: int, batch_size: int = 8, orders: str = "random") -> CausalLMJudge:
     """The win-rate tables' LLM judge (``eval.winrate.judge: llm``): the pretrained model ``name``
     (a Hub id, a directory, or ``smollm2-135m``) asked with the prompt that the task ``task_name``
     declares (``Task.judge_template``: the DPO paper's summary prompt for TL;DR and CNN/DM, its
-    dialogue prompt otherwise), positions randomised with ``seed``."""
+    dialogue prompt otherwise), positions randomised with ``seed`` or each pair shown both ways
+    (``orders``, ``eval.winrate.judge_orders``)."""
     from alignlab.models import ModelConfig, load_pretrained
     from alignlab.tasks import get_task
 
     template = get_task(task_name).judge_template  # before loading: an unknown task is one clear error
     model, tokenizer = load_pretrained(ModelConfig(name_or_path=name))
-    judge = CausalLMJudge(model, tokenizer, template, batch_size=batch_size, seed=seed)
+    judge = CausalLMJudge(model, tokenizer, template, batch_size=batch_size, seed=seed, orders=orders)
     judge.name = f"llm:{name}"  # as the YAML names it, not a machine's path (the GGUF's package directory)
     return judge

@@ -19,14 +19,13 @@ import torch
 import alignlab
 
 STAGE_CODE: dict[str, tuple[str, ...]] = {
-    # the presets, SFT itself, the loop it trains on (optimiser, schedule, packing, resume), its loss
+    # the presets, SFT itself, the loop it trains on (optimiser, schedule, packing), its loss
     "sft": (
         "alignlab.models",
         "alignlab.sft",
         "alignlab.train.loop",
         "alignlab.train.config",
         "alignlab.train.data",
-        "alignlab.train.checkpoint",
         "alignlab.core.scoring",
         "alignlab.encoding",
     ),
@@ -41,7 +40,6 @@ STAGE_CODE: dict[str, tuple[str, ...]] = {
         "alignlab.train.loop",
         "alignlab.train.config",
         "alignlab.train.data",
-        "alignlab.train.checkpoint",
         "alignlab.core.scoring",
         "alignlab.encoding",
     ),
@@ -63,6 +61,8 @@ NOT_IN_THE_NUMBERS: dict[str, str] = {
     "alignlab.schema": "the config base class: the settings themselves are in the key",
     "alignlab.data": "where the data directory and the cache are",
     "alignlab.train.state": "checkpoint and log file names, finding the newest checkpoint",
+    "alignlab.train.checkpoint": "writing and reading checkpoints: a resumed build equals an uninterrupted one "
+    "(tests/test_sft_loop.py, tests/test_kill_resume.py), so it changes no number",
     "alignlab.tasks.base": "the task's texts and prompts, which the key hashes themselves",
     "alignlab.adapters": "LoRA adapters, which no stage trains",
     "alignlab.objectives": "the methods' losses: the stages train with their own (SFT's, Bradley-Terry)",

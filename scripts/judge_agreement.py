@@ -155,7 +155,9 @@ def judge_task(path: str, args: argparse.Namespace) -> list[dict[str, Any]]:
                     "wall_s": wall,
                 }
             )
-            print(f"  {judge.name}{suffix}: agreement {agreement:.3f} {ci}, first slot {r['first_slot_rate']:.3f}")
+            slot = rows[-1]["first_slot_rate"]
+            interval = f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+            print(f"  {judge.name}{suffix}: agreement {agreement:.3f} {interval}, first slot {slot:.3f}")
 
     # 2. the reward model as the win-rate table trains it, then the variants
     for overrides in [[], *[shlex.split(v) for v in args.reward_variant]]:

@@ -220,47 +220,22 @@ def test_cached_stages_are_keyed_on_the_code_that_computes_them(tmp_path, cache,
     assert again.metrics["cached"] is False and again.path != policy.path
 
 
-def _is_module(name: str) -> bool:
-    import importlib.util
-
-    try:
-        return importlib.util.find_spec(name) is not None
-    except ModuleNotFoundError:  # a name inside a module (alignlab.cache_keys.code_version)
-        return False
-
-
-def _alignlab_imports(module: str) -> set[str]:
-    """The alignlab modules ``module`` imports (top-level and inside functions), by its source."""
-    import ast
-    import importlib.util
-
-    found = set()
-    source = Path(importlib.util.find_spec(module).origin).read_text()
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "alignlab":
-            for alias in node.names:  # `from alignlab.train import loop` imports the module alignlab.train.loop
-                name = f"{node.module}.{alias.name}"
-                found.add(name if _is_module(name) else node.module)
-        elif isinstance(node, ast.Import):
-            found |= {a.name for a in node.names if a.name.split(".")[0] == "alignlab"}
-    return found
-
-
 def test_every_module_a_stage_imports_is_in_its_key_or_said_not_to_change_its_numbers():
     """The class of the two gaps above: for each cached stage, every alignlab module its code imports is
     either hashed into its key (STAGE_CODE) or listed, with a reason, as not in the numbers."""
+    from test_layering import graph  # every module's alignlab imports, by its source (lazy ones too)
+
     from alignlab.cache_keys import NOT_IN_THE_NUMBERS, STAGE_CODE
 
+    imports = {module: {name for _, name in found} for module, found in graph().items()}
     for stage, modules in STAGE_CODE.items():
         unlisted = {
             (module, imported)
             for module in modules
-            for imported in _alignlab_imports(module)
+            for imported in imports[module]
             if imported not in modules and imported not in NOT_IN_THE_NUMBERS
         }
         assert not unlisted, f"{stage}: imported by its code, neither keyed nor said not to matter: {unlisted}"
     assert all(reason for reason in NOT_IN_THE_NUMBERS.values())
     # the check can fail: SFT's code imports the loop it trains on, which would be unlisted without its entry
-    assert (
-        "alignlab.train.loop" in _alignlab_imports("alignlab.sft") and "alignlab.train.loop" not in NOT_IN_THE_NUMBERS
-    )
+    assert "alignlab.train.loop" in imports["alignlab.sft"] and "alignlab.train.loop" not in NOT_IN_THE_NUMBERS

@@ -216,11 +216,14 @@ def test_best_of_n_draws_other_samples_for_another_seed_and_the_same_for_the_sam
     assert first["sample_reward"] != other["sample_reward"]
 
 
-@pytest.mark.parametrize("grad_accum", [1, 2])
-def test_old_logps_from_the_update_give_the_iteration_it_gave_with_their_own_forward(grad_accum, tmp_path, monkeypatch):
-    """GRPO with one update per batch: the rollouts skip the policy forward for the old log-probs (the
-    update's own forward gives them, detached: ratio 1), and the iteration is the one it was with that
-    forward — the same losses, rollout KL and entropy, rewards, and weights after three iterations."""
+@pytest.mark.parametrize(("method", "grad_accum"), [("grpo", 1), ("grpo", 2), ("online_dpo", 1), ("online_dpo", 2)])
+def test_old_logps_from_the_update_give_the_iteration_it_gave_with_their_own_forward(
+    method, grad_accum, tmp_path, monkeypatch
+):
+    """GRPO and online DPO with one update per batch: the rollouts skip the policy forward for the old
+    log-probs (the update's own forward gives them, detached: GRPO's ratio 1), and the iteration is the one
+    it was with that forward — the same losses, rollout KL and entropy, rewards, and weights after three
+    iterations (online DPO: no tied pair here, so the update scores every rollout)."""
     import copy
 
     import torch
@@ -240,7 +243,7 @@ def test_old_logps_from_the_update_give_the_iteration_it_gave_with_their_own_for
     config.bos_token_id = config.eos_token_id = tokenizer.eos_token_id
     config.pad_token_id = tokenizer.pad_token_id
     start = GPT2LMHeadModel(config)
-    objective = get_objective("grpo")
+    objective = get_objective(method)
     assert objective.needs.online is not None
     s = Settings.resolve(RolloutConfig(max_new_tokens=6, kl_coef=0.1), objective.needs.online)
     assert s.old_logps_from_update
@@ -249,8 +252,8 @@ def test_old_logps_from_the_update_give_the_iteration_it_gave_with_their_own_for
         log_with=[], progress=False,
     )  # fmt: skip
 
-    def reward(prompts, completions):
-        return torch.tensor([float(c.count("a")) - 0.1 * len(c) for c in completions])
+    def reward(prompts, completions):  # distinct completions: distinct rewards (online DPO: no tied pair)
+        return torch.tensor([float(c.count("a")) - 0.1 * len(c) + 1e-3 * (sum(map(ord, c)) % 997) for c in completions])
 
     forwards: list[int] = []
     policy_forward = online.forward
@@ -269,10 +272,12 @@ def test_old_logps_from_the_update_give_the_iteration_it_gave_with_their_own_for
     monkeypatch.setattr(Settings, "old_logps_from_update", property(lambda self: False))
     slow, slow_policy = run("slow")
     assert len(forwards) == cfg.steps  # one per iteration, as before
+    keys = ("policy_loss", "kl_loss", "ratio") if method == "grpo" else ("pairs", "ties")
     for a, b in zip(fast, slow, strict=True):
-        for key in ("reward", "kl", "entropy", "loss", "policy_loss", "kl_loss", "ratio", "length"):
+        for key in ("reward", "kl", "entropy", "loss", "length", *keys):
             assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), key
-        assert a["ratio"] == 1.0
+        assert a.get("ratio", 1.0) == 1.0
+        assert a.get("ties", 0) == 0
         assert a["step_tokens"] < b["step_tokens"]  # the skipped forward is not counted as compute
     assert fast[0]["kl"] == 0 != fast[-1]["kl"]  # π_θ = π_ref at the first iteration only: the KL stat is live
     for p, q in zip(fast_policy.parameters(), slow_policy.parameters(), strict=True):

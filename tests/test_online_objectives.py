@@ -184,8 +184,8 @@ def test_settings_come_from_the_objectives_declared_needs_and_the_run_overrides_
 
 def test_old_logps_come_from_the_update_only_with_one_update_and_the_kl_in_the_loss():
     """The rollouts skip their own forward of the policy only where nothing reads the old log-probs
-    before the update and the update's forward gives them: one optimiser step per batch, the KL in the
-    loss, no critic, advantages (ranked pairs' ties leave rows untrained)."""
+    before the update and the update's forward gives them: one optimiser step per batch, no critic, and
+    the KL in the loss or ranked pairs (whose loss reads π_ref's log-probs only)."""
 
     def skips(name: str, **rollout) -> bool:
         online = get_objective(name).needs.online
@@ -198,5 +198,7 @@ def test_old_logps_come_from_the_update_only_with_one_update_and_the_kl_in_the_l
     assert not skips("grpo", minibatches=2)
     assert not skips("rloo")  # k1 in the reward: the advantages need them before the update
     assert not skips("grpo", kl_penalty="reward")
+    assert skips("online_dpo")  # ranked pairs: only the logged KL and entropy read them
+    assert not skips("iterative_dpo")  # four minibatches: the policy moves between them
+    assert not skips("online_dpo", epochs=2)
     assert not skips("ppo", epochs=1, minibatches=1, kl_penalty="loss")  # the critic's values come from that forward
-    assert not skips("online_dpo", kl_penalty="loss")

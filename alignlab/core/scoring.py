@@ -55,15 +55,15 @@ class EncodedBatch:
         """The batch on ``device`` (a no-op when it is there already)."""
         return EncodedBatch(self.input_ids.to(device), self.attention_mask.to(device), self.completion_mask.to(device))
 
+    def used(self) -> slice:
+        """The columns that hold a real token in some row (all of them when no row has one)."""
+        used = self.attention_mask.bool().any(dim=0).nonzero()
+        return slice(int(used[0]), int(used[-1]) + 1) if used.numel() else slice(None)
+
     def trim(self) -> EncodedBatch:
         """Drop the columns that are padding in every row (either side), e.g. after :meth:`select`."""
-        used = self.attention_mask.bool().any(dim=0).nonzero()
-        if used.numel() == 0:
-            return self
-        first, last = int(used[0]), int(used[-1]) + 1
-        return EncodedBatch(
-            self.input_ids[:, first:last], self.attention_mask[:, first:last], self.completion_mask[:, first:last]
-        )
+        cols = self.used()
+        return EncodedBatch(self.input_ids[:, cols], self.attention_mask[:, cols], self.completion_mask[:, cols])
 
 
 def token_logps(

@@ -192,6 +192,7 @@ def update(
     count, tokens = 0, 0.0
     gen = torch.Generator().manual_seed(seed)
     fresh = torch.zeros_like(exp.ref_logps) if exp.old_logps is None else None  # the rows' log-probs, as trained
+    trained_rows = torch.zeros(len(exp.sequences), dtype=torch.bool, device=exp.ref_logps.device)
     for _ in range(s.epochs):
         order = torch.randperm(n, generator=gen).tolist()
         for m in range(s.minibatches):
@@ -202,11 +203,12 @@ def update(
                 sync = accelerator.no_sync(model) if i < len(micro) - 1 else contextlib.nullcontext()
                 with sync, accelerator.autocast():
                     try:
-                        out, trained, logps = minibatch_loss(model, core, exp, part, objective, ocfg, s, kl_coef)
+                        out, trained, scored = minibatch_loss(model, core, exp, part, objective, ocfg, s, kl_coef)
                     except ObjectiveError as err:  # a plugin's loss: say at which iteration
                         raise err.at(f"iteration {step + 1}") from err.__cause__
-                    if fresh is not None and logps is not None:
-                        fresh[part] = logps
+                    if fresh is not None and scored is not None:
+                        fresh[scored[0]] = scored[1]
+                        trained_rows[scored[0]] = True
                     tokens += 3 * (1 + costs.critic) * trained
                     loss = out.losses.mean()
                     accelerator.backward(loss / len(micro))
@@ -222,8 +224,15 @@ def update(
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
     metrics = {k: v / max(count, 1) for k, v in totals.items()}
-    if fresh is not None:  # the rollouts' KL and entropy, from the log-probs the one update computed
-        metrics.update(policy_stats(fresh, exp.ref_logps, exp.sequences.completion_mask.float()))
+    if fresh is not None and not trained_rows.any():  # every pair tied: score the rollouts as collect would have
+        core.eval()
+        with torch.no_grad():
+            fresh = forward(model, core, exp.sequences, s.rollout.temperature)[0]
+        core.train()
+        trained_rows[:] = True
+    if fresh is not None:  # the KL and entropy of the rollouts the one update scored
+        mask = exp.sequences.completion_mask[trained_rows].float()
+        metrics.update(policy_stats(fresh[trained_rows], exp.ref_logps[trained_rows], mask))
     return metrics, tokens
 
 

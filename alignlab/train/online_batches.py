@@ -124,13 +124,14 @@ class Settings:
     def old_logps_from_update(self) -> bool:
         """Whether the update's own forward gives the old log-probs, so that the rollouts skip a forward of
         the policy (as TRL's ``GRPOTrainer`` does with ``num_iterations=1``): one optimiser step per batch of
-        rollouts (the policy has not moved since it sampled them), the KL in the loss (nothing reads them
-        before the update: a KL in the reward needs them for the advantages), no critic (whose values come
-        from that forward), and advantages rather than ranked pairs (whose ties leave rows untrained)."""
+        rollouts (the policy has not moved since it sampled them), no critic (whose values come from that
+        forward), and nothing that reads them before the update: advantages with the KL in the loss (a KL in
+        the reward needs them for the advantages), or ranked pairs (whose loss reads only π_ref's log-probs;
+        the old ones feed the logged KL and entropy, which then cover the rows the update trained: a tied
+        prompt's rollouts are in no pair)."""
         return (
             self.epochs * self.minibatches == 1
-            and self.kl == "loss"
-            and self.advantage != "pairs"
+            and (self.kl == "loss" or self.advantage == "pairs")
             and not self.needs_critic
         )
 
@@ -332,15 +333,21 @@ def minibatch_loss(
     ocfg: ObjectiveConfig,
     s: Settings,
     kl_coef: float,
-) -> tuple[LossOutput, float, Tensor | None]:
+) -> tuple[LossOutput, float, tuple[list[int], Tensor] | None]:
     """The objective's loss on ``part`` of the iteration's units, the real tokens it trained on, and, when
-    ``exp`` has no old log-probs (:attr:`Settings.old_logps_from_update`), the (len(part), T) log-probs of
-    this forward, detached, that stood in for them."""
+    ``exp`` has no old log-probs (:attr:`Settings.old_logps_from_update`), the rollouts this forward scored
+    with their (n, T) log-probs, detached, that stand in for them."""
     temperature = s.rollout.temperature
     if exp.advantages is None:  # ranked pairs: DPO-style objectives on the policy's own samples
         rows = sorted({r for pair in (exp.pairs[i] for i in part) for r in pair})
-        b = exp.sequences.select(rows).trim()
+        chosen = exp.sequences.select(rows)
+        cols = chosen.used()
+        b = chosen.trim()
         logps, _, _ = forward(model, core, b, temperature)
+        scored = None
+        if exp.old_logps is None:
+            scored = torch.zeros(len(rows), chosen.input_ids.shape[1], dtype=logps.dtype, device=logps.device)
+            scored[:, cols] = logps.detach()
         seq = sequence_logps(logps, b.completion_mask, "sum")
         ref = sequence_logps(exp.ref_logps[rows], exp.sequences.completion_mask[rows], "sum")
         where = {r: i for i, r in enumerate(rows)}
@@ -348,7 +355,7 @@ def minibatch_loss(
         lo = torch.tensor([where[exp.pairs[i][1]] for i in part], device=seq.device)
         lengths = b.completion_mask.sum(-1)
         batch: Any = PairedLogps(seq[w], seq[lo], lengths[w], lengths[lo], ref[w], ref[lo])
-        return objective(batch, ocfg), float(b.attention_mask.sum()), None
+        return objective(batch, ocfg), float(b.attention_mask.sum()), None if scored is None else (rows, scored)
     b = exp.sequences.select(part)
     want_entropy = float(getattr(ocfg, "ent_coef", 0.0)) > 0
     logps, values, entropy = forward(model, core, b, temperature, entropy=want_entropy)
@@ -368,4 +375,4 @@ def minibatch_loss(
         kl_coef=kl_coef if s.kl == "loss" else 0.0,
         max_new_tokens=s.rollout.max_new_tokens,
     )
-    return objective(batch, ocfg), float(b.attention_mask.sum()), old if exp.old_logps is None else None
+    return objective(batch, ocfg), float(b.attention_mask.sum()), (part, old) if exp.old_logps is None else None

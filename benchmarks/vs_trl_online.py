@@ -18,7 +18,10 @@ Timing: each round trains ``--steps`` steps with TRL and then with alignlab (the
 each from a fresh copy of the initial weights; a step's time is the wall clock between consecutive step ends
 (generation, reward, reference and old log-probs, the update, logging: everything), the first step of each
 block dropped as warm-up. Prints the median s/step, steps/s and rollout tokens/s (prompt + completion tokens
-of the step's rollouts, each side's own) of each, the ratio, and the peak RSS.
+of the step's rollouts, each side's own) of each, the ratio, and the peak RSS. A third side, timed in the
+same rounds, is alignlab with ``rollout.draw: inverse_cdf``: the same sampling distribution drawn by one
+uniform per row and token instead of ``torch.multinomial`` (not the tokens ``generate`` would draw, so it is
+reported beside the identical-stream comparison, not instead of it).
 
 The two sides sample different completions (different random streams), so their training losses are not
 comparable step by step. The loss functions are compared instead on identical rollouts (``agreement``): for
@@ -299,10 +302,11 @@ def timed_generate(model: Any) -> Iterator[list[float]]:
         del model.generate
 
 
-def alignlab_settings(work: Work) -> tuple[Any, Any, Settings, TrainConfig]:
+def alignlab_settings(work: Work, draw: str = "multinomial") -> tuple[Any, Any, Settings, TrainConfig]:
     objective = get_objective(work.method)
     ocfg = objective.config(**work.spec.knobs)
     rc = RolloutConfig(
+        draw=draw,  # type: ignore[arg-type]
         max_new_tokens=MAX_NEW_TOKENS,
         temperature=TEMPERATURE,
         samples_per_prompt=work.spec.k,
@@ -330,8 +334,8 @@ def alignlab_settings(work: Work) -> tuple[Any, Any, Settings, TrainConfig]:
     return objective, ocfg, Settings.resolve(rc, objective.needs.online), cfg
 
 
-def run_alignlab(work: Work, side: str = "alignlab") -> Block:
-    objective, ocfg, s, cfg = alignlab_settings(work)
+def run_alignlab(work: Work, side: str = "alignlab", draw: str = "multinomial") -> Block:
+    objective, ocfg, s, cfg = alignlab_settings(work, draw)
     reset_peak_rss()
     with tempfile.TemporaryDirectory() as out:
         accelerator = make_accelerator(cfg, Path(out))
@@ -504,11 +508,20 @@ def run_alignlab_before(work: Work) -> Block:
         return run_alignlab(work, side=BEFORE)
 
 
+def run_alignlab_inverse_cdf(work: Work) -> Block:
+    return run_alignlab(work, side=INVERSE_CDF, draw="inverse_cdf")
+
+
 BEFORE = "alignlab, old log-probs forward"
+INVERSE_CDF = "alignlab, rollout.draw inverse_cdf"
 
 
 def compare(work: Work, rounds: int, before_after: bool) -> dict[str, Any]:
-    sides: list[tuple[str, Callable[[Work], Block]]] = [("TRL", run_trl), ("alignlab", run_alignlab)]
+    sides: list[tuple[str, Callable[[Work], Block]]] = [
+        ("TRL", run_trl),
+        ("alignlab", run_alignlab),
+        (INVERSE_CDF, run_alignlab_inverse_cdf),
+    ]
     if before_after:
         sides.append((BEFORE, run_alignlab_before))
     blocks: dict[str, list[Block]] = {name: [] for name, _ in sides}
@@ -576,6 +589,11 @@ def main() -> None:
             f"     phases, median s/step: TRL generate {ph['TRL']['generate']:.3f} (the rest "
             f"{m['TRL'] - ph['TRL']['generate']:.3f}); alignlab "
             + ", ".join(f"{name} {ph['alignlab'][k]:.3f}" for k, name in PHASES.items())
+        )
+        print(
+            f"     {INVERSE_CDF} (the same law, another random stream): {m[INVERSE_CDF]:.3f} s/step, ratio "
+            f"{m['TRL'] / m[INVERSE_CDF]:.2f}x TRL; phases "
+            + ", ".join(f"{name} {ph[INVERSE_CDF][k]:.3f}" for k, name in PHASES.items())
         )
         if BEFORE in m:
             print(

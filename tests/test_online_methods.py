@@ -282,3 +282,49 @@ def test_old_logps_from_the_update_give_the_iteration_it_gave_with_their_own_for
     assert fast[0]["kl"] == 0 != fast[-1]["kl"]  # π_θ = π_ref at the first iteration only: the KL stat is live
     for p, q in zip(fast_policy.parameters(), slow_policy.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_rollout_draw_reaches_the_sampler(tmp_path, monkeypatch):
+    """``rollout.draw: inverse_cdf`` is how every rollout token of an online run is drawn (the default,
+    multinomial, is generate's draw)."""
+    import copy
+
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from alignlab.core import rollout as rollout_core
+    from alignlab.models import train_tokenizer
+    from alignlab.objectives import get_objective
+    from alignlab.train import online
+    from alignlab.train.config import TrainConfig
+    from alignlab.train.loop import make_accelerator
+    from alignlab.train.online_batches import PolicyAndValue, RolloutConfig, Settings
+
+    texts = ["the film was a delight", "a boring plot", "what a cast", "i hated it"]
+    tokenizer = train_tokenizer(texts * 10, vocab_size=120)
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=len(tokenizer), n_positions=64)
+    config.bos_token_id = config.eos_token_id = tokenizer.eos_token_id
+    config.pad_token_id = tokenizer.pad_token_id
+    model = GPT2LMHeadModel(config)
+    objective = get_objective("grpo")
+    assert objective.needs.online is not None
+    cfg = TrainConfig(steps=1, batch_size=8, optimizer="adamw", lr=1e-3, warmup_steps=0, log_with=[], progress=False)
+    draws: list[str] = []
+    real = rollout_core.draw_tokens
+    monkeypatch.setattr(
+        rollout_core, "draw_tokens", lambda probs, draw="multinomial": draws.append(draw) or real(probs, draw)
+    )
+
+    def reward(prompts, completions):
+        return torch.tensor([float(len(c)) for c in completions])
+
+    for draw in ("inverse_cdf", "multinomial"):
+        draws.clear()
+        s = Settings.resolve(RolloutConfig(max_new_tokens=4, draw=draw), objective.needs.online)
+        out = tmp_path / draw
+        online.train_online(
+            PolicyAndValue(copy.deepcopy(model), temperature=1.0), copy.deepcopy(model), tokenizer, texts, reward,
+            objective, objective.config(), s, cfg, out, make_accelerator(cfg, out),
+        )  # fmt: skip
+        assert draws and set(draws) == {draw}

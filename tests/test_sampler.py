@@ -23,6 +23,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausa
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
 from alignlab.core.rollout import (
+    draw_tokens,
     next_token_probs,
     sample,
     sample_with_cache,
@@ -206,3 +207,57 @@ def test_what_the_loop_does_not_reproduce_goes_through_generate():
     patched = gpt2()
     patched.generate = lambda *a, **k: None  # type: ignore[method-assign]
     assert not samples_like_generate(patched)
+
+
+def test_the_inverse_cdf_draw_has_the_multinomial_law():
+    """``draw_tokens(..., "inverse_cdf")`` against the probabilities themselves: 200,000 draws from three
+    rows (one peaked, one flat, one with tokens of probability 0, as top-p leaves them) land on each token
+    within 5 standard errors of its probability, and a token of probability 0 is never drawn."""
+    probs = torch.tensor(
+        [
+            [0.7, 0.2, 0.05, 0.03, 0.02, 0.0],
+            [1 / 6] * 6,
+            [0.0, 0.5, 0.0, 0.25, 0.25, 0.0],
+        ]
+    )
+    n = 200_000
+    torch.manual_seed(0)
+    drawn = draw_tokens(probs.repeat(n, 1), "inverse_cdf").view(n, 3)
+    for row in range(3):
+        freq = torch.bincount(drawn[:, row], minlength=6).double() / n
+        p = probs[row].double()
+        assert torch.all((freq - p).abs() <= 5 * (p * (1 - p) / n).sqrt() + 1e-12), (row, freq, p)
+        assert torch.all(freq[p == 0] == 0)
+
+
+def test_the_inverse_cdf_draw_at_the_ends_of_the_unit_interval(monkeypatch):
+    """u = 0 draws the first token of nonzero probability; u rounding up to the row's total (torch.rand's
+    largest value is 1 − 2⁻⁵³ in float64, times the total can round to it) draws the last one — never a
+    token of probability 0 at either end, never an index past the vocabulary."""
+    probs = torch.tensor([[0.0, 0.3, 0.7, 0.0], [0.0, 0.0, 1.0, 0.0]])
+    for u, expected in ((0.0, [1, 2]), (1.0, [2, 2])):
+        monkeypatch.setattr(torch, "rand", lambda *shape, u=u, **kw: torch.full(shape, u, dtype=torch.float64))
+        assert draw_tokens(probs, "inverse_cdf").tolist() == expected
+    monkeypatch.undo()
+
+
+def test_the_loop_with_the_inverse_cdf_draw_follows_the_same_rules():
+    """``draw="inverse_cdf"``: other tokens than generate's (another random stream) but the same rules —
+    reproducible from a seed, pad after EOS, greedy unchanged (no draw)."""
+    model = gpt2()
+    batch = prompts(RAGGED, 7, 0)
+    kw = dict(max_new_tokens=12, temperature=1.0, top_p=1.0, eos_token_id=9, pad_token_id=PAD)
+    torch.manual_seed(3)
+    a = sample_with_cache(model, batch, draw="inverse_cdf", **kw)
+    torch.manual_seed(3)
+    b = sample_with_cache(model, batch, draw="inverse_cdf", **kw)
+    torch.manual_seed(3)
+    c = sample_with_cache(model, batch, **kw)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    for row in a.tolist():
+        if 9 in row:
+            assert all(t == PAD for t in row[row.index(9) + 1 :])
+    greedy = dict(kw, temperature=0.0)
+    assert torch.equal(
+        sample_with_cache(model, batch, draw="inverse_cdf", **greedy), sample_with_cache(model, batch, **greedy)
+    )

@@ -6,7 +6,10 @@ samples are drawn, masked and scored the same way:
 - sampling is Hugging Face ``generate``'s KV-cached multinomial sampling (temperature, top-p, max
   new tokens), stopping when every row has emitted EOS. For the causal LMs it is tested against
   (GPT-2, Llama) a plain loop (:func:`sample_with_cache`) draws the same tokens, bit for bit, from the
-  same random stream, without ``generate``'s per-token machinery; any other model calls ``generate``;
+  same random stream, without ``generate``'s per-token machinery; any other model calls ``generate``.
+  ``draw="inverse_cdf"`` (``rollout.draw``) lets the loop draw each token from the same distribution by
+  one uniform per row and a search of the cumulative probabilities instead of ``torch.multinomial``
+  (≈ 30× cheaper on CPU at a vocabulary of 8,000): the same law, another random stream;
 - a completion ends at its first EOS, which counts as a completion token; what ``generate``
   pads after it never does;
 - log-probs come from the scoring core (:func:`alignlab.core.scoring.token_logps`) under the
@@ -18,13 +21,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from alignlab.core.scoring import EncodedBatch, token_logps
 from alignlab.encoding import encode_text
+
+Draw = Literal["multinomial", "inverse_cdf"]
 
 
 @dataclass(frozen=True)
@@ -82,6 +87,7 @@ def sample(
     eos_token_id: int,
     pad_token_id: int,
     seed: int | None = None,
+    draw: Draw = "multinomial",
 ) -> EncodedBatch:
     """Sample one completion per row of left-padded ``prompts``.
 
@@ -93,6 +99,8 @@ def sample(
         top_p: nucleus sampling threshold (1.0 disables it).
         eos_token_id, pad_token_id: the tokenizer's.
         seed: re-seed torch's generator first, for reproducible samples.
+        draw: how the plain loop draws a token (:func:`draw_tokens`); a model that samples through
+            ``generate`` always draws as ``generate`` does (multinomial).
 
     Returns:
         (B, P + N') sequences, N' ≤ N, with the completion mask (first EOS included).
@@ -112,6 +120,7 @@ def sample(
             top_p=top_p,
             eos_token_id=eos_token_id,
             pad_token_id=pad_token_id,
+            draw=draw,
         )
     else:
         completion = model.generate(  # type: ignore[operator]
@@ -181,6 +190,7 @@ def sample_with_cache(
     top_p: float,
     eos_token_id: int,
     pad_token_id: int,
+    draw: Draw = "multinomial",
 ) -> Tensor:
     """The tokens ``model.generate`` samples from left-padded ``prompts``, as a plain KV-cached loop.
 
@@ -190,7 +200,9 @@ def sample_with_cache(
     all-ones mask dropped, only the last position's logits), float32 scores divided by the temperature,
     then ``TopPLogitsWarper``'s filter, then a softmax, then ``torch.multinomial``'s draw; greedy is the
     argmax of the raw scores. A row that has emitted EOS emits pad; the loop stops when every row has.
-    Bookkeeping and sampling stay on the prompts' device, as ``generate``'s do.
+    Bookkeeping and sampling stay on the prompts' device, as ``generate``'s do. With
+    ``draw="inverse_cdf"`` the last step is :func:`draw_tokens`' instead: the same distribution, not the
+    same tokens.
 
     Returns:
         (B, N') the sampled tokens, N' ≤ ``max_new_tokens`` (what ``generate`` returns after the prompt).
@@ -218,8 +230,7 @@ def sample_with_cache(
         if temperature == 0:
             next_tokens = torch.argmax(scores, dim=-1)
         else:
-            probs = next_token_probs(scores, temperature, top_p)
-            next_tokens = torch.multinomial(probs, num_samples=1).squeeze(1)
+            next_tokens = draw_tokens(next_token_probs(scores, temperature, top_p), draw)
         next_tokens = next_tokens * unfinished + pad_token_id * (1 - unfinished)
         tokens.append(next_tokens)
         unfinished = unfinished & (next_tokens != eos_token_id).long()
@@ -243,6 +254,24 @@ def next_token_probs(scores: Tensor, temperature: float, top_p: float) -> Tensor
         drop[..., -1:] = 0
         scores = scores.masked_fill(drop.scatter(1, order, drop), -float("inf"))
     return torch.softmax(scores, dim=-1)
+
+
+def draw_tokens(probs: Tensor, draw: Draw = "multinomial") -> Tensor:
+    """(B,) one token of each row of the (B, V) probabilities ``probs``.
+
+    ``multinomial``: ``torch.multinomial``, as ``generate`` draws (its random stream). ``inverse_cdf``:
+    one uniform u per row, the first token whose cumulative probability (float64) exceeds u times the
+    row's total — the same law in one pass over V, where ``torch.multinomial`` costs ~30× more on CPU; a
+    token of probability 0 is never drawn.
+    """
+    if draw == "multinomial":
+        return torch.multinomial(probs, num_samples=1).squeeze(1)
+    cdf = probs.double().cumsum(-1)
+    u = torch.rand(probs.shape[0], 1, dtype=torch.float64, device=probs.device) * cdf[:, -1:]
+    tokens = torch.searchsorted(cdf, u, right=True).squeeze(1)
+    if bool((tokens == probs.shape[1]).any()):  # u rounded up to the row's total: its last possible token
+        tokens = torch.minimum(tokens, probs.shape[1] - 1 - (probs > 0).flip(-1).int().argmax(-1))
+    return tokens
 
 
 def decode_completions(tokenizer: Any, sequences: EncodedBatch) -> list[str]:
@@ -270,6 +299,7 @@ def rollout(
     score_policy: bool = False,
     batch_size: int = 64,
     max_prompt_tokens: int | None = None,
+    draw: Draw = "multinomial",
 ) -> Rollout:
     """Sample ``samples_per_prompt`` completions per prompt, then score and reward them.
 
@@ -294,6 +324,7 @@ def rollout(
                 eos_token_id=tokenizer.eos_token_id,
                 pad_token_id=tokenizer.pad_token_id,
                 seed=None if seed is None else seed + c,
+                draw=draw,
             )
         )
     completions = [text for chunk in chunks for text in decode_completions(tokenizer, chunk)]

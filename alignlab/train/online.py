@@ -122,6 +122,7 @@ def collect(
         top_p=rc.top_p,
         seed=seed,
         batch_size=rc.generation_batch_size,
+        draw=rc.draw,
     )
     t1 = time.time()
     # 2. the reward of each whole completion

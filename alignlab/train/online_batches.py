@@ -32,6 +32,13 @@ class RolloutConfig(Config):
         "the run uses one, else sft.",
     )
     generation_batch_size: int = knob(64, "Rollouts generated per forward batch.", gt=0)
+    draw: Literal["multinomial", "inverse_cdf"] = knob(
+        "multinomial",
+        "How each rollout token is drawn from its distribution: multinomial (torch.multinomial, Hugging Face "
+        "generate's random stream: the tokens generate would sample) or inverse_cdf (one uniform per row and a "
+        "search of the cumulative probabilities: the same distribution, another stream, ~30x cheaper per token "
+        "on CPU).",
+    )
     samples_per_prompt: int | None = knob(
         None, "k completions of each prompt per iteration (null: the method's: PPO 1, RLOO/GRPO 4, online DPO 2).", ge=1
     )

@@ -328,3 +328,41 @@ def test_rollout_draw_reaches_the_sampler(tmp_path, monkeypatch):
             objective, objective.config(), s, cfg, out, make_accelerator(cfg, out),
         )  # fmt: skip
         assert draws and set(draws) == {draw}
+
+
+def test_online_dpo_with_every_pair_tied_still_logs_the_rollouts_kl(tmp_path):
+    """A constant reward ties every pair: nothing trains, and the update, which scored no rollout, scores
+    them all for the logged KL and entropy, as the rollouts' own forward did (π_θ = π_ref at the first
+    iteration: KL 0, entropy > 0)."""
+    import copy
+
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from alignlab.models import train_tokenizer
+    from alignlab.objectives import get_objective
+    from alignlab.train import online
+    from alignlab.train.config import TrainConfig
+    from alignlab.train.loop import make_accelerator
+    from alignlab.train.online_batches import PolicyAndValue, RolloutConfig, Settings
+
+    texts = ["the film was a delight", "a boring plot", "what a cast", "i hated it"]
+    tokenizer = train_tokenizer(texts * 10, vocab_size=120)
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=len(tokenizer), n_positions=64)
+    config.bos_token_id = config.eos_token_id = tokenizer.eos_token_id
+    config.pad_token_id = tokenizer.pad_token_id
+    model = GPT2LMHeadModel(config)
+    objective = get_objective("online_dpo")
+    assert objective.needs.online is not None
+    s = Settings.resolve(RolloutConfig(max_new_tokens=4), objective.needs.online)
+    assert s.old_logps_from_update
+    cfg = TrainConfig(steps=1, batch_size=8, optimizer="adamw", lr=1e-3, warmup_steps=0, log_with=[], progress=False)
+    rows = online.train_online(
+        PolicyAndValue(copy.deepcopy(model), temperature=1.0), copy.deepcopy(model), tokenizer, texts,
+        lambda prompts, completions: torch.zeros(len(completions)), objective, objective.config(), s, cfg,
+        tmp_path, make_accelerator(cfg, tmp_path),
+    )  # fmt: skip
+    (row,) = [r for r in rows if r["split"] == "train"]
+    assert row["pairs"] == 0 and row["ties"] == 4
+    assert row["kl"] == pytest.approx(0.0, abs=1e-6) and row["entropy"] > 0

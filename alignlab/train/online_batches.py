@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from alignlab.core.advantages import ESTIMATORS, AdvantageConfig, get_estimator
+from alignlab.core.rollout import Draw
 from alignlab.core.scoring import EncodedBatch, logps_from_logits, position_ids, sequence_logps, token_logps
 from alignlab.errors import ConfigError
 from alignlab.objectives import Objective, ObjectiveConfig
@@ -32,7 +33,7 @@ class RolloutConfig(Config):
         "the run uses one, else sft.",
     )
     generation_batch_size: int = knob(64, "Rollouts generated per forward batch.", gt=0)
-    draw: Literal["multinomial", "inverse_cdf"] = knob(
+    draw: Draw = knob(
         "multinomial",
         "How each rollout token is drawn from its distribution: multinomial (torch.multinomial, Hugging Face "
         "generate's random stream: the tokens generate would sample) or inverse_cdf (one uniform per row and a "

@@ -216,6 +216,21 @@ def test_best_of_n_draws_other_samples_for_another_seed_and_the_same_for_the_sam
     assert first["sample_reward"] != other["sample_reward"]
 
 
+def tiny_gpt2(texts: list[str]):
+    """A tokenizer trained on ``texts`` and a 1-layer GPT-2 over it, initialised from seed 0."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from alignlab.models import train_tokenizer
+
+    tokenizer = train_tokenizer(texts * 10, vocab_size=120)
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=len(tokenizer), n_positions=64)
+    config.bos_token_id = config.eos_token_id = tokenizer.eos_token_id
+    config.pad_token_id = tokenizer.pad_token_id
+    return tokenizer, GPT2LMHeadModel(config)
+
+
 @pytest.mark.parametrize(("method", "grad_accum"), [("grpo", 1), ("grpo", 2), ("online_dpo", 1), ("online_dpo", 2)])
 def test_old_logps_from_the_update_give_the_iteration_it_gave_with_their_own_forward(
     method, grad_accum, tmp_path, monkeypatch
@@ -227,9 +242,8 @@ def test_old_logps_from_the_update_give_the_iteration_it_gave_with_their_own_for
     import copy
 
     import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers import GPT2LMHeadModel
 
-    from alignlab.models import train_tokenizer
     from alignlab.objectives import get_objective
     from alignlab.train import online
     from alignlab.train.config import TrainConfig
@@ -237,12 +251,7 @@ def test_old_logps_from_the_update_give_the_iteration_it_gave_with_their_own_for
     from alignlab.train.online_batches import PolicyAndValue, RolloutConfig, Settings
 
     texts = ["the film was a delight", "a boring plot and bad acting", "what a wonderful cast", "i hated it"]
-    tokenizer = train_tokenizer(texts * 10, vocab_size=120)
-    torch.manual_seed(0)
-    config = GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=len(tokenizer), n_positions=64)
-    config.bos_token_id = config.eos_token_id = tokenizer.eos_token_id
-    config.pad_token_id = tokenizer.pad_token_id
-    start = GPT2LMHeadModel(config)
+    tokenizer, start = tiny_gpt2(texts)
     objective = get_objective(method)
     assert objective.needs.online is not None
     s = Settings.resolve(RolloutConfig(max_new_tokens=6, kl_coef=0.1), objective.needs.online)
@@ -284,16 +293,11 @@ def test_old_logps_from_the_update_give_the_iteration_it_gave_with_their_own_for
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
 
 
-def test_rollout_draw_reaches_the_sampler(tmp_path, monkeypatch):
-    """``rollout.draw: inverse_cdf`` is how every rollout token of an online run is drawn (the default,
-    multinomial, is generate's draw)."""
+def one_iteration(method: str, reward, tmp_path, **rollout) -> list[dict]:
+    """One online iteration of ``method`` (8 rollouts of ≤ 4 tokens) on a 1-layer GPT-2 from scratch;
+    the train rows."""
     import copy
 
-    import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    from alignlab.core import rollout as rollout_core
-    from alignlab.models import train_tokenizer
     from alignlab.objectives import get_objective
     from alignlab.train import online
     from alignlab.train.config import TrainConfig
@@ -301,32 +305,34 @@ def test_rollout_draw_reaches_the_sampler(tmp_path, monkeypatch):
     from alignlab.train.online_batches import PolicyAndValue, RolloutConfig, Settings
 
     texts = ["the film was a delight", "a boring plot", "what a cast", "i hated it"]
-    tokenizer = train_tokenizer(texts * 10, vocab_size=120)
-    torch.manual_seed(0)
-    config = GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=len(tokenizer), n_positions=64)
-    config.bos_token_id = config.eos_token_id = tokenizer.eos_token_id
-    config.pad_token_id = tokenizer.pad_token_id
-    model = GPT2LMHeadModel(config)
-    objective = get_objective("grpo")
+    tokenizer, model = tiny_gpt2(texts)
+    objective = get_objective(method)
     assert objective.needs.online is not None
+    s = Settings.resolve(RolloutConfig(max_new_tokens=4, **rollout), objective.needs.online)
     cfg = TrainConfig(steps=1, batch_size=8, optimizer="adamw", lr=1e-3, warmup_steps=0, log_with=[], progress=False)
+    rows = online.train_online(
+        PolicyAndValue(copy.deepcopy(model), temperature=1.0), copy.deepcopy(model), tokenizer, texts, reward,
+        objective, objective.config(), s, cfg, tmp_path, make_accelerator(cfg, tmp_path),
+    )  # fmt: skip
+    return [r for r in rows if r["split"] == "train"]
+
+
+def test_rollout_draw_reaches_the_sampler(tmp_path, monkeypatch):
+    """``rollout.draw: inverse_cdf`` is how every rollout token of an online run is drawn (the default,
+    multinomial, is generate's draw)."""
+    import torch
+
+    from alignlab.core import rollout as rollout_core
+
     draws: list[str] = []
     real = rollout_core.draw_tokens
     monkeypatch.setattr(
         rollout_core, "draw_tokens", lambda probs, draw="multinomial": draws.append(draw) or real(probs, draw)
     )
-
-    def reward(prompts, completions):
-        return torch.tensor([float(len(c)) for c in completions])
-
     for draw in ("inverse_cdf", "multinomial"):
         draws.clear()
-        s = Settings.resolve(RolloutConfig(max_new_tokens=4, draw=draw), objective.needs.online)
-        out = tmp_path / draw
-        online.train_online(
-            PolicyAndValue(copy.deepcopy(model), temperature=1.0), copy.deepcopy(model), tokenizer, texts, reward,
-            objective, objective.config(), s, cfg, out, make_accelerator(cfg, out),
-        )  # fmt: skip
+        length = lambda prompts, completions: torch.tensor([float(len(c)) for c in completions])  # noqa: E731
+        one_iteration("grpo", length, tmp_path / draw, draw=draw)
         assert draws and set(draws) == {draw}
 
 
@@ -334,35 +340,8 @@ def test_online_dpo_with_every_pair_tied_still_logs_the_rollouts_kl(tmp_path):
     """A constant reward ties every pair: nothing trains, and the update, which scored no rollout, scores
     them all for the logged KL and entropy, as the rollouts' own forward did (π_θ = π_ref at the first
     iteration: KL 0, entropy > 0)."""
-    import copy
-
     import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
 
-    from alignlab.models import train_tokenizer
-    from alignlab.objectives import get_objective
-    from alignlab.train import online
-    from alignlab.train.config import TrainConfig
-    from alignlab.train.loop import make_accelerator
-    from alignlab.train.online_batches import PolicyAndValue, RolloutConfig, Settings
-
-    texts = ["the film was a delight", "a boring plot", "what a cast", "i hated it"]
-    tokenizer = train_tokenizer(texts * 10, vocab_size=120)
-    torch.manual_seed(0)
-    config = GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=len(tokenizer), n_positions=64)
-    config.bos_token_id = config.eos_token_id = tokenizer.eos_token_id
-    config.pad_token_id = tokenizer.pad_token_id
-    model = GPT2LMHeadModel(config)
-    objective = get_objective("online_dpo")
-    assert objective.needs.online is not None
-    s = Settings.resolve(RolloutConfig(max_new_tokens=4), objective.needs.online)
-    assert s.old_logps_from_update
-    cfg = TrainConfig(steps=1, batch_size=8, optimizer="adamw", lr=1e-3, warmup_steps=0, log_with=[], progress=False)
-    rows = online.train_online(
-        PolicyAndValue(copy.deepcopy(model), temperature=1.0), copy.deepcopy(model), tokenizer, texts,
-        lambda prompts, completions: torch.zeros(len(completions)), objective, objective.config(), s, cfg,
-        tmp_path, make_accelerator(cfg, tmp_path),
-    )  # fmt: skip
-    (row,) = [r for r in rows if r["split"] == "train"]
+    (row,) = one_iteration("online_dpo", lambda prompts, completions: torch.zeros(len(completions)), tmp_path)
     assert row["pairs"] == 0 and row["ties"] == 4
     assert row["kl"] == pytest.approx(0.0, abs=1e-6) and row["entropy"] > 0

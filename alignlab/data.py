@@ -62,6 +62,13 @@ def cache_root() -> Path:
     return Path(os.environ.get(CACHE_DIR_ENV) or Path.home() / ".cache" / "alignlab").expanduser()
 
 
+def in_cache(path: str) -> Path:
+    """A path as ``summary.json`` and the stage reports write it (the stage cache as ``$ALIGNLAB_CACHE_DIR``,
+    so that they read the same on any machine), on this machine: the default cache too when the variable
+    is unset (where ``os.path.expandvars`` would leave it as it is)."""
+    return Path(path.replace(f"${CACHE_DIR_ENV}", str(cache_root())))
+
+
 def check_cache_writable() -> Path:
     """The cache root, checked before any work: a directory alignlab can write in (one line naming
     ``$ALIGNLAB_CACHE_DIR`` otherwise)."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -24,6 +23,7 @@ from torch.testing import assert_close
 
 from alignlab.core.rollout import rollout
 from alignlab.core.scoring import token_logps
+from alignlab.data import in_cache
 from alignlab.encoding import encode_completions
 from alignlab.models import ModelConfig, load_pretrained
 
@@ -203,7 +203,7 @@ def test_a_lora_run_final_is_an_adapter_and_its_export_equals_it(every_method):
         run = runs[f"{label}+LoRA"]
         final = run / "final"
         assert (final / "adapter_model.safetensors").is_file() and not (final / "model.safetensors").exists()
-        base = AutoModelForCausalLM.from_pretrained(os.path.expandvars(_summary(run)["policy"]))
+        base = AutoModelForCausalLM.from_pretrained(in_cache(_summary(run)["policy"]))
         tokenizer = AutoTokenizer.from_pretrained(final)
         adapted = PeftModel.from_pretrained(base, final).eval()
         expected = _logits(adapted, tokenizer)

@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from alignlab.data import in_cache
 from alignlab.pairs import load_pairs
 from alignlab.prepare import run_prepare
 
@@ -64,7 +65,8 @@ def test_the_default_stages_build_cache_and_reload_at_smoke_size(small_imdb: Pat
     # the reward model reloaded from the cache gives the held-out metrics it was built with
     assert again["reward_model"]["held_out"] == first["reward_model"]["held_out"]
     # the cached pairs read back whole, as many as were made
-    pairs_dir = Path(first["pairs"]["path"].replace("$ALIGNLAB_CACHE_DIR", str(cache)))
+    pairs_dir = in_cache(first["pairs"]["path"])
+    assert pairs_dir.parent.parent == cache
     assert len(load_pairs(pairs_dir)) == first["pairs"]["pairs"]
     assert json.loads((tmp_path / "again" / "stages.json").read_text())["stages"]["pairs"]["cached"] is True
 
@@ -105,3 +107,14 @@ def test_too_few_pairs_for_the_reward_model_batch_is_one_clear_error(small_imdb:
 
     with pytest.raises(AlignlabError, match=r"training pairs, fewer than its batch size of 4096"):
         run_prepare(PREPARE, [*smoke_size(small_imdb, tmp_path), "reward_model.batch_size=4096"], progress=False)
+
+
+def test_a_reports_cache_path_reads_on_this_machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Reports and summary.json write the stage cache as $ALIGNLAB_CACHE_DIR; ``in_cache`` reads it back
+    under the variable when set, under the default cache when it is not (expandvars would leave it)."""
+    monkeypatch.setenv("ALIGNLAB_CACHE_DIR", str(tmp_path / "cache"))
+    assert in_cache("$ALIGNLAB_CACHE_DIR/sft/abc") == tmp_path / "cache" / "sft" / "abc"
+    monkeypatch.delenv("ALIGNLAB_CACHE_DIR")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert in_cache("$ALIGNLAB_CACHE_DIR/sft/abc") == tmp_path / "home" / ".cache" / "alignlab" / "sft" / "abc"
+    assert in_cache("/elsewhere/sft/abc") == Path("/elsewhere/sft/abc")

@@ -216,7 +216,7 @@ def test_best_of_n_draws_other_samples_for_another_seed_and_the_same_for_the_sam
     assert first["sample_reward"] != other["sample_reward"]
 
 
-def tiny_gpt2(texts: list[str]):
+def tokenizer_and_gpt2(texts: list[str]):
     """A tokenizer trained on ``texts`` and a 1-layer GPT-2 over it, initialised from seed 0."""
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
@@ -251,7 +251,7 @@ def test_old_logps_from_the_update_give_the_iteration_it_gave_with_their_own_for
     from alignlab.train.online_batches import PolicyAndValue, RolloutConfig, Settings
 
     texts = ["the film was a delight", "a boring plot and bad acting", "what a wonderful cast", "i hated it"]
-    tokenizer, start = tiny_gpt2(texts)
+    tokenizer, start = tokenizer_and_gpt2(texts)
     objective = get_objective(method)
     assert objective.needs.online is not None
     s = Settings.resolve(RolloutConfig(max_new_tokens=6, kl_coef=0.1), objective.needs.online)
@@ -305,7 +305,7 @@ def one_iteration(method: str, reward, tmp_path, **rollout) -> list[dict]:
     from alignlab.train.online_batches import PolicyAndValue, RolloutConfig, Settings
 
     texts = ["the film was a delight", "a boring plot", "what a cast", "i hated it"]
-    tokenizer, model = tiny_gpt2(texts)
+    tokenizer, model = tokenizer_and_gpt2(texts)
     objective = get_objective(method)
     assert objective.needs.online is not None
     s = Settings.resolve(RolloutConfig(max_new_tokens=4, **rollout), objective.needs.online)

@@ -70,6 +70,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from vs_trl import Block, _trl_clock, per_step, quiet  # noqa: E402
 
+from alignlab.core.rollout import Draw  # noqa: E402
 from alignlab.core.scoring import position_ids  # noqa: E402
 from alignlab.jobs.job import peak_rss_mb, reset_peak_rss  # noqa: E402
 from alignlab.objectives import get_objective  # noqa: E402
@@ -302,11 +303,11 @@ def timed_generate(model: Any) -> Iterator[list[float]]:
         del model.generate
 
 
-def alignlab_settings(work: Work, draw: str = "multinomial") -> tuple[Any, Any, Settings, TrainConfig]:
+def alignlab_settings(work: Work, draw: Draw = "multinomial") -> tuple[Any, Any, Settings, TrainConfig]:
     objective = get_objective(work.method)
     ocfg = objective.config(**work.spec.knobs)
     rc = RolloutConfig(
-        draw=draw,  # type: ignore[arg-type]
+        draw=draw,
         max_new_tokens=MAX_NEW_TOKENS,
         temperature=TEMPERATURE,
         samples_per_prompt=work.spec.k,
@@ -334,7 +335,7 @@ def alignlab_settings(work: Work, draw: str = "multinomial") -> tuple[Any, Any, 
     return objective, ocfg, Settings.resolve(rc, objective.needs.online), cfg
 
 
-def run_alignlab(work: Work, side: str = "alignlab", draw: str = "multinomial") -> Block:
+def run_alignlab(work: Work, side: str = "alignlab", draw: Draw = "multinomial") -> Block:
     objective, ocfg, s, cfg = alignlab_settings(work, draw)
     reset_peak_rss()
     with tempfile.TemporaryDirectory() as out:

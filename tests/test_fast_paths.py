@@ -1,4 +1,5 @@
-"""The per-process memos behind a sweep's speed: prompts derived once, π_ref evaluated once.
+"""The per-process memos behind a sweep's speed: prompts derived once, π_ref evaluated once, the pairs
+tokenised once.
 
 (The scoring core's completion-only LM head is checked against the full forward in test_scoring.py.)
 """
@@ -6,13 +7,19 @@
 from __future__ import annotations
 
 import copy
+import gzip
+import json
 from types import SimpleNamespace
 
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from alignlab.jobs import evaluation
+from alignlab import encoding
+from alignlab.jobs import evaluation, methods
 from alignlab.models import train_tokenizer
+from alignlab.tasks import build_task
+from alignlab.tasks.base import PreferencePair
+from alignlab.train.data import PairData, UnpairedData, unpaired_from_pairs
 from alignlab.run_config import EvalConfig
 from alignlab.train.config import TrainConfig
 
@@ -99,3 +106,71 @@ def test_a_reused_evaluation_equals_a_fresh_one(monkeypatch):
     monkeypatch.setattr(evaluation, "_EVALUATIONS", {})
     fresh = evaluation.sampling_evaluation(cfg, CountingTask(), policy, reward, reference)(policy.model)
     assert calls == [1, 1] and reused == fresh
+
+
+def write_reviews(root, n=40):
+    """A small local IMDb (train and test) under ``root``."""
+    (root / "imdb").mkdir(parents=True)
+    for split in ("train", "test"):
+        rows = [json.dumps({"text": TEXTS[i % len(TEXTS)] + f" Review {i}.", "label": i % 2}) for i in range(n)]
+        with gzip.open(root / "imdb" / f"{split}.jsonl.gz", "wt") as f:
+            f.write("\n".join(rows) + "\n")
+    return root
+
+
+def test_imdb_prefixes_are_cut_once_per_tokenizer(tmp_path, monkeypatch):
+    """Every run of an experiment loads its own copy of π_ref's tokenizer: the task cuts the prefixes
+    once for that tokenizer's content, and gives the same prompts as a task that cuts them afresh."""
+    root = write_reviews(tmp_path / "data")
+    tokenizer = train_tokenizer(TEXTS, vocab_size=300)
+    task = build_task({"name": "imdb", "data_dir": str(root), "use_unsup": False})
+    encodes = []
+    real = encoding.encode_text
+    monkeypatch.setattr(encoding, "encode_text", lambda *a, **k: encodes.append(1) or real(*a, **k))
+    train, test = task.prompts("train", tokenizer), task.prompts("eval", tokenizer)
+    train.append("mutating a returned list changes nothing")
+    copy_of_it = copy.deepcopy(tokenizer)
+    assert task.prompts("train", copy_of_it) == train[:-1] and task.prompts("eval", copy_of_it) == test
+    assert len(encodes) == 2  # train and test, once each
+    fresh = build_task({"name": "imdb", "data_dir": str(root), "use_unsup": False})
+    assert fresh.prompts("train", tokenizer) == train[:-1] and fresh.prompts("eval", tokenizer) == test
+    other = train_tokenizer(TEXTS[:4] * 3, vocab_size=280)
+    task.prompts("eval", other)  # another tokenizer: cut afresh
+    assert len(encodes) == 5
+
+
+def test_datasets_are_tokenised_once_per_rows_tokenizer_and_context(monkeypatch):
+    """Consecutive runs on the same pairs share one tokenisation; each gets its own dataset, with no
+    reference log-probs from an earlier run, equal to a fresh build."""
+    tokenizer = train_tokenizer(TEXTS, vocab_size=300)
+    pairs = [PreferencePair(f"Prompt {i}:", TEXTS[i], TEXTS[i + 1]) for i in range(6)]
+    monkeypatch.setattr(methods, "_ENCODED", {})
+    builds = []
+    real = PairData.build.__func__
+
+    def counting(cls, *args, **kwargs):
+        builds.append(1)
+        return real(cls, *args, **kwargs)
+
+    monkeypatch.setattr(PairData, "build", classmethod(counting))
+    first = methods.encoded(tokenizer, pairs, 64, unpaired=False, seed=0)
+    first.ref = {"chosen": torch.zeros(6), "rejected": torch.zeros(6)}  # what attach_reference does
+    second = methods.encoded(copy.deepcopy(tokenizer), list(pairs), 64, unpaired=False, seed=1)
+    assert builds == [1] and second is not first and second.ref is None
+    fresh = real(PairData, tokenizer, pairs, 64)
+    for got in (first, second):
+        for part in ("chosen", "rejected"):
+            for name in ("input_ids", "attention_mask", "completion_mask"):
+                assert torch.equal(getattr(getattr(got, part), name), getattr(getattr(fresh, part), name))
+    methods.encoded(tokenizer, pairs[:5], 64, unpaired=False, seed=0)  # other rows
+    methods.encoded(tokenizer, pairs, 32, unpaired=False, seed=0)  # another context
+    flipped = [p.flipped() for p in pairs]
+    methods.encoded(tokenizer, flipped, 64, unpaired=False, seed=0)  # the same texts, other labels
+    assert builds == [1, 1, 1, 1]
+    rows = unpaired_from_pairs(pairs)
+    a = methods.encoded(tokenizer, rows, 64, unpaired=True, seed=0)
+    b = methods.encoded(tokenizer, rows, 64, unpaired=True, seed=0)
+    c = methods.encoded(tokenizer, rows, 64, unpaired=True, seed=1)  # KTO's twins depend on the seed
+    assert isinstance(a, UnpairedData) and torch.equal(a.mismatched.input_ids, b.mismatched.input_ids)
+    assert torch.equal(c.mismatched.input_ids, UnpairedData.build(tokenizer, rows, 64, 1).mismatched.input_ids)
+    assert len(methods._ENCODED) == 4  # the oldest entries make room

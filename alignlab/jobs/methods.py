@@ -13,7 +13,9 @@ reward of samples on held-out prompts and their sequence KL to the reference.
 
 from __future__ import annotations
 
+import dataclasses
 import random
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from alignlab.adapters import AdaptersOff, is_adapted, trainable_parameters
-from alignlab.cache_keys import stage_code
+from alignlab.cache_keys import stage_code, texts_fingerprint, tokenizer_key
 from alignlab.jobs.evaluation import eval_prompts, sample_row, sampling_evaluation
 from alignlab.jobs.trainers import Method, RunContext, register_trainer, trainer_for
 from alignlab.models import model_context
@@ -119,6 +121,31 @@ def _check_offline(cfg: RunConfig, method: Method, num_processes: int, source: s
     check_batch(cfg.train, num_processes, source)
 
 
+_ENCODED: dict[tuple[Any, ...], PairData | UnpairedData] = {}
+"""Per-process memo of the tokenised datasets (the last few): consecutive runs of an experiment train
+on the same pairs, whose tokenisation costs seconds a run."""
+
+
+def encoded(tokenizer: Any, rows: Sequence[Any], context: int, unpaired: bool, seed: int) -> PairData | UnpairedData:
+    """``rows`` tokenised for the offline trainer — :meth:`PairData.build`, or :meth:`UnpairedData.build`
+    (KTO's rows, their mismatched twins drawn from ``seed``) — once per process for the same rows,
+    tokenizer and context.
+
+    Each call returns its own dataset (no reference log-probs attached) over the memo's tensors,
+    which training only reads.
+    """
+    key: tuple[Any, ...] = (unpaired, tokenizer_key(tokenizer), texts_fingerprint([repr(r) for r in rows]), context)
+    key += (seed,) if unpaired else ()
+    if key not in _ENCODED:
+        while len(_ENCODED) >= 4:  # the train and held-out rows of a paired and an unpaired method
+            _ENCODED.pop(next(iter(_ENCODED)))
+        if unpaired:
+            _ENCODED[key] = UnpairedData.build(tokenizer, rows, context, seed)
+        else:
+            _ENCODED[key] = PairData.build(tokenizer, rows, context)
+    return dataclasses.replace(_ENCODED[key], ref=None)
+
+
 @register_trainer("offline", data=("paired", "unpaired"), check=_check_offline)
 def offline_trainer(ctx: RunContext) -> dict[str, Any]:
     """Paired or unpaired objectives on a fixed dataset of pairs (:func:`~alignlab.train.offline.train_offline`)."""
@@ -131,9 +158,9 @@ def offline_trainer(ctx: RunContext) -> dict[str, Any]:
         if needs.data == "unpaired":  # KTO: unpaired rows of a file, or pairs split in two
             rows = ctx.data[name] if ctx.data[name] and isinstance(ctx.data[name][0], UnpairedExample) else None
             rows = rows or unpaired_from_pairs(ctx.data[name])
-            split[name] = UnpairedData.build(policy.tokenizer, rows, context, cfg.train.seed)
+            split[name] = encoded(policy.tokenizer, rows, context, unpaired=True, seed=cfg.train.seed)
         else:
-            split[name] = PairData.build(policy.tokenizer, ctx.data[name], context)
+            split[name] = encoded(policy.tokenizer, ctx.data[name], context, unpaired=False, seed=cfg.train.seed)
         if needs.reference:
             key = [str(policy.path), context, stage_code("reference")]
             if frozen_dtype(cfg.train) != torch.float32:  # π_ref's log-probs in another precision: other numbers

@@ -100,6 +100,9 @@ class IMDbTask(Task):
     def __init__(self, cfg: TaskConfig) -> None:
         super().__init__(cfg)
         self._cache: dict[str, list[tuple[str, int]]] = {}
+        # each split's prefixes by tokenizer: every run of an experiment asks again (with its own copy
+        # of one tokenizer), and tokenising 25,000 reviews costs seconds a time
+        self._prefix_cache: dict[tuple[str, str], list[str]] = {}
 
     def reviews(self, split: str) -> list[tuple[str, int]]:
         """(cleaned text, label) of one split — train, test or unsup (label −1) — bad rows skipped."""
@@ -170,10 +173,18 @@ class IMDbTask(Task):
 
     def _prefixes(self, split: str, tokenizer: Any) -> list[str]:
         """The prefix of each review of ``split`` (train or test), in the file's order."""
-        from alignlab.encoding import encode_text  # here: reading a task's data needs no torch
+        from alignlab.cache_keys import tokenizer_key  # here: reading a task's data needs no torch
 
         if tokenizer is None:
             raise DataError("IMDb prompts are prefixes measured in policy tokens: pass the policy's tokenizer")
+        key = (split, tokenizer_key(tokenizer))
+        if key not in self._prefix_cache:
+            self._prefix_cache[key] = self._cut_prefixes(split, tokenizer)
+        return list(self._prefix_cache[key])
+
+    def _cut_prefixes(self, split: str, tokenizer: Any) -> list[str]:
+        from alignlab.encoding import encode_text
+
         texts = [t for t, _ in self.reviews(split)]
         # the seed string names the split as the task's splits are named (train / eval)
         rng = random.Random(f"{self.cfg.seed}:{'eval' if split == 'test' else 'train'}")

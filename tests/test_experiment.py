@@ -528,6 +528,28 @@ def test_win_rate_experiment_on_hh_writes_the_temperature_table(tmp_path, data_d
     assert compute.loc["dpo", "roles"] == "policy + reference" and compute.loc["dpo", "trainable"] == 1
 
 
+def test_a_method_far_past_the_budgets_runs_off_the_kl_axis_and_is_named():
+    """A reference-free loss can leave π_ref by 100+ nats: with budgets up to KL 2 the axis ends at
+    3 × 2 = 6, the far method's points beyond it are counted in a note, and the others fill the panel;
+    without such points (or without budgets) the axis is matplotlib's own."""
+    import matplotlib.pyplot as plt
+
+    from alignlab.experiment.plots import _frontier_figure
+
+    rows = _frontier_frame()
+    far = rows[rows["method"] == "PPO"].assign(method="SimPO", run="SimPO-a", kl=lambda f: f["kl"] * 40)
+    fig = _frontier_figure(pd.concat([rows, far], ignore_index=True), "t", False, True, (1.0, 2.0), (), False)
+    ax = fig.axes[0]
+    assert ax.get_xlim() == pytest.approx((-0.3, 6.0))  # the far points' error bars set neither end
+    notes = [t.get_text() for t in ax.texts if "off the axis" in t.get_text()]
+    assert notes == ["SimPO: 2 more point(s) off the axis, up to KL 160 →"]  # KL 40 and 160 (steps 10, 20)
+    plt.close(fig)
+    for budgets in ((1.0, 2.0), ()):
+        fig = _frontier_figure(rows, "t", False, True, budgets, (), False)
+        assert fig.axes[0].get_xlim()[1] > 4.0 and not [t for t in fig.axes[0].texts if "off the axis" in t.get_text()]
+        plt.close(fig)
+
+
 def test_the_budget_bars_start_at_pi_refs_reward_not_at_best_of_ns():
     """π_ref's reward is 0.1 (the trained methods' step 0); best-of-N's rows are also at step 0 but are
     its samples' reward (1.5): the bars' baseline is 0.1, not the mean of all step-0 rows (0.55)."""

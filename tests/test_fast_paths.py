@@ -17,11 +17,11 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from alignlab import encoding
 from alignlab.jobs import evaluation, methods
 from alignlab.models import train_tokenizer
+from alignlab.run_config import EvalConfig
 from alignlab.tasks import build_task
 from alignlab.tasks.base import PreferencePair
-from alignlab.train.data import PairData, UnpairedData, unpaired_from_pairs
-from alignlab.run_config import EvalConfig
 from alignlab.train.config import TrainConfig
+from alignlab.train.data import PairData, UnpairedData, unpaired_from_pairs
 
 TEXTS = [
     "The movie was a delight from start to finish.",

@@ -196,8 +196,15 @@ def _frontier_figure(
         ax.grid(alpha=0.3)
         ax.legend(handles=handles, fontsize=7, loc="lower right", ncol=2 if len(handles) > 12 else 1)
     lows, highs = zip(*(ax.get_xlim() for ax in axes[0][: len(groups)]), strict=True)
-    for ax in axes[0][: len(groups)]:  # one KL scale across the panels
-        ax.set_xlim(min(lows), max(highs))
+    # one KL scale across the panels; a method far past the budgets (a reference-free loss can leave
+    # π_ref by 100+ nats) would squeeze the others into the left edge: it runs off the axis, named
+    edge = KL_AXIS_PAST_BUDGETS * max(kl_budgets) if len(kl_budgets) else float("inf")
+    left, right = min(lows), min(max(highs), edge)
+    if right < max(highs):  # the far method's error bars no longer set the left end either
+        left = max(left, -0.05 * right)
+    for ax, group in zip(axes[0], groups, strict=False):
+        ax.set_xlim(left, right)
+        _name_points_off_axis(ax, means, group, edge)
     axes[0][0].set_ylabel(reward_label(frame, use_p))
     if budgets is not None:
         _draw_budgets(axes[0][-1], budgets, methods, colours, use_p, base)
@@ -210,6 +217,21 @@ def _frontier_figure(
         fontsize=10,
     )
     return fig
+
+
+KL_AXIS_PAST_BUDGETS = 3.0
+"""The frontier's KL axis ends at this multiple of the largest KL budget, when any point lies beyond."""
+
+
+def _name_points_off_axis(ax: Any, means: pd.DataFrame, group: Sequence[str], edge: float) -> None:
+    """A note in the panel's corner for each method with points past ``edge`` (the axis's end)."""
+    notes = []
+    for method in group:
+        beyond = means[(means["method"] == method) & (means["kl"] > edge)]
+        if len(beyond):
+            notes.append(f"{method}: {len(beyond)} more point(s) off the axis, up to KL {beyond['kl'].max():.0f} →")
+    if notes:
+        ax.text(0.99, 0.99, "\n".join(notes), transform=ax.transAxes, ha="right", va="top", fontsize=7)
 
 
 def _draw_method(ax: Any, means: pd.DataFrame, rows: pd.DataFrame, colour: Any, use_p: bool, error_bars: bool) -> list:

@@ -2,8 +2,9 @@
 
 The command line runs inside :func:`installed`. From then on either signal raises
 :class:`Interrupted` where the process is, except inside a training loop
-(:func:`at_step_boundaries`): there the signal is remembered, the step in progress finishes, the
-loop saves a checkpoint of it (:meth:`alignlab.train.loop.RunLoop.periodic`) and then stops. A
+(:func:`at_step_boundaries`, which a trainer enters before its step-0 evaluation and checkpoint):
+there the signal is remembered, the step in progress (or that evaluation) finishes, the loop saves a
+checkpoint of it (:meth:`alignlab.train.loop.RunLoop.periodic`) and then stops. A
 second signal while the first waits for the end of its step stops at once. Every file alignlab
 writes is written atomically, so stopping anywhere else loses only the work since the last
 checkpoint or cached stage; the same command resumes.

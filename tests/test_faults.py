@@ -182,6 +182,65 @@ def test_sigterm_to_run_with_workers_stops_every_worker_and_workers_are_capped(t
     wait_for(lambda: not processes_naming(str(results)), "the workers to exit", timeout=30)
 
 
+@pytest.mark.parametrize("trainer", ["offline", "online"])
+def test_a_signal_during_step_0s_evaluation_checkpoints_step_0(tmp_path: Path, trainer: str) -> None:
+    """A signal that arrives while a new run evaluates step 0 waits for that evaluation, then the
+    run checkpoints step 0 and says so (the test above waits for step 0's checkpoint and then
+    signals: a run must be inside its step boundaries from that checkpoint on)."""
+    from conftest import tiny_gpt2
+
+    from alignlab import interrupts
+    from alignlab.interrupts import Interrupted
+    from alignlab.sft import lm_nll
+    from alignlab.train.config import TrainConfig
+    from alignlab.train.loop import make_accelerator
+
+    out = tmp_path / "run"
+    cfg = TrainConfig(steps=4, batch_size=2, lr=1e-3, warmup_steps=0, save_every=100, log_with=[], progress=False)
+    evaluated: list[int] = []
+
+    def evaluate(policy: torch.nn.Module) -> dict[str, float]:
+        evaluated.append(len(evaluated))
+        os.kill(os.getpid(), signal.SIGTERM)  # delivered here, in the middle of the evaluation
+        time.sleep(0.05)
+        return {"probe": 1.0}
+
+    with interrupts.installed(), pytest.raises(Interrupted) as stopped:
+        if trainer == "offline":
+            from alignlab.train.offline import train_offline
+
+            data = torch.randint(0, 64, (8, 6), generator=torch.Generator().manual_seed(0))
+
+            def step(m: torch.nn.Module, rows: list[int]) -> LossOutput:
+                return LossOutput(torch.stack([lm_nll(m, data[[r]]) for r in rows]), {})
+
+            train_offline(tiny_gpt2(), step, len(data), cfg, out, make_accelerator(cfg, out), evaluate=evaluate)
+        else:
+            import copy
+
+            from test_online_methods import tokenizer_and_gpt2
+
+            from alignlab.objectives import get_objective
+            from alignlab.train.online import train_online
+            from alignlab.train.online_batches import PolicyAndValue, RolloutConfig, Settings
+
+            texts = ["the film was a delight", "a boring plot", "what a cast", "i hated it"]
+            tokenizer, start = tokenizer_and_gpt2(texts)
+            grpo = get_objective("grpo")
+            assert grpo.needs.online is not None
+            s = Settings.resolve(RolloutConfig(max_new_tokens=4), grpo.needs.online)
+            length = lambda prompts, completions: torch.tensor([float(len(c)) for c in completions])  # noqa: E731
+            core = PolicyAndValue(copy.deepcopy(start), temperature=1.0)
+            cfg = dataclasses.replace(cfg, batch_size=8)
+            train_online(
+                core, start, tokenizer, texts, length, grpo, grpo.config(), s, cfg, out, make_accelerator(cfg, out),
+                evaluate=evaluate,
+            )  # fmt: skip
+    assert "after step 0 of 4" in str(stopped.value) and stopped.value.exit_status == 143
+    assert evaluated == [0]  # the evaluation finished; no step ran
+    assert [p.name for p in (out / "checkpoints").glob("step-*")] == ["step-0000000"]
+
+
 def test_workers_stop_when_run_is_killed(tmp_path: Path) -> None:
     """SIGKILL cannot be caught by the parent; its workers notice it is gone and stop themselves."""
     cache, results = tmp_path / "cache", tmp_path / "results"

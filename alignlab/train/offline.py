@@ -225,14 +225,18 @@ def train_offline(
 
     if cost is None:
         loop.compute_tokens = None  # a step function that does not say its cost (the reward model's)
-    if not loop.resumed:
-        loop.add_compute(cost.reference_tokens() if cost is not None else 0.0)  # the reference cache, once
-        loop.periodic(0, run_eval, state())
-    wrapped.train()
-    bar = tqdm(
-        total=cfg.steps, initial=loop.start_step, desc=name, disable=not (cfg.progress and accelerator.is_main_process)
-    )
-    with interrupts.at_step_boundaries():  # SIGTERM / Ctrl-C: finish the step, checkpoint, stop
+    # SIGTERM / Ctrl-C: finish the step (or step 0's evaluation), checkpoint, stop
+    with interrupts.at_step_boundaries():
+        if not loop.resumed:
+            loop.add_compute(cost.reference_tokens() if cost is not None else 0.0)  # the reference cache, once
+            loop.periodic(0, run_eval, state())
+        wrapped.train()
+        bar = tqdm(
+            total=cfg.steps,
+            initial=loop.start_step,
+            desc=name,
+            disable=not (cfg.progress and accelerator.is_main_process),
+        )
         for step in range(loop.start_step, cfg.steps):
             t0 = time.time()
             before = state()  # the objective's state after the last good step (what the NaN guard saves)

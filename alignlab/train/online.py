@@ -301,13 +301,17 @@ def train_online(
     def state() -> dict[str, Any]:
         return {"kl_coef": controller.value, "estimator": estimator_state}
 
-    if not loop.resumed:
-        loop.periodic(0, run_eval, state())
-    bar = tqdm(
-        total=cfg.steps, initial=loop.start_step, desc=name, disable=not (cfg.progress and accelerator.is_main_process)
-    )
     rank, world = accelerator.process_index, accelerator.num_processes
-    with interrupts.at_step_boundaries():  # SIGTERM / Ctrl-C: finish the iteration, checkpoint, stop
+    # SIGTERM / Ctrl-C: finish the iteration (or iteration 0's evaluation), checkpoint, stop
+    with interrupts.at_step_boundaries():
+        if not loop.resumed:
+            loop.periodic(0, run_eval, state())
+        bar = tqdm(
+            total=cfg.steps,
+            initial=loop.start_step,
+            desc=name,
+            disable=not (cfg.progress and accelerator.is_main_process),
+        )
         for it in range(loop.start_step, cfg.steps):
             mine = [prompts[i] for i in shard(order.rows(it), rank, world)]
             seed = cfg.seed * 1_000_003 + it * world + rank

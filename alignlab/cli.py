@@ -165,7 +165,10 @@ def _list(args: argparse.Namespace) -> int:
             for candidate in tuned.candidates:
                 for run in candidate.tune_runs:
                     print(f"    {status(run):9s} {run.run_id}")
-                finals = ", ".join(f"{r.run_id} ({status(r)})" for r in candidate.final_runs)
+                finals = ", ".join(
+                    f"{r.run_id} ({status(r) if r.trained_by is None else 'is ' + r.trained_by.run_id})"
+                    for r in candidate.final_runs
+                )
                 print(f"      if selected: {finals}")
         if "changed" in states:
             print(

@@ -112,6 +112,11 @@ class EvalConfig(Config):
         "(disjoint from test; what tune: candidates are scored on). IMDb: test-review prefixes / train-review "
         "prefixes; the other tasks: a hash split of their eval prompts (task.validation_fraction).",
     )
+    also_test: bool = knob(
+        False,
+        "With split: validation, evaluate the test prompts too at every evaluation, logged as test_sample_* "
+        "(tune: sets it on its tuning runs, which then serve as the selected candidate's first seeds).",
+    )
     winrate: WinRateConfig = knob(
         default_factory=WinRateConfig, help="Win rate against the task's reference completions, after training."
     )

@@ -43,3 +43,5 @@ def test_the_protocol_demo_tunes_runs_seeds_and_summarises(
     assert main(["list", *argv[1:]]) == 0
     listed = capsys.readouterr().out
     assert "DPO: tuned by reward_at_kl at KL 2, 2 candidates" in listed and "finished  tune-dpo-lr0.002-seed0" in listed
+    # tune.reuse: each candidate's seed-0 final run is its tuning run, its seed-1 run its own
+    assert "if selected: dpo-lr0.002-seed0 (is tune-dpo-lr0.002-seed0), dpo-lr0.002-seed1 (" in listed

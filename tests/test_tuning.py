@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -20,7 +21,7 @@ import pytest
 import yaml
 
 from alignlab.errors import ConfigError
-from alignlab.experiment.config import TuneConfig, load_experiment
+from alignlab.experiment.config import TuneConfig, _reused, load_experiment
 from alignlab.experiment.tuning import score, select
 from alignlab.jobs.evaluation import eval_prompts
 from alignlab.models import train_tokenizer
@@ -193,7 +194,20 @@ def test_tune_sweep_tunes_at_some_settings_and_the_choice_runs_at_every_one(monk
         assert sorted((r.setting["beta"], r.setting["seed"]) for r in candidate.final_runs) == [
             (b, s) for b in (0.05, 0.1, 1) for s in (0, 1)
         ]
-        assert all(r.cfg.eval.split == "validation" for r in candidate.tune_runs)
+        assert all(r.cfg.eval.split == "validation" and r.cfg.eval.also_test for r in candidate.tune_runs)
+        # tune.reuse (the default): the tuning run is the final run with its β and seed, the others train
+        reused = {(r.setting["beta"], r.setting["seed"]): r.trained_by for r in candidate.final_runs}
+        assert reused.pop((0.1, 0)) is candidate.tune_runs[0]
+        assert set(reused.values()) == {None}
+    off = load_experiment("run/ok.yaml", ["seeds=2", f"methods=[{method}]", "tune={reuse: false}"]).tuned[0]
+    assert all(r.trained_by is None for c in off.candidates for r in c.final_runs)
+    assert not any(r.cfg.eval.also_test for c in off.candidates for r in c.tune_runs)
+    # a final run with win rates to judge (which tuning runs do not) trains anew
+    first = tuned.candidates[0]
+    final = next(r for r in first.final_runs if r.trained_by is not None)
+    judged = dataclasses.replace(final.cfg.eval, winrate=dataclasses.replace(final.cfg.eval.winrate, temperatures=[0]))
+    final = dataclasses.replace(final, cfg=dataclasses.replace(final.cfg, eval=judged), trained_by=None)
+    assert _reused(final, first.tune_runs).trained_by is None
 
 
 # ------------------------------------------------------------------------------------------ end to end
@@ -211,7 +225,7 @@ def test_tune_then_final_runs_on_test_prompts_and_a_rerun_trains_nothing(
         f"runs_dir={tmp_path / 'runs'}",
         "eval.prompts=4",
         "eval.max_new_tokens=4",
-        "tune={grid: {train.lr: [0.001, 0.01]}, kl: 1.0}",
+        "tune={grid: {train.lr: [0.001, 0.01]}, kl: 1.0, reuse: false}",
         "methods=[{name: dpo}, {name: ipo, tune: null}]",
     ]
     first = run_experiment("run/ok.yaml", [*argv, "seeds=1"])
@@ -239,3 +253,61 @@ def test_tune_then_final_runs_on_test_prompts_and_a_rerun_trains_nothing(
     more = run_experiment("run/ok.yaml", [*argv, "seeds=2"])  # tuning keeps the first seed
     assert more["trained"] == 2 and more["skipped_finished"] == 4
     assert (tmp_path / "runs" / f"dpo-lr{lr}-seed1").is_dir() and (tmp_path / "runs" / "ipo-seed1").is_dir()
+
+
+def test_with_tune_reuse_the_chosen_tuning_run_is_the_first_seeds_final_run_to_the_same_numbers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same tuned DPO with tune.reuse off and on (2 seeds): on, the tuning runs evaluate the test
+    prompts too and the chosen one is the seed-0 final run — one run fewer trained, the same choice,
+    and that run's frontier rows are the separately trained seed-0 run's, number for number."""
+    from alignlab.experiment.runner import run_experiment
+
+    monkeypatch.chdir(CORPUS)
+    monkeypatch.setenv("ALIGNLAB_CACHE_DIR", str(tmp_path / "cache"))
+
+    def run(name: str, reuse: bool) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
+        done = run_experiment(
+            "run/ok.yaml",
+            [
+                f"out_dir={tmp_path / name / 'results'}",
+                f"runs_dir={tmp_path / name / 'runs'}",
+                "eval.prompts=4",
+                "eval.max_new_tokens=4",
+                "seeds=2",
+                f"tune={{grid: {{train.lr: [0.001, 0.01]}}, kl: 1.0, reuse: {str(reuse).lower()}}}",
+                "methods=[{name: dpo}]",
+            ],
+        )
+        results = tmp_path / name / "results"
+        return done, pd.read_csv(results / "frontier.csv"), pd.read_csv(results / "tuning.csv")
+
+    apart, apart_frontier, apart_tuning = run("apart", reuse=False)
+    reused, frontier, tuning = run("reused", reuse=True)
+    assert (apart["trained"], reused["trained"]) == (4, 3)  # 2 tuning + 2 seeds; 2 tuning + seed 1
+    score = ["candidate", "score", "selected"]
+    assert tuning[score].equals(apart_tuning[score])  # the validation evaluation is the same
+    lr = tuning.loc[tuning["selected"], "candidate"].item().split("=")[1]
+    runs = sorted(p.name for p in (tmp_path / "reused" / "runs").iterdir() if p.is_dir())
+    assert runs == ["dpo-lr" + lr + "-seed1", "tune-dpo-lr0.001-seed0", "tune-dpo-lr0.01-seed0"]
+    numbers = ["run", "step", "kl", "kl_ci_low", "kl_ci_high", "reward", "reward_ci_low", "reward_ci_high", "samples"]
+    for seed in (0, 1):
+        mine = frontier.loc[frontier["seed"] == seed, numbers].reset_index(drop=True)
+        theirs = apart_frontier.loc[apart_frontier["seed"] == seed, numbers].reset_index(drop=True)
+        assert len(mine) >= 2 and mine.equals(theirs), seed
+    log = tmp_path / "reused" / "runs" / f"tune-dpo-lr{lr}-seed0" / "metrics.jsonl"
+    tuned = json.loads(log.read_text().splitlines()[0])
+    assert tuned["sample_reward"] != tuned["test_sample_reward"]  # validation and test prompts: two evaluations
+    again = run_experiment(
+        "run/ok.yaml",
+        [
+            f"out_dir={tmp_path / 'reused' / 'results'}",
+            f"runs_dir={tmp_path / 'reused' / 'runs'}",
+            "eval.prompts=4",
+            "eval.max_new_tokens=4",
+            "seeds=2",
+            "tune={grid: {train.lr: [0.001, 0.01]}, kl: 1.0}",
+            "methods=[{name: dpo}]",
+        ],
+    )
+    assert (again["trained"], again["skipped_finished"]) == (0, 3)

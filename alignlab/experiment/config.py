@@ -83,6 +83,12 @@ class TuneConfig(Config):
         help="Tune at these settings of the method's sweep only, e.g. {beta: [0.1]}: the candidates' runs use "
         "them, and the selected grid point then runs with every setting of the sweep (empty: the whole sweep).",
     )
+    reuse: bool = knob(
+        True,
+        "The tuning runs evaluate the test prompts too (eval.also_test), and the selected candidate's tuning "
+        "runs are its final runs at the same settings and seeds, not trained again; false: every final run "
+        "trains anew. Not for runs with win rates (eval.winrate), which tuning runs do not judge.",
+    )
 
 
 @dataclass(frozen=True)
@@ -119,7 +125,8 @@ class ExperimentConfig(RunConfig):
         None,
         "Tune every trained method on validation prompts first: {grid: {train.lr: [...], <knob>: [...]}, "
         "criterion: reward_at_kl | area, kl: 5.0 (the budget or the cap), seeds: 1 (the first seeds the "
-        "candidates run with)}. The best grid point then runs with every seed on the test prompts; "
+        "candidates run with), reuse: true (they also evaluate the test prompts, and the chosen one's are its "
+        "final runs at the same seeds)}. The best grid point then runs with every seed on the test prompts; "
         "tuning.csv|md in out_dir. A method's own tune: overrides these keys (tune: null opts it out).",
     )
     plot_panels: list[list[str]] = knob(
@@ -140,6 +147,12 @@ class PlannedRun:
     method: Method
     data: dict[str, Any]  # the run's YAML mapping (out_dir included)
     method_index: int = -1  # its entry in methods
+    trained_by: PlannedRun | None = None  # the tuning run that is this final run (tune.reuse): its test_ rows
+
+    @property
+    def run_dir(self) -> Path:
+        """The directory its training wrote: its own, or its tuning run's."""
+        return Path((self.trained_by or self).cfg.out_dir)
 
 
 @dataclass(frozen=True)
@@ -389,17 +402,31 @@ def _plan_tuning(
     for combo in itertools.product(*tune.grid.values()):
         values = dict(zip(tune.grid, combo, strict=True))
         fixed = {k: [v] for k, v in values.items()}
-        trial = deep_merge(base, {"eval": {"split": "validation", "winrate": {"temperatures": []}}})
+        evaluation: dict[str, Any] = {"split": "validation", "winrate": {"temperatures": []}}
+        trial = deep_merge(base, {"eval": evaluation | ({"also_test": True} if tune.reuse else {})})
         trial |= {"label": f"tune-{entry.get('label') or entry.get('name')}", "sweep": {**fixed, **tune_sweep}}
         final = deep_merge(base, {"eval": {"split": "test"}}) | {"sweep": {**fixed, **sweep}}
-        candidates.append(
-            Candidate(
-                values,
-                _expand(trial, i, shared, runs_dir, source, base_dir, tune_seeds),
-                _expand(final, i, shared, runs_dir, source, base_dir, seeds),
-            )
-        )
+        tune_runs = _expand(trial, i, shared, runs_dir, source, base_dir, tune_seeds)
+        final_runs = _expand(final, i, shared, runs_dir, source, base_dir, seeds)
+        if tune.reuse:
+            final_runs = [_reused(run, tune_runs) for run in final_runs]
+        candidates.append(Candidate(values, tune_runs, final_runs))
     return TunedMethod(i, label, tune, candidates)
+
+
+def _reused(final: PlannedRun, tune_runs: list[PlannedRun]) -> PlannedRun:
+    """``final``, trained by the tuning run with its settings and seed if there is one (``tune.reuse``):
+    one whose config is the final run's but for the evaluation's split and its run directory."""
+    if final.method.objective.needs.data == "sampling" or final.cfg.eval.winrate.temperatures:
+        return final  # nothing trained to reuse; or win rates, which tuning runs do not judge
+
+    def training(run: PlannedRun) -> dict[str, Any]:
+        cfg = run.cfg.to_dict()
+        cfg["eval"] = {k: v for k, v in cfg["eval"].items() if k not in ("split", "also_test", "winrate")}
+        return {k: v for k, v in cfg.items() if k != "out_dir"} | {"objective": run.method.cfg.to_dict()}
+
+    same = [t for t in tune_runs if t.setting == final.setting and training(t) == training(final)]
+    return dataclasses.replace(final, trained_by=same[0]) if same else final
 
 
 def _seeds(cfg: ExperimentConfig, data: dict[str, Any], source: str) -> list[int] | None:

@@ -53,7 +53,7 @@ def run_rows(experiment: str, run: Any) -> tuple[list[dict[str, Any]], list[dict
     """(frontier rows, win-rate rows) of one planned run, from its directory (empty if not run yet)."""
     from alignlab.train.state import read_summary
 
-    out = Path(run.cfg.out_dir)
+    out = run_dir(run)
     finished = read_summary(out) is not None
     common = {
         "experiment": experiment,
@@ -66,7 +66,7 @@ def run_rows(experiment: str, run: Any) -> tuple[list[dict[str, Any]], list[dict
     scale = reward_scale(run.cfg.task.get("name") if isinstance(run.cfg.task, dict) else None)
     frontier = []
     seconds = 0.0  # the training steps' seconds so far: timing is kept on the train rows only
-    for r in scan_jsonl(out / "metrics.jsonl")[0]:  # a damaged log: the rows before the damage
+    for r in logged_rows(run):
         if r.get("split") == "train":
             seconds += step_seconds(r)
         if r.get("split") != "eval" or "sample_kl" not in r:
@@ -96,6 +96,27 @@ def run_rows(experiment: str, run: Any) -> tuple[list[dict[str, Any]], list[dict
     return frontier, winrate
 
 
+def run_dir(run: Any) -> Path:
+    """The directory a planned run's training wrote (a final run that tune.reuse took from its tuning
+    run: the tuning run's)."""
+    return Path(getattr(run, "run_dir", None) or run.cfg.out_dir)
+
+
+def logged_rows(run: Any) -> list[dict[str, Any]]:
+    """A planned run's metric rows (a damaged log: the rows before the damage); a final run trained by
+    its tuning run reads that run's test-prompt evaluation (``test_sample_*``) as its ``sample_*``."""
+    rows = scan_jsonl(run_dir(run) / "metrics.jsonl")[0]
+    if getattr(run, "trained_by", None) is None:
+        return rows
+    return [_test_prompts(r) if r.get("split") == "eval" else r for r in rows]
+
+
+def _test_prompts(row: dict[str, Any]) -> dict[str, Any]:
+    """An eval row of a tuning run with its test-prompt sampling evaluation as the row's own."""
+    own = {k: v for k, v in row.items() if not k.startswith(("sample_", "test_")) and k != "samples"}
+    return own | {k.removeprefix("test_"): v for k, v in row.items() if k.startswith("test_")}
+
+
 def mixed_references(runs: Sequence[Any]) -> str | None:
     """What is wrong when finished runs that should share π_ref were trained on different ones, else None.
 
@@ -109,7 +130,7 @@ def mixed_references(runs: Sequence[Any]) -> str | None:
 
     groups: dict[str, list[tuple[float, str, str]]] = {}
     for run in runs:
-        out = Path(run.cfg.out_dir)
+        out = run_dir(run)
         summary = read_summary(out)
         if summary is None or not summary.get("policy"):
             continue
@@ -232,11 +253,10 @@ def compute_rows(runs: Sequence[Any]) -> list[dict[str, Any]]:
 
     rows = []
     for run in runs:
-        out = Path(run.cfg.out_dir)
-        summary = read_summary(out)
+        summary = read_summary(run_dir(run))
         if summary is None:  # not finished, or its results are damaged (it will be resumed)
             continue
-        logged = scan_jsonl(out / "metrics.jsonl")[0]
+        logged = logged_rows(run)
         train = [r for r in logged if r.get("split") == "train"]
         per_step = [r["step_tokens"] for r in train if "step_tokens" in r]
         totals = [r["compute_tokens"] for r in logged if "compute_tokens" in r]

@@ -42,7 +42,7 @@ def status(run: PlannedRun) -> str:
     """finished | diverged | started | pending (a run whose results are damaged is only started)."""
     from alignlab.train.state import read_summary
 
-    out = Path(run.cfg.out_dir)
+    out = run.run_dir  # a final run that tune.reuse took from its tuning run: that run's
     if read_summary(out) is not None:
         return "finished"
     if (out / "diverged.txt").exists():
@@ -128,13 +128,14 @@ def run_experiment(
                     remove_owned(Path(run.cfg.out_dir))
         _write_configs(exp, tune_runs(exp))
     # 3. the tuning runs, the selection, then the runs
-    before = {r.run_id: status(r) for r in every_run(exp)}
+    before = {r.run_id: status(r) for r in every_run(exp) if r.trained_by is None}  # a reused run: its tuning run
     pending = [r for r in exp.runs + tune_runs(exp) if before[r.run_id] not in ("finished", "diverged")]
     if not worker:
         skipped = len(exp.runs + tune_runs(exp)) - len(pending)
         said = f", {skipped} finished already (skipped)" if skipped else ""
         say(f"{exp.name}: {len(pending)} runs to train{said}")
-    workers = min(workers, len(pending) + sum(len(t.candidates[0].final_runs) for t in exp.tuned))  # no idle ones
+    final = sum(r.trained_by is None for t in exp.tuned for r in t.candidates[0].final_runs)
+    workers = min(workers, len(pending) + final)  # no idle ones
     if workers > 1 and not worker:
         _spawn_workers(path, overrides or [], workers)
     elif exp.tuned:
@@ -145,7 +146,7 @@ def run_experiment(
         _work(exp)
     # 4. results (once, by the main process of a distributed launch)
     result = collect(exp, draw=not worker) if int(os.environ.get("RANK", "0")) == 0 else {}
-    done = {r.run_id: status(r) for r in exp.runs + tune_runs(exp)}
+    done = {r.run_id: status(r) for r in exp.runs + tune_runs(exp) if r.trained_by is None}  # each trained run once
     return {
         "experiment": exp.name,
         "runs": len(done),

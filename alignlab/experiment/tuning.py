@@ -19,6 +19,10 @@ that grid point with the first ``tune.seeds`` seeds, evaluated on the validation
    the first in grid order);
 3. its final runs, the sweep at the selected values with every seed on the test prompts, join the
    experiment's runs; ``tuning.csv`` and ``tuning.md`` give every candidate's score and the choice.
+   With ``tune.reuse`` (the default) the tuning runs also evaluate the test prompts
+   (``eval.also_test``), and a final run whose settings and seed a tuning run of the chosen candidate
+   has is that tuning run (:attr:`~alignlab.experiment.config.PlannedRun.trained_by`): its frontier
+   rows are the tuning run's test-prompt rows, and it is never trained apart.
 
 Selecting is a pure function of the runs' rows, so re-running a finished experiment selects the same
 candidate and trains nothing; adding a seed adds final runs only (tuning uses the first seeds).

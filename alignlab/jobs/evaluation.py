@@ -65,17 +65,32 @@ def eval_prompts(
 def sampling_evaluation(
     cfg: RunConfig, task: Task, policy: Any, reward: Any, reference: torch.nn.Module
 ) -> Callable[[Any], dict[str, float]]:
-    """The sampling evaluation: mean reward and KL of samples on held-out prompts.
+    """The sampling evaluation: mean reward and KL of samples on held-out prompts (``eval.split``'s;
+    with ``eval.also_test`` the test prompts' too, as ``test_sample_*``).
 
     It never touches the global RNG that training uses (it samples under a forked RNG), and the
     evaluation of weights already evaluated in this process with the same prompts, reference,
     reward and settings — π_ref at every run's step 0 — is reused rather than sampled again.
     """
+    splits = {"": cfg.eval.split}
+    if cfg.eval.also_test and cfg.eval.split != "test":
+        splits["test_"] = "test"
+    parts = {prefix: _split_evaluation(cfg, split, task, policy, reward, reference) for prefix, split in splits.items()}
+
+    def evaluate(model: Any) -> dict[str, float]:
+        return {f"{prefix}{k}": v for prefix, part in parts.items() for k, v in part(model).items()}
+
+    return evaluate
+
+
+def _split_evaluation(
+    cfg: RunConfig, split: str, task: Task, policy: Any, reward: Any, reference: torch.nn.Module
+) -> Callable[[Any], dict[str, float]]:
+    """:func:`sampling_evaluation` on the prompts of one split."""
     context = model_context(policy.model)
-    prompts = eval_prompts(
-        task, policy.tokenizer, context, cfg.eval.max_new_tokens, cfg.eval.prompts, split=cfg.eval.split
-    )
-    settings = (weights_key(reference), tuple(prompts), cfg.eval.to_dict(), cfg.train.eval_batch_size, id(reward))
+    prompts = eval_prompts(task, policy.tokenizer, context, cfg.eval.max_new_tokens, cfg.eval.prompts, split=split)
+    sampling = {k: v for k, v in cfg.eval.to_dict().items() if k not in ("split", "also_test", "winrate")}
+    settings = (weights_key(reference), tuple(prompts), sampling, cfg.train.eval_batch_size, id(reward))
 
     def evaluate(model: Any) -> dict[str, float]:
         key = (weights_key(model), *map(repr, settings))

@@ -157,6 +157,7 @@ def _list(args: argparse.Namespace) -> int:
             return listed_status(run, exp.source)
 
         states = [status(run) for run in exp.runs]
+        tuning = {run.run_id: status(run) for t in exp.tuned for c in t.candidates for run in c.tune_runs}
         for run, state in zip(exp.runs, states, strict=True):
             print(f"  {state:9s} {run.run_id}")
         for tuned in exp.tuned:  # tuning runs on validation prompts, then the selected candidate's runs
@@ -164,13 +165,13 @@ def _list(args: argparse.Namespace) -> int:
             print(f"  {tuned.label}: {how}, {len(tuned.candidates)} candidates")
             for candidate in tuned.candidates:
                 for run in candidate.tune_runs:
-                    print(f"    {status(run):9s} {run.run_id}")
+                    print(f"    {tuning[run.run_id]:9s} {run.run_id}")
                 finals = ", ".join(
                     f"{r.run_id} ({status(r) if r.trained_by is None else 'is ' + r.trained_by.run_id})"
                     for r in candidate.final_runs
                 )
                 print(f"      if selected: {finals}")
-        if "changed" in states:
+        if "changed" in [*states, *tuning.values()]:
             print(
                 "changed: the run directory holds a run of another config (the YAML or an override changed): "
                 "alignlab run refuses it; give another runs_dir, or pass --force to train it again"

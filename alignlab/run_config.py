@@ -115,7 +115,8 @@ class EvalConfig(Config):
     also_test: bool = knob(
         False,
         "With split: validation, evaluate the test prompts too at every evaluation, logged as test_sample_* "
-        "(tune: sets it on its tuning runs, which then serve as the selected candidate's first seeds).",
+        "(tune.reuse sets it on tuning runs: the chosen candidate's are then its final runs at their settings "
+        "and seeds).",
     )
     winrate: WinRateConfig = knob(
         default_factory=WinRateConfig, help="Win rate against the task's reference completions, after training."

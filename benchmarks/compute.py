@@ -61,7 +61,7 @@ def main() -> None:
             proc = subprocess.run([sys.executable, "-m", "alignlab.cli", "train", str(path)], capture_output=True)
             if proc.returncode:
                 sys.exit(proc.stderr.decode()[-3000:])
-            planned.append(replace(run, cfg=replace(run.cfg, out_dir=doc["out_dir"])))
+            planned.append(replace(run, cfg=replace(run.cfg, out_dir=doc["out_dir"]), trained_by=None))
         rows = compute_rows(planned)
     out = Path(args.out)
 

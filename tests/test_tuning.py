@@ -250,6 +250,9 @@ def test_tune_then_final_runs_on_test_prompts_and_a_rerun_trains_nothing(
     assert again["trained"] == 0 and again["skipped_finished"] == 4
     assert pd.read_csv(tmp_path / "results" / "tuning.csv").equals(tuning)
 
+    # the same runs under tune.reuse (its tuning runs would evaluate the test prompts too): refused, the key named
+    with pytest.raises(ConfigError, match=r"tune\.reuse.*trained without eval\.also_test.*reuse: false"):
+        run_experiment("run/ok.yaml", [*(a.replace(", reuse: false", "") for a in argv), "seeds=1"])
     more = run_experiment("run/ok.yaml", [*argv, "seeds=2"])  # tuning keeps the first seed
     assert more["trained"] == 2 and more["skipped_finished"] == 4
     assert (tmp_path / "runs" / f"dpo-lr{lr}-seed1").is_dir() and (tmp_path / "runs" / "ipo-seed1").is_dir()
@@ -311,3 +314,6 @@ def test_with_tune_reuse_the_chosen_tuning_run_is_the_first_seeds_final_run_to_t
         ],
     )
     assert (again["trained"], again["skipped_finished"]) == (0, 3)
+    config = (tmp_path / "reused" / "results" / "configs" / f"dpo-lr{lr}-seed0.yaml").read_text()
+    assert config.startswith(f"# tune.reuse: trained as the tuning run tune-dpo-lr{lr}-seed0")
+    assert yaml.safe_load(config)["eval"]["split"] == "test"

@@ -185,9 +185,10 @@ class Experiment:
 
     @property
     def planned(self) -> list[PlannedRun]:
-        """Every run the experiment will train, a tuned method's at the first point of its grid (the
-        point the tuning selects is not known before it runs): for tools that need a run's stages or
-        settings before tuning (benchmarks, checks), never for results."""
+        """Every run of the experiment's frontier, a tuned method's at the first point of its grid (the
+        point the tuning selects is not known before it runs; with ``tune.reuse`` its seed-0 runs are
+        tuning runs, ``trained_by``): for tools that need a run's stages or settings before tuning
+        (benchmarks, checks), never for results."""
         return [*self.runs, *(r for t in self.tuned for r in t.candidates[0].final_runs)]
 
 
@@ -585,6 +586,17 @@ def preflight(exp: Experiment, force: bool = False) -> None:
         out = Path(run.cfg.out_dir)
         check_claimable(out, "run", f"runs_dir ({run.run_id})", exp.source)
         if not force and holds_other_run(out, _resolved(run.cfg, task, run.method)):
+            flipped = dataclasses.replace(run.cfg.eval, also_test=not run.cfg.eval.also_test)
+            if not holds_other_run(out, _resolved(dataclasses.replace(run.cfg, eval=flipped), task, run.method)):
+                raise ConfigError(
+                    "tune.reuse",
+                    f"{out} holds tuning run {run.run_id!r} trained "
+                    f"{'without' if run.cfg.eval.also_test else 'with'} eval.also_test (tune.reuse "
+                    f"{'off' if run.cfg.eval.also_test else 'on'}): set tune: {{reuse: "
+                    f"{'false' if run.cfg.eval.also_test else 'true'}}} to go on with these runs as they were, "
+                    "or pass --force to replace the experiment's runs",
+                    exp.source,
+                )
             raise ConfigError(
                 "runs_dir",
                 f"{out} holds a run with a different config than run {run.run_id!r} of this experiment; "

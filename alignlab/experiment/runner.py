@@ -28,6 +28,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from alignlab.errors import AlignlabError
 from alignlab.experiment.config import Experiment, PlannedRun, load_experiment, preflight
 from alignlab.experiment.csvs import COMPUTE_COLUMNS, FRONTIER_COLUMNS, WINRATE_COLUMNS, write_csv
@@ -167,7 +169,13 @@ def _write_configs(exp: Experiment, extra: list[PlannedRun]) -> None:
         runs = [*exp.runs, *extra]
         atomic_write_yaml(exp.out_dir / "experiment.yaml", {**exp.data, "runs": [r.run_id for r in runs]})
         for run in runs:
-            atomic_write_yaml(exp.out_dir / "configs" / f"{run.run_id}.yaml", run.data)
+            path = exp.out_dir / "configs" / f"{run.run_id}.yaml"
+            if run.trained_by is None:
+                atomic_write_yaml(path, run.data)
+                continue
+            said = f"# tune.reuse: trained as the tuning run {run.trained_by.run_id} ({run.trained_by.cfg.out_dir}),\n"
+            said += "# whose test-prompt evaluations are this run's; it has no directory of its own\n"
+            atomic_write_text(path, said + yaml.safe_dump(run.data, sort_keys=False, allow_unicode=True))
 
 
 def _select(exp: Experiment, write: bool) -> Experiment:
@@ -206,7 +214,7 @@ def _work(exp: Experiment, runs: list[PlannedRun] | None = None) -> None:
     from alignlab.train.loop import TrainingDiverged
 
     shared = Shared()
-    runs = exp.runs if runs is None else runs
+    runs = [r for r in (exp.runs if runs is None else runs) if r.trained_by is None]  # a reused run: its tuning run's
     pending = [r for r in runs if status(r) not in ("finished", "diverged")]
     total = len(runs)
     together = _distributed()

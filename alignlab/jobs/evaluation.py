@@ -75,25 +75,36 @@ def sampling_evaluation(
     splits = {"": cfg.eval.split}
     if cfg.eval.also_test and cfg.eval.split != "test":
         splits["test_"] = "test"
-    parts = {prefix: _split_evaluation(cfg, split, task, policy, reward, reference) for prefix, split in splits.items()}
+    sampling = {k: v for k, v in cfg.eval.to_dict().items() if k not in ("split", "also_test", "winrate")}
+    settings = (weights_key(reference), sampling, cfg.train.eval_batch_size, id(reward))
+    parts = {
+        prefix: _split_evaluation(cfg, split, task, policy, reward, reference, settings)
+        for prefix, split in splits.items()
+    }
 
     def evaluate(model: Any) -> dict[str, float]:
-        return {f"{prefix}{k}": v for prefix, part in parts.items() for k, v in part(model).items()}
+        weights = weights_key(model)  # hashed once for every split
+        return {f"{prefix}{k}": v for prefix, part in parts.items() for k, v in part(model, weights).items()}
 
     return evaluate
 
 
 def _split_evaluation(
-    cfg: RunConfig, split: str, task: Task, policy: Any, reward: Any, reference: torch.nn.Module
-) -> Callable[[Any], dict[str, float]]:
-    """:func:`sampling_evaluation` on the prompts of one split."""
+    cfg: RunConfig,
+    split: str,
+    task: Task,
+    policy: Any,
+    reward: Any,
+    reference: torch.nn.Module,
+    settings: tuple[Any, ...],
+) -> Callable[[Any, str], dict[str, float]]:
+    """:func:`sampling_evaluation` on the prompts of one split: ``evaluate(model, weights_key(model))``."""
     context = model_context(policy.model)
     prompts = eval_prompts(task, policy.tokenizer, context, cfg.eval.max_new_tokens, cfg.eval.prompts, split=split)
-    sampling = {k: v for k, v in cfg.eval.to_dict().items() if k not in ("split", "also_test", "winrate")}
-    settings = (weights_key(reference), tuple(prompts), sampling, cfg.train.eval_batch_size, id(reward))
+    memo = tuple(map(repr, (tuple(prompts), *settings)))
 
-    def evaluate(model: Any) -> dict[str, float]:
-        key = (weights_key(model), *map(repr, settings))
+    def evaluate(model: Any, weights: str) -> dict[str, float]:
+        key = (weights, *memo)
         if key in _EVALUATIONS and _EVALUATIONS[key][0] is reward:
             return dict(_EVALUATIONS[key][1])
         devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []

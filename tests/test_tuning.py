@@ -301,18 +301,7 @@ def test_with_tune_reuse_the_chosen_tuning_run_is_the_first_seeds_final_run_to_t
     log = tmp_path / "reused" / "runs" / f"tune-dpo-lr{lr}-seed0" / "metrics.jsonl"
     tuned = json.loads(log.read_text().splitlines()[0])
     assert tuned["sample_reward"] != tuned["test_sample_reward"]  # validation and test prompts: two evaluations
-    again = run_experiment(
-        "run/ok.yaml",
-        [
-            f"out_dir={tmp_path / 'reused' / 'results'}",
-            f"runs_dir={tmp_path / 'reused' / 'runs'}",
-            "eval.prompts=4",
-            "eval.max_new_tokens=4",
-            "seeds=2",
-            "tune={grid: {train.lr: [0.001, 0.01]}, kl: 1.0}",
-            "methods=[{name: dpo}]",
-        ],
-    )
+    again, _, _ = run("reused", reuse=True)  # everything finished: nothing trains
     assert (again["trained"], again["skipped_finished"]) == (0, 3)
     config = (tmp_path / "reused" / "results" / "configs" / f"dpo-lr{lr}-seed0.yaml").read_text()
     assert config.startswith(f"# tune.reuse: trained as the tuning run tune-dpo-lr{lr}-seed0")

@@ -96,6 +96,8 @@ def test_a_dpo_run_counts_its_compute_at_every_eval_row_and_frontier_csv_has_it(
         method=SimpleNamespace(name="dpo", cfg=get_objective("dpo").config_cls()),
         run_id="dpo-a",
         setting={},
+        run_dir=out,
+        trained_by=None,
     )
     frontier, _ = run_rows("x", run)
     assert [r["compute_tokens"] for r in frontier] == totals

@@ -31,7 +31,7 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -43,17 +43,20 @@ from alignlab.experiment.summary import MARK, is_log_odds, means_markdown, seed_
 from alignlab.experiment.summary import pareto_front as pareto_front  # re-exported
 from alignlab.io import atomic_write_text, scan_jsonl
 
+if TYPE_CHECKING:
+    from alignlab.experiment.config import PlannedRun
+
 
 def setting_text(setting: dict[str, Any]) -> str:
     """``beta=0.1 seed=1``; ``-`` when nothing is swept."""
     return " ".join(f"{k}={v}" for k, v in setting.items()) or "-"
 
 
-def run_rows(experiment: str, run: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def run_rows(experiment: str, run: PlannedRun) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(frontier rows, win-rate rows) of one planned run, from its directory (empty if not run yet)."""
     from alignlab.train.state import read_summary
 
-    out = run_dir(run)
+    out = run.run_dir
     finished = read_summary(out) is not None
     common = {
         "experiment": experiment,
@@ -96,17 +99,11 @@ def run_rows(experiment: str, run: Any) -> tuple[list[dict[str, Any]], list[dict
     return frontier, winrate
 
 
-def run_dir(run: Any) -> Path:
-    """The directory a planned run's training wrote (a final run that tune.reuse took from its tuning
-    run: the tuning run's)."""
-    return Path(getattr(run, "run_dir", None) or run.cfg.out_dir)
-
-
-def logged_rows(run: Any) -> list[dict[str, Any]]:
+def logged_rows(run: PlannedRun) -> list[dict[str, Any]]:
     """A planned run's metric rows (a damaged log: the rows before the damage); a final run trained by
     its tuning run reads that run's test-prompt evaluation (``test_sample_*``) as its ``sample_*``."""
-    rows = scan_jsonl(run_dir(run) / "metrics.jsonl")[0]
-    if getattr(run, "trained_by", None) is None:
+    rows = scan_jsonl(run.run_dir / "metrics.jsonl")[0]
+    if run.trained_by is None:
         return rows
     return [_test_prompts(r) if r.get("split") == "eval" else r for r in rows]
 
@@ -117,7 +114,7 @@ def _test_prompts(row: dict[str, Any]) -> dict[str, Any]:
     return own | {k.removeprefix("test_"): v for k, v in row.items() if k.startswith("test_")}
 
 
-def mixed_references(runs: Sequence[Any]) -> str | None:
+def mixed_references(runs: Sequence[PlannedRun]) -> str | None:
     """What is wrong when finished runs that should share π_ref were trained on different ones, else None.
 
     Runs with the same task, model and SFT settings share one SFT stage; its cache key also hashes the
@@ -130,7 +127,7 @@ def mixed_references(runs: Sequence[Any]) -> str | None:
 
     groups: dict[str, list[tuple[float, str, str]]] = {}
     for run in runs:
-        out = run_dir(run)
+        out = run.run_dir
         summary = read_summary(out)
         if summary is None or not summary.get("policy"):
             continue
@@ -246,14 +243,14 @@ def winrate_table(frame: pd.DataFrame) -> str:
 # ----------------------------------------------------------------------------------------- compute
 
 
-def compute_rows(runs: Sequence[Any]) -> list[dict[str, Any]]:
+def compute_rows(runs: Sequence[PlannedRun]) -> list[dict[str, Any]]:
     """Per finished run: seconds per step (PPO: per iteration, split into phases), peak RSS, models held,
     forward-equivalent tokens per step and in all (:mod:`alignlab.train.loop`), seconds of training in all."""
     from alignlab.train.state import read_summary
 
     rows = []
     for run in runs:
-        summary = read_summary(run_dir(run))
+        summary = read_summary(run.run_dir)
         if summary is None:  # not finished, or its results are damaged (it will be resumed)
             continue
         logged = logged_rows(run)

@@ -23,7 +23,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -130,13 +130,13 @@ def run_experiment(
                     remove_owned(Path(run.cfg.out_dir))
         _write_configs(exp, tune_runs(exp))
     # 3. the tuning runs, the selection, then the runs
-    before = {r.run_id: status(r) for r in every_run(exp) if r.trained_by is None}  # a reused run: its tuning run
+    before = {r.run_id: status(r) for r in trained(every_run(exp))}
     pending = [r for r in exp.runs + tune_runs(exp) if before[r.run_id] not in ("finished", "diverged")]
     if not worker:
         skipped = len(exp.runs + tune_runs(exp)) - len(pending)
         said = f", {skipped} finished already (skipped)" if skipped else ""
         say(f"{exp.name}: {len(pending)} runs to train{said}")
-    final = sum(r.trained_by is None for t in exp.tuned for r in t.candidates[0].final_runs)
+    final = len(trained([r for t in exp.tuned for r in t.candidates[0].final_runs]))
     workers = min(workers, len(pending) + final)  # no idle ones
     if workers > 1 and not worker:
         _spawn_workers(path, overrides or [], workers)
@@ -148,7 +148,7 @@ def run_experiment(
         _work(exp)
     # 4. results (once, by the main process of a distributed launch)
     result = collect(exp, draw=not worker) if int(os.environ.get("RANK", "0")) == 0 else {}
-    done = {r.run_id: status(r) for r in exp.runs + tune_runs(exp) if r.trained_by is None}  # each trained run once
+    done = {r.run_id: status(r) for r in trained(exp.runs + tune_runs(exp))}  # each trained run once
     return {
         "experiment": exp.name,
         "runs": len(done),
@@ -160,6 +160,12 @@ def run_experiment(
         "wall_time_s": round(time.time() - t0, 1),
         **result,
     }
+
+
+def trained(runs: Iterable[PlannedRun]) -> list[PlannedRun]:
+    """The runs that train: a final run that tune.reuse took from its tuning run is that run (trained,
+    counted and waited for once, as the tuning run)."""
+    return [r for r in runs if r.trained_by is None]
 
 
 def _write_configs(exp: Experiment, extra: list[PlannedRun]) -> None:
@@ -214,7 +220,7 @@ def _work(exp: Experiment, runs: list[PlannedRun] | None = None) -> None:
     from alignlab.train.loop import TrainingDiverged
 
     shared = Shared()
-    runs = [r for r in (exp.runs if runs is None else runs) if r.trained_by is None]  # a reused run: its tuning run's
+    runs = trained(exp.runs if runs is None else runs)
     pending = [r for r in runs if status(r) not in ("finished", "diverged")]
     total = len(runs)
     together = _distributed()

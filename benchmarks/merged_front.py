@@ -36,7 +36,9 @@ def main() -> None:
     tokens = [set(t.split()) for t in pairs["setting"]]  # added's setting names fewer knobs (no lr)
     same = pairs[[set(a.split()) <= t for a, t in zip(pairs["setting_added"], tokens, strict=True)]]
     differ = same[(same["kl"] != same["kl_added"]) | (same["reward"] != same["reward_added"])]
-    if same.empty or not differ.empty:
+    if same.empty:
+        sys.exit(f"{args.added}/frontier.csv shares no (method, seed, step, setting) with {args.results}/frontier.csv")
+    if not differ.empty:
         sys.exit(f"{len(differ)} of {len(same)} shared points differ: not the same training")
     print(f"{len(same)} points shared with {args.results}/frontier.csv, all equal")
     merged = pd.concat([base, added.assign(run=added["run"] + "-added")], ignore_index=True)

@@ -45,7 +45,7 @@ def main() -> None:
     cols = ["method", "versus", "kl", "n", "value", "ci_low", "ci_high", "separate"]
     for name, frame in (("committed", base), ("merged", merged)):
         s = summary_frame(frame, args.budgets, args.cap)
-        rows = s[((s["quantity"] == "reward_at_kl") & s["method"].isin(methods))]
+        rows = s[(s["quantity"] == "reward_at_kl") & s["method"].isin(methods)]
         above = s[(s["quantity"] == "a_above_b") & (s["method"].isin(methods) | s["versus"].isin(methods))]
         print(f"\n## {name}: reward at KL budgets\n{rows[cols].round(2).to_string(index=False)}")
         print(f"\n## {name}: a above b\n{above[cols].round(2).to_string(index=False)}")
